@@ -1,0 +1,112 @@
+"""Benchmark datasets: manifest folders, COCO-style JSON, and SegAgent's evaluation JSON.
+
+Every reader yields `Sample`s: an RGB image, a bool target mask, an optional ignore mask (GrabCut's
+unknown band, value 128) and the object's text prompt.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from .imageio import load_image
+from .masks import polygons_to_mask, rle_decode
+
+UNKNOWN_BAND = 128
+
+
+@dataclass
+class Sample:
+    name: str
+    image: np.ndarray
+    target: np.ndarray
+    ignore: np.ndarray | None
+    prompt: str | None
+
+
+def read_target(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A 0/255 (or 0/1) mask image; pixels of value 128 are the ignore band."""
+    values = np.array(Image.open(path).convert("L"))
+    ignore = values == UNKNOWN_BAND
+    target = values > UNKNOWN_BAND if ignore.any() else values > 0
+    return target, (ignore if ignore.any() else None)
+
+
+class Dataset:
+    """A list of samples read lazily from disk."""
+
+    def __init__(self, name: str, entries: list[dict], loader):
+        self.name = name
+        self.entries = entries
+        self._loader = loader
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for entry in self.entries:
+            yield self._loader(entry)
+
+    def limit(self, count: int | None) -> "Dataset":
+        return self if count is None else Dataset(self.name, self.entries[:count], self._loader)
+
+
+def open_dataset(path: str | Path, images_dir: str | Path | None = None) -> Dataset:
+    """Open a manifest folder, a COCO JSON file or a SegAgent JSON file, whichever `path` is."""
+    path = Path(path)
+    if path.is_dir():
+        return _manifest_dataset(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no dataset at {path}")
+    data = json.loads(path.read_text())
+    root = Path(images_dir) if images_dir else path.parent
+    if isinstance(data, dict) and "annotations" in data and "images" in data:
+        return _coco_dataset(path.stem, data, root)
+    if isinstance(data, list) and data and "gt_ann" in data[0]:
+        return _segagent_dataset(path.stem, data, root)
+    raise ValueError(f"{path} is neither a COCO annotation file nor a SegAgent dataset JSON")
+
+
+def _manifest_dataset(folder: Path) -> Dataset:
+    entries = json.loads((folder / "manifest.json").read_text())
+
+    def load(entry: dict) -> Sample:
+        target, ignore = read_target(folder / entry["mask"])
+        return Sample(Path(entry["image"]).stem, load_image(folder / entry["image"]), target, ignore,
+                      entry.get("category"))
+
+    return Dataset(folder.name, entries, load)
+
+
+def _decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
+    if isinstance(segmentation, dict):
+        return rle_decode({"size": segmentation.get("size", [height, width]), "counts": segmentation["counts"]})
+    return polygons_to_mask(segmentation, height, width)
+
+
+def _coco_dataset(name: str, data: dict, root: Path) -> Dataset:
+    images = {img["id"]: img for img in data["images"]}
+    categories = {c["id"]: c["name"] for c in data.get("categories", [])}
+    entries = [ann for ann in data["annotations"] if not ann.get("iscrowd")]
+
+    def load(ann: dict) -> Sample:
+        info = images[ann["image_id"]]
+        target = _decode_segmentation(ann["segmentation"], info["height"], info["width"])
+        return Sample(f"{Path(info['file_name']).stem}_{ann['id']}", load_image(root / info["file_name"]),
+                      target, None, categories.get(ann.get("category_id")))
+
+    return Dataset(name, entries, load)
+
+
+def _segagent_dataset(name: str, data: list, root: Path) -> Dataset:
+    def load(entry: dict) -> Sample:
+        ann = entry["gt_ann"]
+        target = _decode_segmentation(ann["segmentation"], entry["height"], entry["width"])
+        return Sample(Path(entry["image_name"]).stem, load_image(root / entry["image_name"]), target, None,
+                      ann.get("caption"))
+
+    return Dataset(name, data, load)

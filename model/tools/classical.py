@@ -1,0 +1,169 @@
+"""The CPU tool: click-driven GrabCut with click regions sized from the current mask. No weights.
+
+How a prediction is made, at a working resolution of at most `work_size` pixels a side:
+1. Every pixel starts as probable background, or as probable object where the previous mask (or the
+   box) says so.
+2. Each click claims a region around itself: for a click that corrects the mask, a disk whose radius is
+   a fraction of the click's distance to the mask's other side (the error the annotator saw is at least
+   that thick); for a first click, a disk the size of a typical object. The inner part of the disk is
+   sure (a hard seed), the rest probable. Click regions are kept from step to step in the result's
+   state, so every correction keeps its effect.
+3. GrabCut (colour GMMs and a contrast-sensitive graph cut) runs on the whole image for a first click,
+   and on a region of interest around the mask and the clicks afterwards.
+4. Only the connected parts under positive clicks are kept, and small holes are filled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from ..clicks import Click
+from ..masks import components_touching, disk, fill_holes, resize_mask
+from .base import Box, Encoded, ToolResult
+
+BGD, FGD, PR_BGD, PR_FGD = cv2.GC_BGD, cv2.GC_FGD, cv2.GC_PR_BGD, cv2.GC_PR_FGD
+
+
+@dataclass(frozen=True)
+class ClickRegion:
+    click: Click  # at the working scale
+    radius: float  # of the probable region
+    hard_radius: float  # of the sure seed
+
+
+@dataclass
+class ClassicalState:
+    regions: tuple[ClickRegion, ...]  # one per click consumed so far, in order
+
+
+class ClassicalTool:
+    name = "classical"
+
+    def __init__(self, work_size: int = 400, iterations: int = 2, seed_radius: float = 0.01,
+                 prior_radius: float = 0.08, roi_margin: float = 0.3, correction_reach: float = 0.6,
+                 hard_fraction: float = 0.5):
+        self.work_size = work_size
+        self.iterations = iterations
+        self.seed_radius = seed_radius  # of the working image's diagonal: the smallest sure seed
+        self.prior_radius = prior_radius  # of the diagonal: the object a lone first click implies
+        self.roi_margin = roi_margin  # of the region's own size, added on each side
+        self.correction_reach = correction_reach  # of the distance from a click to the mask's other side
+        self.hard_fraction = hard_fraction  # of a correction region that is sure rather than probable
+
+    def encode(self, image: np.ndarray) -> Encoded:
+        height, width = image.shape[:2]
+        scale = min(1.0, self.work_size / max(height, width))
+        small = image if scale == 1.0 else cv2.resize(
+            image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+        small = np.ascontiguousarray(small)
+        return Encoded(shape=(height, width), data=(small, scale), nbytes=small.nbytes)
+
+    def predict(self, encoded: Encoded, clicks: Sequence[Click], box: Box | None = None,
+                previous: ToolResult | np.ndarray | None = None) -> ToolResult:
+        small, scale = encoded.data
+        shape = small.shape[:2]
+        diagonal = float(np.hypot(*shape))
+        scaled = [Click(c.x * scale, c.y * scale, c.positive).clipped(shape[1], shape[0]) for c in clicks]
+
+        previous_mask = previous.mask if isinstance(previous, ToolResult) else previous
+        current = resize_mask(previous_mask, shape) if previous_mask is not None else np.zeros(shape, bool)
+        labels = np.full(shape, PR_BGD, np.uint8)
+        if current.any():
+            labels[current] = PR_FGD
+        elif box is not None:
+            x1, y1, x2, y2 = (int(round(v * scale)) for v in box)
+            labels[:] = BGD
+            labels[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = PR_FGD
+
+        known = previous.state.regions if isinstance(previous, ToolResult) and isinstance(
+            previous.state, ClassicalState) else ()
+        if [r.click for r in known] != scaled[:len(known)]:
+            known = ()  # another click sequence: start the regions afresh
+        regions = list(known) + self._new_regions(scaled[len(known):], current, box is not None, diagonal)
+        for region in regions:
+            positive = region.click.positive
+            labels[disk(shape, region.click, region.radius)] = PR_FGD if positive else PR_BGD
+        for region in regions:
+            labels[disk(shape, region.click, region.hard_radius)] = FGD if region.click.positive else BGD
+
+        restrict = current.any() or box is not None
+        mask = self._grabcut(small, labels, restrict)
+        positives = [c for c in scaled if c.positive]
+        if positives:
+            mask = components_touching(mask, positives)
+        mask = fill_holes(mask, max_area=int(0.01 * mask.size), keep_open=[c for c in scaled if not c.positive])
+        full = _upsample(mask, encoded.shape)
+        return ToolResult(mask=full, score=_edge_score(small, mask), state=ClassicalState(tuple(regions)))
+
+    def _new_regions(self, clicks: list[Click], current: np.ndarray, has_box: bool,
+                     diagonal: float) -> list[ClickRegion]:
+        seed = max(1.0, self.seed_radius * diagonal)
+        regions = []
+        mask = current.copy()
+        for click in clicks:
+            if not mask.any() and click.positive and not has_box:
+                radius = self.prior_radius * diagonal
+                regions.append(ClickRegion(click, radius, seed))
+            else:
+                # distance from the click to the nearest pixel on the mask's other side
+                other_side = ~mask if not click.positive else mask
+                reach = _distance_to(other_side, click) if other_side.any() else self.prior_radius * diagonal
+                radius = max(seed, self.correction_reach * reach)
+                regions.append(ClickRegion(click, radius, max(seed, self.hard_fraction * radius)))
+            mask |= disk(mask.shape, click, regions[-1].radius) if click.positive else False
+            if not click.positive:
+                mask &= ~disk(mask.shape, click, regions[-1].radius)
+        return regions
+
+    def _grabcut(self, image: np.ndarray, labels: np.ndarray, restrict: bool) -> np.ndarray:
+        objectish = (labels == FGD) | (labels == PR_FGD)
+        if not objectish.any():
+            return np.zeros(labels.shape, bool)
+        if restrict and self.roi_margin > 0:
+            x1, y1, x2, y2 = _expand(cv2.boundingRect(objectish.astype(np.uint8)), self.roi_margin, labels.shape)
+        else:
+            x1, y1, x2, y2 = 0, 0, labels.shape[1], labels.shape[0]
+        roi_labels = np.ascontiguousarray(labels[y1:y2, x1:x2])
+        roi_image = np.ascontiguousarray(image[y1:y2, x1:x2])
+        has_background = np.isin(roi_labels, (BGD, PR_BGD)).any()
+        if has_background and min(roi_labels.shape) >= 2:
+            cv2.setRNGSeed(0)  # GrabCut's GMM initialisation is random: keep results reproducible
+            bgd_model = np.zeros((1, 65), np.float64)
+            fgd_model = np.zeros((1, 65), np.float64)
+            cv2.grabCut(roi_image, roi_labels, None, bgd_model, fgd_model, self.iterations, cv2.GC_INIT_WITH_MASK)
+        mask = np.zeros(labels.shape, bool)
+        mask[y1:y2, x1:x2] = (roi_labels == FGD) | (roi_labels == PR_FGD)
+        return mask
+
+
+def _distance_to(region: np.ndarray, click: Click) -> float:
+    """Euclidean distance from a click to the nearest pixel of a non-empty region."""
+    ys, xs = np.nonzero(region)
+    return float(np.sqrt(np.min((xs - click.x) ** 2 + (ys - click.y) ** 2)))
+
+
+def _expand(rect: tuple[int, int, int, int], margin: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    x, y, w, h = rect
+    pad = int(margin * max(w, h)) + 8
+    return max(0, x - pad), max(0, y - pad), min(shape[1], x + w + pad), min(shape[0], y + h + pad)
+
+
+def _upsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if mask.shape == shape:
+        return mask
+    soft = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    return soft >= 0.5
+
+
+def _edge_score(image: np.ndarray, mask: np.ndarray) -> float:
+    """How strongly the mask's boundary follows image edges, in [0, 1]: a cheap confidence."""
+    if not mask.any() or mask.all():
+        return 0.0
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gradient = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    boundary = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    ratio = float(gradient[boundary].mean()) / (float(gradient.mean()) + 1e-6)
+    return float(1.0 - np.exp(-ratio / 2.0))
