@@ -1,0 +1,37 @@
+# The two commands: `make serve` runs the backend, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+PORT ?= 9090
+HOST ?= 0.0.0.0
+THREADS ?= 4
+BIN = $(VENV)/bin
+
+.PHONY: install serve test test-fast bench lint
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-test.txt
+	touch $@
+
+# One process keeps the interactive sessions and the image caches in one place; threads serve
+# requests concurrently (OpenCV and torch release the GIL while they compute).
+serve: install
+	SEGAGENT_DATA_DIR=$${SEGAGENT_DATA_DIR:-./data} $(BIN)/gunicorn --bind $(HOST):$(PORT) \
+		--workers 1 --threads $(THREADS) --timeout 300 --access-logfile - backend.wsgi:app
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q tests --ignore=tests/e2e
+
+lint: install
+	$(BIN)/hadolint Dockerfile
+
+DATA ?= ../shared/data
+bench: install
+	$(BIN)/python -m model evaluate --dataset $(DATA)/grabcut --tool classical --max-clicks 20 --out bench/grabcut_classical
+	$(BIN)/python -m model evaluate --dataset $(DATA)/coco_mval_dev --tool classical --max-clicks 20 --workers 2 --out bench/coco_classical

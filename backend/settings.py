@@ -1,0 +1,80 @@
+"""Every setting of the backend, read from the environment once. Each default works offline on a CPU."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Never fetched, whatever a task says: link-local (cloud metadata services live there) and "this host".
+DEFAULT_BANNED_SUBNETS = "169.254.0.0/16,0.0.0.0/8,fe80::/10,fd00:ec2::254/128,100.100.100.200/32"
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    return float(value) if value else default
+
+
+def _list(name: str, default: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in os.environ.get(name, default).split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    policy: str = ""
+    tool: str = "classical"
+    sam_checkpoint: str = ""
+    sam_sha256: str = ""
+    data_dir: Path = Path("data")
+    label_studio_url: str = ""
+    label_studio_api_key: str = ""
+    basic_auth_user: str = ""
+    basic_auth_pass: str = ""
+    redis_url: str = ""
+    prompt_fields: tuple[str, ...] = ("prompt", "text", "caption", "description")
+    max_image_bytes: int = 50 << 20
+    max_image_pixels: int = 80_000_000
+    fetch_timeout: float = 20.0
+    image_cache_bytes: int = 512 << 20
+    tool_cache_bytes: int = 1024 << 20
+    interactive_ttl: float = 600.0
+    max_request_bytes: int = 64 << 20
+    banned_subnets: tuple = field(default_factory=lambda: _subnets(DEFAULT_BANNED_SUBNETS))
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        sam_checkpoint = os.environ.get("SAM_CHECKPOINT", "").strip()
+        return cls(
+            policy=os.environ.get("SEGAGENT_POLICY", "").strip(),
+            tool=os.environ.get("SEGAGENT_TOOL", "").strip() or ("sam" if sam_checkpoint else "classical"),
+            sam_checkpoint=sam_checkpoint,
+            sam_sha256=os.environ.get("SAM_CHECKPOINT_SHA256", "").strip(),
+            data_dir=Path(os.environ.get("SEGAGENT_DATA_DIR", "").strip() or "data"),
+            label_studio_url=os.environ.get("LABEL_STUDIO_URL", "").strip().rstrip("/"),
+            label_studio_api_key=os.environ.get("LABEL_STUDIO_API_KEY", "").strip(),
+            basic_auth_user=os.environ.get("BASIC_AUTH_USER", ""),
+            basic_auth_pass=os.environ.get("BASIC_AUTH_PASS", ""),
+            redis_url=os.environ.get("REDIS_URL", "").strip(),
+            prompt_fields=_list("SEGAGENT_PROMPT_FIELDS", "prompt,text,caption,description"),
+            max_image_bytes=_int("SEGAGENT_MAX_IMAGE_MB", 50) << 20,
+            max_image_pixels=_int("SEGAGENT_MAX_IMAGE_PIXELS", 80_000_000),
+            fetch_timeout=_float("SEGAGENT_FETCH_TIMEOUT", 20.0),
+            image_cache_bytes=_int("SEGAGENT_IMAGE_CACHE_MB", 512) << 20,
+            tool_cache_bytes=_int("SEGAGENT_TOOL_CACHE_MB", 1024) << 20,
+            interactive_ttl=_float("SEGAGENT_INTERACTIVE_TTL", 600.0),
+            max_request_bytes=_int("SEGAGENT_MAX_REQUEST_MB", 64) << 20,
+            banned_subnets=_subnets(os.environ.get("SEGAGENT_BANNED_SUBNETS", DEFAULT_BANNED_SUBNETS)),
+        )
+
+    @property
+    def basic_auth(self) -> bool:
+        return bool(self.basic_auth_user and self.basic_auth_pass)
+
+
+def _subnets(spec: str) -> tuple:
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in spec.split(",") if item.strip())

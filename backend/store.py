@@ -1,0 +1,82 @@
+"""The annotations Label Studio sent through its webhook, kept as masks (COCO RLE) in SQLite (WAL).
+
+One row per region of an annotation. An update replaces the annotation's rows; a replay of the same
+version (same annotation id and updated_at) changes nothing; a delete removes them.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model.masks import rle_decode, rle_encode
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS annotation_regions (
+    project TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    annotation_id INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    region_index INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    prompt TEXT,
+    source TEXT NOT NULL,
+    mask_rle TEXT NOT NULL,
+    received REAL NOT NULL,
+    PRIMARY KEY (annotation_id, region_index)
+);
+CREATE INDEX IF NOT EXISTS regions_by_task ON annotation_regions (project, task_id);
+"""
+
+
+class AnnotationStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def replace(self, project: str, task_id: int, annotation_id: int, updated_at: str,
+                regions: list[tuple[str, str | None, str, np.ndarray]]) -> bool:
+        """Keep an annotation's regions (label, prompt, source, mask); False when this version is already kept."""
+        with self._lock:
+            row = self._db.execute("SELECT updated_at FROM annotation_regions WHERE annotation_id = ? LIMIT 1",
+                                   (annotation_id,)).fetchone()
+            if row is not None and row[0] == updated_at:
+                return False
+            now = time.time()
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?", (annotation_id,))
+                self._db.executemany(
+                    "INSERT INTO annotation_regions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(project, task_id, annotation_id, updated_at, index, label, prompt, source,
+                      json.dumps(rle_encode(mask)), now)
+                     for index, (label, prompt, source, mask) in enumerate(regions)])
+            return True
+
+    def delete(self, annotation_ids: list[int]) -> int:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            removed = 0
+            for annotation_id in annotation_ids:
+                removed += self._db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?",
+                                            (annotation_id,)).rowcount
+            return removed
+
+    def regions(self, annotation_id: int) -> list[dict]:
+        rows = self._db.execute(
+            "SELECT label, prompt, source, mask_rle FROM annotation_regions WHERE annotation_id = ? "
+            "ORDER BY region_index", (annotation_id,)).fetchall()
+        return [{"label": r[0], "prompt": r[1], "source": r[2], "mask": rle_decode(json.loads(r[3]))} for r in rows]
+
+    def counts(self) -> dict:
+        annotations, regions = self._db.execute(
+            "SELECT COUNT(DISTINCT annotation_id), COUNT(*) FROM annotation_regions").fetchone()
+        return {"annotations": annotations, "regions": regions}

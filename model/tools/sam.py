@@ -1,0 +1,165 @@
+"""The SAM tool (segment-anything): ViT-B/L/H from a checkpoint path or URL, CUDA when available.
+
+A checkpoint is either one of Meta's released state dicts (the architecture is recognised from the
+image encoder's width), or a dict {"config": {...}, "model": state_dict} for any other size, such as
+the tiny random SAM the tests build. Both are built by `build_sam` from segment-anything's own
+modeling classes.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import urllib.request
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..clicks import Click
+from .base import Box, Encoded, ToolResult
+
+log = logging.getLogger(__name__)
+
+# Meta's released architectures, keyed by the image encoder's embedding width
+RELEASED = {
+    768: {"encoder_embed_dim": 768, "encoder_depth": 12, "encoder_num_heads": 12, "global_attn_indexes": [2, 5, 8, 11]},
+    1024: {"encoder_embed_dim": 1024, "encoder_depth": 24, "encoder_num_heads": 16,
+           "global_attn_indexes": [5, 11, 17, 23]},
+    1280: {"encoder_embed_dim": 1280, "encoder_depth": 32, "encoder_num_heads": 16,
+           "global_attn_indexes": [7, 15, 23, 31]},
+}
+DEFAULTS = {"image_size": 1024, "patch_size": 16, "window_size": 14, "prompt_embed_dim": 256,
+            "decoder_mlp_dim": 2048, "decoder_num_heads": 8, "iou_head_hidden_dim": 256}
+
+
+class CheckpointError(RuntimeError):
+    """The SAM checkpoint is missing, corrupt, or does not match its expected hash."""
+
+
+def build_sam(config: dict):
+    """A Sam model of the given architecture, randomly initialised."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    cfg = {**DEFAULTS, **config}
+    embedding_size = cfg["image_size"] // cfg["patch_size"]
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=cfg["encoder_depth"], embed_dim=cfg["encoder_embed_dim"], img_size=cfg["image_size"],
+            mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=cfg["encoder_num_heads"],
+            patch_size=cfg["patch_size"], qkv_bias=True, use_rel_pos=True,
+            global_attn_indexes=cfg["global_attn_indexes"], window_size=cfg["window_size"],
+            out_chans=cfg["prompt_embed_dim"]),
+        prompt_encoder=PromptEncoder(
+            embed_dim=cfg["prompt_embed_dim"], image_embedding_size=(embedding_size, embedding_size),
+            input_image_size=(cfg["image_size"], cfg["image_size"]), mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=cfg["prompt_embed_dim"],
+                                          mlp_dim=cfg["decoder_mlp_dim"], num_heads=cfg["decoder_num_heads"]),
+            transformer_dim=cfg["prompt_embed_dim"], iou_head_depth=3,
+            iou_head_hidden_dim=cfg["iou_head_hidden_dim"]),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def resolve_checkpoint(checkpoint: str, data_dir: str | Path, sha256: str | None = None) -> Path:
+    """A local path for the checkpoint; an http(s) URL is downloaded once into data_dir/checkpoints.
+
+    A download is only accepted with the SHA-256 it must have, and is checked against it.
+    """
+    if not checkpoint.startswith(("http://", "https://")):
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"SAM checkpoint {path} does not exist")
+        return path
+    if not sha256:
+        raise CheckpointError("downloading a SAM checkpoint needs SAM_CHECKPOINT_SHA256, its expected SHA-256")
+    target = Path(data_dir) / "checkpoints" / checkpoint.rstrip("/").rsplit("/", 1)[-1]
+    if target.is_file() and _sha256(target) == sha256.lower():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial_file = target.with_suffix(target.suffix + ".part")
+    log.info("downloading SAM checkpoint %s to %s", checkpoint, target)
+    with urllib.request.urlopen(checkpoint, timeout=60) as response, open(partial_file, "wb") as out:
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+    actual = _sha256(partial_file)
+    if actual != sha256.lower():
+        partial_file.unlink()
+        raise CheckpointError(f"{checkpoint} has SHA-256 {actual}, expected {sha256}")
+    partial_file.replace(target)
+    return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_sam(path: str | Path, device: str):
+    """Build the SAM a checkpoint file describes and load its weights."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read SAM checkpoint {path}: {exc}") from exc
+    if isinstance(saved, dict) and "config" in saved and "model" in saved:
+        config, state = saved["config"], saved["model"]
+    else:
+        state = saved
+        width = state.get("image_encoder.pos_embed", torch.zeros(1, 1, 1, 0)).shape[-1]
+        if width not in RELEASED:
+            raise CheckpointError(f"{path} is not a SAM ViT-B/L/H checkpoint (encoder width {width})")
+        config = RELEASED[width]
+    model = build_sam(config)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+class SamTool:
+    name = "sam"
+
+    def __init__(self, checkpoint: str, data_dir: str | Path = "data", sha256: str | None = None,
+                 device: str | None = None):
+        from segment_anything import SamPredictor
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_sam(resolve_checkpoint(checkpoint, data_dir, sha256), self.device)
+        self._predictor = SamPredictor(self.model)
+        self._lock = threading.Lock()  # the predictor holds one image's state at a time
+
+    @torch.inference_mode()
+    def encode(self, image: np.ndarray) -> Encoded:
+        with self._lock:
+            self._predictor.set_image(image)
+            features = self._predictor.features
+            data = (features, self._predictor.original_size, self._predictor.input_size)
+        return Encoded(shape=image.shape[:2], data=data, nbytes=features.numel() * features.element_size())
+
+    @torch.inference_mode()
+    def predict(self, encoded: Encoded, clicks: Sequence[Click], box: Box | None = None,
+                previous: ToolResult | np.ndarray | None = None) -> ToolResult:
+        coords = np.array([[c.x, c.y] for c in clicks], np.float32) if clicks else None
+        labels = np.array([1 if c.positive else 0 for c in clicks], np.int32) if clicks else None
+        logits = previous.state if isinstance(previous, ToolResult) and previous.state is not None else None
+        # One click alone is ambiguous (a part or the whole?): ask for three masks and take the one SAM
+        # rates best. With more clicks, a box or the previous logits, one mask is the better answer.
+        multimask = len(clicks) == 1 and box is None and logits is None
+        with self._lock:
+            predictor = self._predictor
+            predictor.features, predictor.original_size, predictor.input_size = encoded.data
+            predictor.is_image_set = True
+            masks, scores, low_res = predictor.predict(
+                point_coords=coords, point_labels=labels,
+                box=np.asarray(box, np.float32) if box is not None else None,
+                mask_input=logits, multimask_output=multimask)
+        best = int(np.argmax(scores))
+        return ToolResult(mask=masks[best].astype(bool), score=float(np.clip(scores[best], 0.0, 1.0)),
+                          state=low_res[best][None])
+

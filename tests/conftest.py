@@ -1,0 +1,26 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.synthetic import FileServer, png_bytes, scene  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def image_server(tmp_path_factory):
+    """A local HTTP server with synthetic scenes: object.png (ellipse at the centre) and friends."""
+    folder = tmp_path_factory.mktemp("served")
+    image, mask = scene(320, 240, seed=1)
+    (folder / "object.png").write_bytes(png_bytes(image))
+    np.save(folder / "object_mask.npy", mask)
+    (folder / "not_an_image.png").write_bytes(b"this is text, not pixels")
+    big = np.zeros((9000, 9000), np.uint8)
+    (folder / "huge.png").write_bytes(png_bytes(big))
+    with FileServer(folder) as server:
+        server.folder = folder
+        server.mask = mask
+        server.image = image
+        yield server

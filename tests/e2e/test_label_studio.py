@@ -1,0 +1,137 @@
+"""End to end: Label Studio 1.23 talks to the backend started by `make serve`.
+
+Through Label Studio's API (label-studio-sdk): create a project with BrushLabels and smart
+KeyPointLabels, connect the backend as an interactive ML backend, import tasks whose synthetic images
+are served here, then (1) an interactive pre-annotation from a keypoint, (2) "Retrieve predictions"
+for tasks with imported rectangles, (3) a submitted annotation reaching the backend's webhook.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import requests
+from label_studio_sdk import LabelStudio
+from label_studio_sdk.converter import brush
+
+from model.masks import iou
+from tests.synthetic import png_bytes
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = """
+<View>
+  <Image name="image" value="$image" zoom="true"/>
+  <BrushLabels name="tag" toName="image">
+    <Label value="Object" background="#ff0000"/>
+    <Label value="Other" background="#0000ff"/>
+  </BrushLabels>
+  <KeyPointLabels name="point" toName="image" smart="true">
+    <Label value="Object" smart="true" background="#00ff00"/>
+    <Label value="Other" smart="true" background="#ffff00"/>
+  </KeyPointLabels>
+  <RectangleLabels name="box" toName="image" smart="true">
+    <Label value="Object" background="#00ffff"/>
+  </RectangleLabels>
+</View>
+"""
+
+
+def _decode(result: dict) -> np.ndarray:
+    height, width = result["original_height"], result["original_width"]
+    return brush.decode_rle(result["value"]["rle"]).reshape(height, width, 4)[:, :, 3] > 0
+
+
+def _bbox_percent(mask: np.ndarray, pad: int = 6) -> dict:
+    rows, cols = np.nonzero(mask)
+    height, width = mask.shape
+    x1, y1 = max(cols.min() - pad, 0), max(rows.min() - pad, 0)
+    x2, y2 = min(cols.max() + pad, width - 1), min(rows.max() + pad, height - 1)
+    return {"x": 100 * x1 / width, "y": 100 * y1 / height, "width": 100 * (x2 - x1) / width,
+            "height": 100 * (y2 - y1) / height, "rotation": 0}
+
+
+@pytest.fixture(scope="module")
+def connected(label_studio, backend_server, image_server):
+    client = LabelStudio(base_url=label_studio["url"], api_key=label_studio["token"])
+    project = client.projects.create(title="segagent e2e", label_config=CONFIG)
+    ml = client.ml.create(project=project.id, url=backend_server["url"], is_interactive=True, title="SegAgent")
+    headers = {"Authorization": f"Token {label_studio['token']}"}
+    # one task by URL, one uploaded into Label Studio (its image is then fetched from Label Studio itself)
+    image_url = f"{image_server.url}/object.png"
+    box = {"from_name": "box", "to_name": "image", "type": "rectanglelabels",
+           "value": {**_bbox_percent(image_server.mask), "rectanglelabels": ["Object"]}}
+    client.projects.import_tasks(id=project.id, request=[
+        {"data": {"image": image_url}, "predictions": [{"model_version": "detector", "result": [box]}]},
+    ])
+    upload = requests.post(f"{label_studio['url']}/api/projects/{project.id}/import", headers=headers,
+                           files={"file": ("uploaded.png", png_bytes(image_server.image), "image/png")}, timeout=60)
+    upload.raise_for_status()
+    tasks = list(client.tasks.list(project=project.id))
+    assert len(tasks) == 2
+    return {"client": client, "project": project, "ml": ml, "tasks": tasks, "headers": headers, "box": box}
+
+
+def _interactive(label_studio, connected, task, context) -> dict:
+    response = requests.post(f"{label_studio['url']}/api/ml/{connected['ml'].id}/interactive-annotating",
+                             headers=connected["headers"], json={"task": task.id, "context": context}, timeout=120)
+    response.raise_for_status()
+    body = response.json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+def _keypoint(x_percent, y_percent, positive=True, label="Object"):
+    return {"from_name": "point", "to_name": "image", "type": "keypointlabels", "is_positive": positive,
+            "original_width": 320, "original_height": 240, "image_rotation": 0,
+            "value": {"x": x_percent, "y": y_percent, "width": 0.6, "keypointlabels": [label]}}
+
+
+def test_backend_was_set_up_by_label_studio(connected, backend_server, label_studio):
+    status = requests.get(f"{backend_server['url']}/status", timeout=10).json()
+    assert status["label_studio"]["token"] is True
+    assert status["label_studio"]["url"].startswith("http://localhost:")
+
+
+def test_interactive_keypoint_gives_the_object(label_studio, connected, image_server):
+    for task in connected["tasks"]:  # the URL task and the uploaded one
+        data = _interactive(label_studio, connected, task, {"result": [_keypoint(50, 50)]})
+        [region] = data["result"]
+        assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Object"]
+        assert (region["original_width"], region["original_height"]) == (320, 240)
+        assert 0 <= region["score"] <= 1 and 0 <= data["score"] <= 1
+        assert data["model_version"].startswith("segagent-")
+        assert iou(_decode(region), image_server.mask) >= 0.8
+
+
+def test_retrieve_predictions_stores_masks(connected, image_server):
+    client, project = connected["client"], connected["project"]
+    client.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                          selected_items={"all": True, "excluded": []})
+    ours = []
+    for task in client.tasks.list(project=project.id):
+        full = client.tasks.get(id=task.id)
+        ours += [p for p in (full.predictions or []) if str(p.model_version or "").startswith("segagent-")]
+    assert len(ours) == 1  # the task with an imported rectangle; the other has nothing to start from
+    [region] = ours[0].result
+    assert iou(_decode(region), image_server.mask) >= 0.8
+
+
+def test_submitted_annotation_reaches_the_webhook(connected, backend_server, image_server):
+    client = connected["client"]
+    task = connected["tasks"][0]
+    before = requests.get(f"{backend_server['url']}/status", timeout=10).json()["annotations"]["annotations"]
+    result = {"from_name": "tag", "to_name": "image", "type": "brushlabels", "original_width": 320,
+              "original_height": 240, "image_rotation": 0,
+              "value": {"format": "rle", "rle": brush.mask2rle(image_server.mask.astype(np.uint8) * 255),
+                        "brushlabels": ["Object"]}}
+    client.annotations.create(id=task.id, result=[result], was_cancelled=False)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        status = requests.get(f"{backend_server['url']}/status", timeout=10).json()
+        if status["annotations"]["annotations"] > before:
+            break
+        time.sleep(1)
+    assert status["annotations"]["annotations"] == before + 1
+    assert status["webhook_events"].get("ANNOTATION_CREATED", 0) >= 1

@@ -1,0 +1,62 @@
+"""Synthetic scenes for tests: a coloured object on a textured background, with its exact mask."""
+from __future__ import annotations
+
+import io
+import socket
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+
+def scene(width: int = 320, height: int = 240, seed: int = 0, center: tuple[int, int] | None = None,
+          axes: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image with a smooth reddish ellipse on a noisy greenish-blue background, and its mask."""
+    rng = np.random.default_rng(seed)
+    background = rng.normal(0, 12, (height, width, 3)) + np.array([60, 120, 150])
+    mask = np.zeros((height, width), np.uint8)
+    center = center or (width // 2, height // 2)
+    axes = axes or (width // 5, height // 4)
+    cv2.ellipse(mask, center, axes, 20, 0, 360, 1, -1)
+    obj = rng.normal(0, 10, (height, width, 3)) + np.array([200, 70, 50])
+    image = np.where(mask[..., None] > 0, obj, background)
+    return np.clip(image, 0, 255).astype(np.uint8), mask.astype(bool)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FileServer:
+    """Serves a folder over HTTP on 127.0.0.1, in a thread."""
+
+    def __init__(self, folder: Path):
+        handler = partial(_QuietHandler, directory=str(folder))
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FileServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass

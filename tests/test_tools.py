@@ -1,0 +1,192 @@
+"""The interactive tools: the CPU tool's behaviour and bad input, the shared cache, and SAM with a tiny
+randomly initialised model saved as a checkpoint and loaded by path."""
+import numpy as np
+import pytest
+import torch
+
+from model.clicks import Click
+from model.masks import iou
+from model.tools import ImageCache, Segmenter, make_segmenter
+from model.tools.classical import ClassicalTool
+from tests.synthetic import scene
+
+
+@pytest.fixture(scope="module")
+def classical():
+    return Segmenter(ClassicalTool(), ImageCache(64 << 20))
+
+
+def test_one_click_segments_a_distinct_object(classical):
+    image, target = scene(320, 240, seed=3)
+    result = classical.predict(image, [Click(160, 120, True)])
+    assert result.mask.shape == target.shape
+    assert iou(result.mask, target) >= 0.9
+    assert 0.0 <= result.score <= 1.0
+
+
+def test_negative_click_removes_a_wrong_region(classical):
+    image, target = scene(320, 240, seed=4)
+    wrong = target.copy()
+    wrong[:60, :80] = True  # a slab of background wrongly included
+    result = classical.predict(image, [Click(160, 120, True), Click(30, 25, False)], previous=wrong)
+    assert not result.mask[25, 30]
+    assert iou(result.mask, target) >= 0.85
+
+
+def test_positive_click_adds_a_missed_part(classical):
+    image, target = scene(320, 240, seed=5)
+    partial = target.copy()
+    partial[:, 170:] = False  # the right part of the object is missing
+    first = classical.predict(image, [Click(140, 120, True)], previous=partial)
+    ys, xs = np.nonzero(target & ~partial)
+    far = int(np.argmax(xs))
+    result = classical.predict(image, [Click(140, 120, True), Click(float(xs[far] - 5), float(ys[far]), True)],
+                               previous=first)
+    assert iou(result.mask, target) > iou(partial, target)
+
+
+def test_box_alone_gives_the_object(classical):
+    image, target = scene(320, 240, seed=6)
+    rows, cols = np.nonzero(target)
+    box = (cols.min() - 8, rows.min() - 8, cols.max() + 8, rows.max() + 8)
+    assert iou(classical.predict(image, box=box).mask, target) >= 0.85
+
+
+def test_results_are_reproducible(classical):
+    image, _ = scene(320, 240, seed=7)
+    a = classical.predict(image, [Click(160, 120, True)]).mask
+    b = classical.predict(image, [Click(160, 120, True)]).mask
+    assert (a == b).all()
+
+
+@pytest.mark.parametrize("image", [
+    np.zeros((1, 1, 3), np.uint8),
+    np.zeros((2, 3), np.uint8),
+    np.zeros((40, 50, 4), np.uint8),
+    np.full((40, 50), 40000, np.uint16),
+])
+def test_degenerate_and_odd_images_give_a_mask(classical, image):
+    height, width = image.shape[:2]
+    result = classical.predict(image, [Click(width // 2, height // 2, True)])
+    assert result.mask.shape == (height, width) and result.mask.dtype == bool
+    assert result.mask[height // 2, width // 2]  # the clicked pixel is always kept
+
+
+def test_a_large_image_works():
+    segmenter = Segmenter(ClassicalTool(), ImageCache(1 << 30))
+    image = np.zeros((8000, 8000, 3), np.uint8)
+    image[3000:5000, 3000:5000] = 200
+    result = segmenter.predict(image, [Click(4000, 4000, True)])
+    assert result.mask.shape == (8000, 8000)
+    assert iou(result.mask, image[:, :, 0] > 0) > 0.9
+
+
+def test_bad_clicks_are_refused(classical):
+    image, _ = scene(64, 48)
+    with pytest.raises(ValueError, match="outside"):
+        classical.predict(image, [Click(64, 10, True)])
+    with pytest.raises(ValueError, match="at least one click"):
+        classical.predict(image, [])
+    with pytest.raises(ValueError, match="previous mask"):
+        classical.predict(image, [Click(5, 5, True)], previous=np.zeros((3, 3), bool))
+
+
+def test_cache_encodes_once_and_evicts_by_bytes():
+    segmenter = Segmenter(ClassicalTool(), ImageCache(max_bytes=320 * 240 * 3 * 2))
+    images = [scene(320, 240, seed=s)[0] for s in range(3)]
+    segmenter.predict(images[0], [Click(10, 10, True)])
+    segmenter.predict(images[0].copy(), [Click(20, 10, True)])
+    assert (segmenter.cache.hits, segmenter.cache.misses) == (1, 1)
+    for image in images[1:]:
+        segmenter.predict(image, [Click(10, 10, True)])
+    assert len(segmenter.cache) == 2 and segmenter.cache.size_bytes <= segmenter.cache.max_bytes
+
+
+# ---------------------------------------------------------------- SAM
+
+TINY_SAM = {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads": 2, "global_attn_indexes": [1],
+            "image_size": 64, "patch_size": 16, "window_size": 2, "prompt_embed_dim": 32,
+            "decoder_mlp_dim": 64, "decoder_num_heads": 2, "iou_head_hidden_dim": 32}
+
+
+@pytest.fixture(scope="module")
+def tiny_sam_checkpoint(tmp_path_factory):
+    from model.tools.sam import build_sam
+
+    torch.manual_seed(0)
+    model = build_sam(TINY_SAM)
+    assert sum(p.numel() for p in model.parameters()) < 500_000
+    path = tmp_path_factory.mktemp("sam") / "tiny_sam.pth"
+    torch.save({"config": TINY_SAM, "model": model.state_dict()}, path)
+    return path, model
+
+
+def test_tiny_sam_loads_by_path_and_predicts(tiny_sam_checkpoint):
+    path, original = tiny_sam_checkpoint
+    segmenter = make_segmenter("sam", sam_checkpoint=str(path))
+    loaded = segmenter.tool.model
+    for key, value in original.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    image, _ = scene(96, 80, seed=2)
+    first = segmenter.predict(image, [Click(48, 40, True)])
+    assert first.mask.shape == (80, 96) and first.mask.dtype == bool
+    assert first.state.shape == (1, 16, 16)  # low-resolution logits for the next step
+    second = segmenter.predict(image, [Click(48, 40, True), Click(10, 10, False)], previous=first)
+    assert second.mask.shape == (80, 96)
+    boxed = segmenter.predict(image, box=(20, 20, 70, 60))
+    assert boxed.mask.shape == (80, 96)
+    assert segmenter.cache.misses == 1 and segmenter.cache.hits == 2
+
+
+def test_sam_multimask_policy_takes_the_best_rated_mask(tiny_sam_checkpoint, monkeypatch):
+    path, _ = tiny_sam_checkpoint
+    segmenter = make_segmenter("sam", sam_checkpoint=str(path))
+    calls = []
+    predictor = segmenter.tool._predictor
+    real = predictor.predict
+
+    def spy(**kwargs):
+        calls.append(kwargs["multimask_output"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(predictor, "predict", spy)
+    image, _ = scene(96, 80, seed=2)
+    first = segmenter.predict(image, [Click(48, 40, True)])
+    segmenter.predict(image, [Click(48, 40, True), Click(5, 5, False)], previous=first)
+    assert calls == [True, False]
+
+
+def test_sam_checkpoint_errors_are_clear(tmp_path):
+    from model.tools.sam import CheckpointError, resolve_checkpoint
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        make_segmenter("sam", sam_checkpoint=str(tmp_path / "missing.pth"))
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        make_segmenter("sam", sam_checkpoint=str(bad))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        resolve_checkpoint("https://example.invalid/sam_vit_b.pth", tmp_path)
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        make_segmenter("sam")
+    with pytest.raises(ValueError, match="unknown tool"):
+        make_segmenter("magic")
+
+
+def test_sam_url_download_is_checked_against_its_hash(tmp_path, tiny_sam_checkpoint):
+    import hashlib
+
+    from model.tools.sam import CheckpointError, resolve_checkpoint
+    from tests.synthetic import FileServer
+
+    path, _ = tiny_sam_checkpoint
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "tiny.pth").write_bytes(path.read_bytes())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with FileServer(served) as server:
+        with pytest.raises(CheckpointError, match="expected"):
+            resolve_checkpoint(f"{server.url}/tiny.pth", tmp_path / "data", sha256="0" * 64)
+        local = resolve_checkpoint(f"{server.url}/tiny.pth", tmp_path / "data", sha256=digest)
+        assert local.read_bytes() == path.read_bytes()
+    assert resolve_checkpoint(f"{server.url}/tiny.pth", tmp_path / "data", sha256=digest) == local  # cached
