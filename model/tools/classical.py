@@ -91,9 +91,9 @@ class ClassicalTool:
 
         restrict = current.any() or box is not None
         mask = self._grabcut(small, labels, restrict)
-        positives = [c for c in scaled if c.positive]
-        if positives:
-            mask = components_touching(mask, positives)
+        anchors = [c for c in scaled if c.positive and mask[c.pixel]]
+        if anchors:
+            mask = components_touching(mask, anchors)
         mask = fill_holes(mask, max_area=int(0.01 * mask.size), keep_open=[c for c in scaled if not c.positive])
         full = _upsample(mask, encoded.shape)
         return ToolResult(mask=full, score=_edge_score(small, mask), state=ClassicalState(tuple(regions)))

@@ -1,0 +1,323 @@
+"""The backend's HTTP protocol through Flask's test client, with a local image server."""
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from label_studio_sdk.converter import brush
+
+from backend.app import create_app
+from backend.settings import Settings, _subnets
+from model.masks import iou
+
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="tag" toName="image"><Label value="Object"/><Label value="Other"/></BrushLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Object" smart="true"/></KeyPointLabels>
+  <RectangleLabels name="box" toName="image" smart="true"><Label value="Object"/></RectangleLabels>
+  <TextArea name="prompt" toName="image"/>
+</View>"""
+ONE_LABEL = CONFIG.replace('<Label value="Other"/>', "")
+
+
+def make_client(tmp_path: Path, **overrides):
+    settings = Settings(data_dir=tmp_path, banned_subnets=_subnets("169.254.0.0/16"), **overrides)
+    app = create_app(settings)
+    return app.test_client()
+
+
+@pytest.fixture
+def client(tmp_path):
+    return make_client(tmp_path)
+
+
+def keypoint(x, y, positive=True, label="Object"):
+    return {"type": "keypointlabels", "from_name": "kp", "to_name": "image", "is_positive": positive,
+            "original_width": 320, "original_height": 240,
+            "value": {"x": x, "y": y, "width": 1, "keypointlabels": [label]}}
+
+
+def rectangle_around(mask, pad=6):
+    rows, cols = np.nonzero(mask)
+    height, width = mask.shape
+    return {"type": "rectanglelabels", "from_name": "box", "to_name": "image",
+            "value": {"x": 100 * (cols.min() - pad) / width, "y": 100 * (rows.min() - pad) / height,
+                      "width": 100 * (np.ptp(cols) + 2 * pad) / width, "height": 100 * (np.ptp(rows) + 2 * pad) / height,
+                      "rectanglelabels": ["Object"]}}
+
+
+def predict(client, image_url, context=None, config=CONFIG, task_extra=None):
+    task = {"id": 7, "data": {"image": image_url}, **(task_extra or {})}
+    return client.post("/predict", json={"tasks": [task], "label_config": config, "project": "3.1700000000",
+                                         "params": {"context": context}})
+
+
+def decode(region):
+    return brush.decode_rle(region["value"]["rle"]).reshape(
+        region["original_height"], region["original_width"], 4)[:, :, 3] > 0
+
+
+def test_health_status_and_root(client):
+    health = client.get("/health").json
+    assert health["status"] == "UP" and health["model_class"]
+    assert health["capabilities"]["tool"] == {"on": True, "name": "classical", "error": None}
+    assert health["capabilities"]["policy"]["on"] is False
+    assert health["capabilities"]["policy"]["reason"] == "no policy configured"
+    assert client.get("/").json == health
+    status = client.get("/status").json
+    assert {"policy", "tool", "active_version", "trajectories", "training"} <= set(status)
+    assert client.get("/versions").json == {"versions": [health["model_version"]]}
+
+
+def test_setup_answers_the_version_and_keeps_label_studio(client):
+    body = client.post("/setup", json={"project": "3.1700000000", "schema": CONFIG,
+                                       "hostname": "http://ls.example:8080", "access_token": "abc"}).json
+    assert body["model_version"] == client.get("/health").json["model_version"]
+    assert client.get("/status").json["label_studio"] == {"url": "http://ls.example:8080", "token": True}
+
+
+def test_interactive_click_gives_the_object(client, image_server):
+    response = predict(client, f"{image_server.url}/object.png", {"result": [keypoint(50, 50)]})
+    assert response.status_code == 200, response.json
+    [prediction] = response.json["results"]
+    [region] = prediction["result"]
+    assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Object"]
+    assert region["from_name"] == "tag" and region["to_name"] == "image"
+    assert (region["original_width"], region["original_height"]) == (320, 240)
+    assert 0 <= region["score"] <= 1 and prediction["model_version"] == "segagent-classical-v0"
+    assert iou(decode(region), image_server.mask) >= 0.9
+
+
+def test_clicks_across_requests_refine_one_mask(client, image_server):
+    url = f"{image_server.url}/object.png"
+    first = decode(predict(client, url, {"result": [keypoint(50, 50)]}).json["results"][0]["result"][0])
+    # only the newest click comes: a negative one inside the object must carve into the same mask
+    second = predict(client, url, {"result": [keypoint(62.5, 50, positive=False)]})
+    assert second.status_code == 200
+    mask = decode(second.json["results"][0]["result"][0])
+    assert first[120, 200] and not mask[120, 200]
+    assert mask[120, 160] and mask.sum() > 0.5 * first.sum()  # the positive click still holds
+
+
+def test_rectangle_context_and_prompt(client, image_server):
+    box = rectangle_around(image_server.mask)
+    text = {"type": "textarea", "from_name": "prompt", "to_name": "image", "value": {"text": ["the red blob"]}}
+    response = predict(client, f"{image_server.url}/object.png", {"result": [box, text]})
+    assert iou(decode(response.json["results"][0]["result"][0]), image_server.mask) >= 0.85
+
+
+def test_refine_mode_turns_task_boxes_into_masks(client, image_server):
+    rect = rectangle_around(image_server.mask)
+    response = predict(client, f"{image_server.url}/object.png",
+                       task_extra={"predictions": [{"model_version": "detector", "result": [rect]}]})
+    [region] = response.json["results"][0]["result"]
+    assert iou(decode(region), image_server.mask) >= 0.85
+
+
+def test_auto_mode_without_policy_gives_no_prediction(client, image_server, caplog):
+    caplog.set_level(logging.INFO)
+    response = predict(client, f"{image_server.url}/object.png")
+    assert response.status_code == 200 and response.json["results"] == [[]]
+    assert "no policy configured" in caplog.text
+
+
+@pytest.mark.parametrize("body, message", [
+    ("not json", "JSON object"),
+    ([1, 2], "JSON object"),
+    ({"tasks": "x", "label_config": CONFIG}, "'tasks' must be a list"),
+    ({"tasks": [1], "label_config": CONFIG}, "every task must be an object"),
+    ({"tasks": [], "label_config": "<View><Image name='i' value='$i'/></View>"}, "no <BrushLabels>"),
+    ({"tasks": [], "label_config": "<View><BrushLabels name='b' toName='i'/></View>"}, "no <Image>"),
+    ({"tasks": [], "label_config": "<View"}, "not valid XML"),
+    ({"tasks": []}, "no label_config"),
+])
+def test_malformed_predict_requests_are_4xx(client, body, message):
+    response = client.post("/predict", json=body) if not isinstance(body, str) else client.post(
+        "/predict", data=body, content_type="application/json")
+    assert 400 <= response.status_code < 500
+    assert message in response.json["error"]
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("name, status, message", [
+    ("file:///etc/passwd", 400, "only http(s)"),
+    ("ftp://example.com/a.png", 400, "only http(s)"),
+    ("/data/upload/1/a.png", 400, "Label Studio path"),
+    ("s3://bucket/key.png", 400, "cloud storage"),
+    ("http://169.254.169.254/latest/meta-data", 403, "banned subnet"),
+    ("http://no-such-host.invalid/a.png", 422, "does not resolve"),
+    ("{server}/missing.png", 422, "HTTP 404"),
+    ("{server}/not_an_image.png", 422, "not a readable image"),
+    ("{server}/huge.png", 422, "more than"),
+])
+def test_bad_images_are_4xx(tmp_path, image_server, name, status, message):
+    client = make_client(tmp_path, max_image_pixels=50_000_000)
+    url = name.replace("{server}", image_server.url)
+    response = predict(client, url, {"result": [keypoint(50, 50)]})
+    assert response.status_code == status, response.json
+    assert message in response.json["error"]
+
+
+def test_image_byte_limit(tmp_path, image_server):
+    client = make_client(tmp_path, max_image_bytes=1000)
+    response = predict(client, f"{image_server.url}/object.png", {"result": [keypoint(50, 50)]})
+    assert response.status_code == 413 and "bytes" in response.json["error"]
+
+
+def test_label_studio_paths_get_the_token_only_there(tmp_path, image_server):
+    """An upload path is fetched from Label Studio with its token; another host never sees the token."""
+    import http.server
+    import threading
+
+    seen = {}
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen[self.path] = self.headers.get("Authorization")
+            body = (image_server.folder / "object.png").read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ls_url = f"http://127.0.0.1:{server.server_address[1]}"
+        client = make_client(tmp_path)
+        client.post("/setup", json={"project": "3", "schema": CONFIG, "hostname": ls_url, "access_token": "tok"})
+        ok = predict(client, "/data/upload/3/object.png", {"result": [keypoint(50, 50)]})
+        assert ok.status_code == 200
+        assert seen["/data/upload/3/object.png"] == "Token tok"
+        cloud = predict(client, "s3://bucket/object.png", {"result": [keypoint(40, 50)]})
+        assert cloud.status_code == 200
+        resolve = [p for p in seen if p.startswith("/tasks/7/resolve/?fileuri=")]
+        assert resolve and base64.urlsafe_b64decode(resolve[0].split("=", 1)[1]) == b"s3://bucket/object.png"
+    finally:
+        server.shutdown()
+    # the image server is another host: no token goes there
+    other = predict(client, f"{image_server.url}/object.png", {"result": [keypoint(30, 50)]})
+    assert other.status_code == 200
+
+
+def test_bad_contexts_are_4xx(client, image_server):
+    url = f"{image_server.url}/object.png"
+    assert predict(client, url, {"result": "x"}).status_code == 400
+    assert predict(client, url, {"result": [{"type": "keypointlabels"}]}).status_code == 400
+    bad_x = keypoint(50, 50)
+    bad_x["value"]["x"] = "left"
+    assert predict(client, url, {"result": [bad_x]}).status_code == 400
+    outside = keypoint(150, 50)
+    assert "outside the image" in predict(client, url, {"result": [outside]}).json["error"]
+    unknown_label = keypoint(50, 50, label="Nope")
+    assert "not one of the BrushLabels" in predict(client, url, {"result": [unknown_label]}).json["error"]
+
+
+def brush_annotation(mask, annotation_id=11, updated="2026-01-01T00:00:00Z", **extra):
+    result = {"id": "r1", "type": "brushlabels", "from_name": "tag", "to_name": "image",
+              "original_width": mask.shape[1], "original_height": mask.shape[0],
+              "value": {"format": "rle", "rle": brush.mask2rle(mask.astype(np.uint8) * 255),
+                        "brushlabels": ["Object"]}}
+    return {"action": "ANNOTATION_CREATED", "project": {"id": 3, "label_config": CONFIG},
+            "task": {"id": 7, "data": {"image": "x", "prompt": "a red blob"}},
+            "annotation": {"id": annotation_id, "updated_at": updated, "result": [result], **extra}}
+
+
+def test_webhook_keeps_replays_updates_and_deletes(client, tmp_path):
+    mask = np.zeros((24, 32), bool)
+    mask[5:15, 8:20] = True
+    assert client.post("/webhook", json=brush_annotation(mask)).json["status"] == "ok"
+    assert client.post("/webhook", json=brush_annotation(mask)).json["status"] == "unchanged"
+    assert client.get("/status").json["annotations"] == {"annotations": 1, "regions": 1}
+    service = client.application.extensions["segagent"]
+    [kept] = service.store.regions(11)
+    assert (kept["mask"] == mask).all() and kept["label"] == "Object" and kept["prompt"] == "a red blob"
+
+    moved = np.roll(mask, 3, axis=1)
+    update = brush_annotation(moved, updated="2026-01-02T00:00:00Z")
+    update["action"] = "ANNOTATION_UPDATED"
+    assert client.post("/webhook", json=update).json["status"] == "ok"
+    assert (service.store.regions(11)[0]["mask"] == moved).all()
+
+    assert client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 11}]}).json[
+        "deleted_regions"] == 1
+    assert client.get("/status").json["annotations"]["annotations"] == 0
+    cancelled = brush_annotation(mask, annotation_id=12, was_cancelled=True)
+    assert client.post("/webhook", json=cancelled).json["status"] == "skipped"
+    assert client.get("/status").json["webhook_events"]["ANNOTATION_CREATED"] == 3
+
+
+def test_webhook_bad_input(client):
+    assert client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1}}).json["status"] == "ignored"
+    assert client.post("/webhook", json={"action": "SOMETHING_NEW"}).status_code == 200
+    assert client.post("/webhook", json={"project": 1}).status_code == 400
+    bad = brush_annotation(np.ones((4, 4), bool))
+    bad["annotation"]["result"][0]["value"]["rle"] = [1, 2, 3]
+    assert "rle" in client.post("/webhook", json=bad).json["error"]
+    lying = brush_annotation(np.ones((4, 4), bool))
+    lying["annotation"]["result"][0]["original_width"] = 4000
+    assert "declares" in client.post("/webhook", json=lying).json["error"]
+    assert client.post("/webhook", json={"action": "ANNOTATION_CREATED", "annotation": 3, "task": {}}).status_code == 400
+
+
+def test_polygon_annotations_are_rasterised(client):
+    payload = brush_annotation(np.zeros((4, 4), bool))
+    payload["annotation"]["result"] = [{"type": "polygonlabels", "from_name": "poly", "to_name": "image",
+                                        "original_width": 100, "original_height": 100,
+                                        "value": {"points": [[10, 10], [50, 10], [50, 50], [10, 50]],
+                                                  "polygonlabels": ["Object"]}}]
+    assert client.post("/webhook", json=payload).json["regions"] == 1
+    mask = client.application.extensions["segagent"].store.regions(11)[0]["mask"]
+    assert 1500 <= mask.sum() <= 1700
+
+
+def test_training_without_policy_is_answered(client):
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json["status"] == "skipped"
+    assert client.post("/train", json={"annotations": [], "project": "3.1"}).json["reason"] == "no policy configured"
+    assert client.get("/status").json["training"]["state"] == "skipped"
+
+
+def test_basic_auth_guards_everything_but_health(tmp_path):
+    client = make_client(tmp_path, basic_auth_user="ls", basic_auth_pass="s3cret")
+    assert client.get("/health").status_code == 200
+    assert client.get("/status").status_code == 401
+    assert client.post("/predict", json={}).status_code == 401
+    wrong = base64.b64encode(b"ls:nope").decode()
+    assert client.get("/status", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+    right = base64.b64encode(b"ls:s3cret").decode()
+    assert client.get("/status", headers={"Authorization": f"Basic {right}"}).status_code == 200
+
+
+def test_metrics_count_requests_errors_and_cache(client, image_server):
+    predict(client, f"{image_server.url}/object.png", {"result": [keypoint(50, 50)]})
+    predict(client, f"{image_server.url}/object.png", {"result": [keypoint(40, 50)]})
+    client.post("/predict", data="x", content_type="application/json")
+    text = client.get("/metrics").data.decode()
+    assert 'segagent_requests_total{method="POST",route="/predict",status="200"} 2.0' in text
+    assert 'segagent_errors_total{kind="ApiError",route="/predict"} 1.0' in text
+    assert 'segagent_cache_hits_total{cache="tool"} 1.0' in text
+    assert "segagent_request_seconds_bucket" in text
+
+
+def test_validate_checks_the_config(client):
+    assert client.post("/validate", json={"config": CONFIG}).status_code == 200
+    assert client.post("/validate", json={"config": "<View></View>"}).status_code == 422
+
+
+def test_one_label_config_needs_no_selection(client, image_server):
+    point = keypoint(50, 50)
+    point["value"].pop("keypointlabels")
+    response = predict(client, f"{image_server.url}/object.png", {"result": [point]}, config=ONE_LABEL)
+    assert response.json["results"][0]["result"][0]["value"]["brushlabels"] == ["Object"]
+
+
+def test_request_size_limit(tmp_path):
+    client = make_client(tmp_path, max_request_bytes=1000)
+    response = client.post("/predict", data="x" * 5000, content_type="application/json")
+    assert response.status_code == 413 and "error" in response.json
