@@ -153,6 +153,7 @@ def _plot_miou(path: Path, summary: dict) -> None:
     ax.set_xlabel("clicks")
     ax.set_ylabel("mIoU")
     ax.set_ylim(0, 1)
+    ax.set_xticks(range(1, len(values) + 1, max(1, len(values) // 10)))
     ax.grid(alpha=0.3)
     ax.set_title(f"{summary['tool']} on {summary['dataset']}: NoC@85 {summary['noc85']:.2f}, NoC@90 {summary['noc90']:.2f}")
     fig.tight_layout()
