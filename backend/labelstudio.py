@@ -169,6 +169,19 @@ def brush_region(mask: np.ndarray, schema: Schema, label: str, score: float) -> 
     }
 
 
+def keypoint_regions(clicks, shape: tuple[int, int], schema: "Schema", label: str) -> list[dict]:
+    """The agent's clicks as keypoint regions, so annotators see why the mask is what it is."""
+    height, width = shape
+    return [{
+        "id": uuid.uuid4().hex[:10], "from_name": schema.keypoint_names[0], "to_name": schema.image_name,
+        "type": "keypointlabels", "origin": "prediction", "original_width": int(width),
+        "original_height": int(height), "image_rotation": 0, "is_positive": bool(click.positive),
+        "value": {"x": 100.0 * click.x / width, "y": 100.0 * click.y / height, "width": 0.5,
+                  "keypointlabels": [label]},
+        "readonly": True,
+    } for click in clicks]
+
+
 def decode_brush(result: dict, max_pixels: int) -> np.ndarray:
     """The bool mask of a brushlabels result; ApiError when the RLE is malformed or oversized."""
     value = result.get("value") or {}

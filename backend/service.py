@@ -2,8 +2,9 @@
 
 Modes of /predict, per task:
 - interactive: the context holds smart keypoints and/or a rectangle -> the tool makes the mask;
-- refine: the task already has rectangles (imported predictions, annotations) -> box -> mask;
-- auto: nothing to start from -> the policy's episode (off until a policy is configured).
+- refine: the task already has rectangles (imported predictions, annotations) -> box -> mask, which
+  the policy's episode then refines when a policy is configured;
+- auto: nothing to start from -> the policy's episode, one per object prompt (off without a policy).
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.agent import Agent, AgentConfig, Episode, EpisodeTask
+from model.policies import Policy, PolicyError, make_policy
+from model.quality import PolicyScorer
 from model.tools import Segmenter, make_segmenter
 
 from . import labelstudio as ls
@@ -48,10 +52,11 @@ class Service:
         self.sessions = Sessions(settings.interactive_ttl)
         self.store = AnnotationStore(settings.data_dir / "annotations.sqlite3")
         self.segmenter, tool_error = self._build_segmenter()
+        self.policy, policy_error = self._build_policy()
+        self.agent = self._build_agent()
         self.capabilities = Capabilities(
             tool=self.segmenter.name if self.segmenter else None, tool_error=tool_error,
-            policy=None, policy_error="no policy configured" if not settings.policy else
-            f"policy {settings.policy!r} is set but policies are not supported by this version")
+            policy=self.policy.name if self.policy else None, policy_error=policy_error)
         caches = {"images": self.fetcher}
         if self.segmenter:
             caches["tool"] = self.segmenter.cache
@@ -73,9 +78,30 @@ class Service:
             log.error("interactive tool %r is off: %s", self.settings.tool, exc)
             return None, f"{type(exc).__name__}: {exc}"
 
+    def _build_policy(self) -> tuple[Policy | None, str | None]:
+        if not self.settings.policy:
+            log.info("auto mode is off: no policy configured (SEGAGENT_POLICY)")
+            return None, "no policy configured"
+        try:
+            policy = make_policy(self.settings.policy, adapter=self.settings.policy_adapter or None,
+                                 answer_format=self.settings.policy_format, model=self.settings.policy_model or None)
+            log.info("policy: %s", policy.name)
+            return policy, None
+        except Exception as exc:  # a policy that does not load turns auto mode off, not the server
+            log.error("policy %r is off: %s", self.settings.policy, exc)
+            return None, f"{type(exc).__name__}: {exc}"
+
+    def _build_agent(self) -> Agent | None:
+        if self.policy is None or self.segmenter is None:
+            return None
+        scorer = PolicyScorer(self.policy) if self.settings.prm == "policy" else None
+        config = AgentConfig(max_steps=self.settings.agent_steps, samples=self.settings.agent_samples)
+        return Agent(self.segmenter, self.policy, config, scorer)
+
     @property
     def model_version(self) -> str:
-        return f"segagent-{self.capabilities.tool or 'none'}-v0"
+        policy = "" if self.policy is None else "-agent"
+        return f"segagent-{self.capabilities.tool or 'none'}{policy}-v0"
 
     # ---------------------------------------------------------------- status
     def health(self) -> dict:
@@ -141,12 +167,13 @@ class Service:
         if not isinstance(data, dict):
             raise ApiError(f"task {task.get('id')} has no 'data' object")
         has_context = isinstance(context, dict) and bool(context.get("result"))
-        boxes_possible = any(
-            r.get("type") == "rectanglelabels" for item in (task.get("predictions") or []) + (task.get("annotations") or [])
-            if isinstance(item, dict) for r in (item.get("result") or []) if isinstance(r, dict))
-        if not has_context and not boxes_possible:
-            log.info("task %s: no prediction: no policy configured, and no clicks or boxes to start from",
-                     task.get("id"))
+        has_boxes = any(
+            isinstance(r, dict) and r.get("type") == "rectanglelabels"
+            for item in (task.get("predictions") or []) + (task.get("annotations") or []) if isinstance(item, dict)
+            for r in (item.get("result") or []))
+        if not has_context and not has_boxes and self.agent is None:
+            log.info("task %s: no prediction: %s, and no clicks or boxes to start from", task.get("id"),
+                     self.capabilities.policy_error or self.capabilities.tool_error)
             return []
         if self.segmenter is None:
             raise ApiError(f"the interactive tool is off: {self.capabilities.tool_error}", 503)
@@ -156,12 +183,62 @@ class Service:
             interaction = ls.parse_context(context, schema, width, height)
             if not interaction.empty:
                 return self._interactive(task, schema, interaction, image, project)
-        regions = []
-        for label, box in ls.task_boxes(task, schema, width, height):
-            result = self.segmenter.predict(image, box=box)
-            regions.append(ls.brush_region(result.mask, schema, ls.choose_label(schema, label), result.score))
-        self.metrics.predictions.labels("refine").inc(len(regions))
+        try:
+            if has_boxes:
+                return self._refine(task, schema, image, project)
+            return self._auto(task, schema, image, project)
+        except PolicyError as exc:
+            raise ApiError(f"the policy is unavailable: {exc}", 503) from exc
+
+    def _refine(self, task: dict, schema: ls.Schema, image: np.ndarray, project: str) -> dict:
+        """Each rectangle the task has becomes a mask: the tool's, refined by the agent when there is one."""
+        height, width = image.shape[:2]
+        boxes = ls.task_boxes(task, schema, width, height)
+        prompt = ls.task_prompt(task, self.settings.prompt_fields)
+        labels = [ls.choose_label(schema, label) for label, _ in boxes]
+        if self.agent is not None:
+            episodes = self.agent.run_many([EpisodeTask(image, prompt or label, box=box)
+                                            for label, (_, box) in zip(labels, boxes)])
+            regions = self._episode_regions(project, task, schema, labels, episodes)
+        else:
+            regions = []
+            for label, (_, box) in zip(labels, boxes):
+                result = self.segmenter.predict(image, box=box)
+                regions.append(ls.brush_region(result.mask, schema, label, result.score))
+        self.metrics.predictions.labels("refine").inc(len(labels))
         return self._prediction(regions)
+
+    def _auto(self, task: dict, schema: ls.Schema, image: np.ndarray, project: str) -> dict:
+        """One episode per object prompt: the task's description, else one per label (the label is the prompt)."""
+        prompt = ls.task_prompt(task, self.settings.prompt_fields)
+        if prompt:
+            named = [label for label in schema.labels if label.lower() in prompt.lower()]
+            objects = [(named[0] if named else schema.labels[0], prompt)]
+        else:
+            objects = [(label, label) for label in schema.labels]
+        episodes = self.agent.run_many([EpisodeTask(image, description) for _, description in objects])
+        for episode in episodes:
+            log.info("task %s: episode for %r: %d steps, stopped by %s, score %.3f", task.get("id"),
+                     episode.description, len(episode.steps), episode.stop_reason, episode.score)
+        self.metrics.predictions.labels("auto").inc(len(objects))
+        labels = [label for label, _ in objects]
+        return self._prediction(self._episode_regions(project, task, schema, labels, episodes))
+
+    def _episode_regions(self, project: str, task: dict, schema: ls.Schema, labels: list[str],
+                         episodes: list[Episode]) -> list[dict]:
+        """Brush regions (and, if asked, the clicks) of the episodes, each episode recorded for the flywheel."""
+        regions = []
+        for label, episode in zip(labels, episodes):
+            self.store.record_episode(
+                project, int(task.get("id") or 0), label, episode.description, self.model_version,
+                [{"action": s.text, "x": s.click.x, "y": s.click.y, "positive": s.click.positive, "score": s.score}
+                 for s in episode.steps], episode.mask, episode.score, episode.stop_reason)
+            if not episode.mask.any():
+                continue
+            regions.append(ls.brush_region(episode.mask, schema, label, episode.score))
+            if self.settings.return_clicks and schema.keypoint_names:
+                regions += ls.keypoint_regions(episode.clicks, episode.mask.shape, schema, label)
+        return regions
 
     def _interactive(self, task: dict, schema: ls.Schema, interaction: ls.Interaction, image: np.ndarray,
                      project: str) -> dict:
@@ -179,7 +256,8 @@ class Service:
         return self._prediction([ls.brush_region(result.mask, schema, label, result.score)])
 
     def _prediction(self, regions: list[dict]) -> dict:
-        score = float(np.mean([r["score"] for r in regions])) if regions else 0.0
+        scores = [r["score"] for r in regions if r["type"] == "brushlabels"]
+        score = float(np.mean(scores)) if scores else 0.0
         return {"result": regions, "score": round(score, 4), "model_version": self.model_version}
 
     # ---------------------------------------------------------------- webhook / fit
@@ -233,7 +311,7 @@ class Service:
 
     def train(self, payload: dict) -> dict:
         """START_TRAINING and the legacy /train: nothing to fine-tune until a policy is configured."""
-        reason = self.capabilities.policy_error or "training is not available"
+        reason = self.capabilities.policy_error or "training is not available in this version"
         self.last_training = {"state": "skipped", "reason": reason, "at": time.time()}
         log.info("training requested: skipped (%s)", reason)
         return {"status": "skipped", "reason": reason}

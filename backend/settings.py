@@ -27,6 +27,13 @@ def _list(name: str, default: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Settings:
     policy: str = ""
+    policy_adapter: str = ""
+    policy_model: str = ""
+    policy_format: str = "segagent"
+    agent_steps: int = 5
+    agent_samples: int = 1
+    prm: str = "tool"
+    return_clicks: bool = False
     tool: str = "classical"
     sam_checkpoint: str = ""
     sam_sha256: str = ""
@@ -51,6 +58,13 @@ class Settings:
         sam_checkpoint = os.environ.get("SAM_CHECKPOINT", "").strip()
         return cls(
             policy=os.environ.get("SEGAGENT_POLICY", "").strip(),
+            policy_adapter=os.environ.get("SEGAGENT_POLICY_ADAPTER", "").strip(),
+            policy_model=os.environ.get("SEGAGENT_POLICY_MODEL", "").strip(),
+            policy_format=os.environ.get("SEGAGENT_POLICY_FORMAT", "").strip() or "segagent",
+            agent_steps=_int("SEGAGENT_AGENT_STEPS", 5),
+            agent_samples=_int("SEGAGENT_AGENT_SAMPLES", 1),
+            prm=os.environ.get("SEGAGENT_PRM", "").strip() or "tool",
+            return_clicks=os.environ.get("SEGAGENT_RETURN_CLICKS", "").strip().lower() in ("1", "true", "yes"),
             tool=os.environ.get("SEGAGENT_TOOL", "").strip() or ("sam" if sam_checkpoint else "classical"),
             sam_checkpoint=sam_checkpoint,
             sam_sha256=os.environ.get("SAM_CHECKPOINT_SHA256", "").strip(),

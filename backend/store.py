@@ -1,7 +1,8 @@
-"""The annotations Label Studio sent through its webhook, kept as masks (COCO RLE) in SQLite (WAL).
-
-One row per region of an annotation. An update replaces the annotation's rows; a replay of the same
-version (same annotation id and updated_at) changes nothing; a delete removes them.
+"""What the backend keeps, in SQLite (WAL), masks as COCO RLE:
+- the annotations Label Studio sent through its webhook, one row per region. An update replaces the
+  annotation's rows; a replay of the same version (same annotation id and updated_at) changes nothing;
+  a delete removes them;
+- the agent's episodes (its own predictions: clicks, final mask, score), for the flywheel.
 """
 from __future__ import annotations
 
@@ -30,6 +31,20 @@ CREATE TABLE IF NOT EXISTS annotation_regions (
     PRIMARY KEY (annotation_id, region_index)
 );
 CREATE INDEX IF NOT EXISTS regions_by_task ON annotation_regions (project, task_id);
+CREATE TABLE IF NOT EXISTS agent_episodes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    description TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    steps TEXT NOT NULL,
+    mask_rle TEXT NOT NULL,
+    score REAL NOT NULL,
+    stop_reason TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS episodes_by_task ON agent_episodes (project, task_id);
 """
 
 
@@ -76,7 +91,26 @@ class AnnotationStore:
             "ORDER BY region_index", (annotation_id,)).fetchall()
         return [{"label": r[0], "prompt": r[1], "source": r[2], "mask": rle_decode(json.loads(r[3]))} for r in rows]
 
+    def record_episode(self, project: str, task_id: int, label: str, description: str, model_version: str,
+                       steps: list[dict], mask: np.ndarray, score: float, stop_reason: str) -> None:
+        """One agent episode: steps are {"action": text, "x", "y", "positive", "score"} in pixels."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO agent_episodes (project, task_id, label, description, model_version, steps, mask_rle,"
+                " score, stop_reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (project, task_id, label, description, model_version, json.dumps(steps), json.dumps(rle_encode(mask)),
+                 score, stop_reason, time.time()))
+
+    def episodes(self, project: str, task_id: int) -> list[dict]:
+        rows = self._db.execute(
+            "SELECT label, description, model_version, steps, mask_rle, score, stop_reason FROM agent_episodes "
+            "WHERE project = ? AND task_id = ? ORDER BY id", (project, task_id)).fetchall()
+        return [{"label": r[0], "description": r[1], "model_version": r[2], "steps": json.loads(r[3]),
+                 "mask": rle_decode(json.loads(r[4])), "score": r[5], "stop_reason": r[6]} for r in rows]
+
     def counts(self) -> dict:
         annotations, regions = self._db.execute(
             "SELECT COUNT(DISTINCT annotation_id), COUNT(*) FROM annotation_regions").fetchone()
-        return {"annotations": annotations, "regions": regions}
+        (episodes,) = self._db.execute("SELECT COUNT(*) FROM agent_episodes").fetchone()
+        return {"annotations": annotations, "regions": regions, "episodes": episodes}

@@ -66,8 +66,9 @@ def open_dataset(path: str | Path, images_dir: str | Path | None = None) -> Data
     root = Path(images_dir) if images_dir else path.parent
     if isinstance(data, dict) and "annotations" in data and "images" in data:
         return _coco_dataset(path.stem, data, root)
-    if isinstance(data, list) and data and "gt_ann" in data[0]:
-        return _segagent_dataset(path.stem, data, root)
+    entries = data.get("data") if isinstance(data, dict) else data  # SegAgent's files wrap the list in "data"
+    if isinstance(entries, list) and entries and isinstance(entries[0], dict) and "gt_ann" in entries[0]:
+        return _segagent_dataset(path.stem, entries, root)
     raise ValueError(f"{path} is neither a COCO annotation file nor a SegAgent dataset JSON")
 
 
@@ -103,10 +104,18 @@ def _coco_dataset(name: str, data: dict, root: Path) -> Dataset:
 
 
 def _segagent_dataset(name: str, data: list, root: Path) -> Dataset:
-    def load(entry: dict) -> Sample:
-        ann = entry["gt_ann"]
-        target = _decode_segmentation(ann["segmentation"], entry["height"], entry["width"])
-        return Sample(Path(entry["image_name"]).stem, load_image(root / entry["image_name"]), target, None,
-                      ann.get("caption"))
+    """One sample per caption: SegAgent's evaluation runs every caption of an object."""
+    entries = []
+    for entry in data:
+        captions = entry["gt_ann"].get("caption")
+        for caption in captions if isinstance(captions, list) else [captions]:
+            entries.append({**entry, "caption": caption})
 
-    return Dataset(name, data, load)
+    def load(entry: dict) -> Sample:
+        image_name = str(entry["image_name"])
+        if "." not in Path(image_name).name:
+            image_name += ".jpg"  # as SegAgent's evaluation code completes bare names
+        target = _decode_segmentation(entry["gt_ann"]["segmentation"], entry["height"], entry["width"])
+        return Sample(Path(image_name).stem, load_image(root / image_name), target, None, entry["caption"])
+
+    return Dataset(name, entries, load)

@@ -24,3 +24,12 @@ def image_server(tmp_path_factory):
         server.mask = mask
         server.image = image
         yield server
+
+
+@pytest.fixture(scope="session")
+def taught_vlm(tmp_path_factory):
+    """A tiny Qwen2.5-VL, built from configs and taught to answer `Positive point: (500, 500)`."""
+    from tests.tiny_vlm import build_tiny_vlm, teach
+
+    folder = build_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-qwen2_5-vl")
+    return teach(folder, "Positive point: (500, 500)")

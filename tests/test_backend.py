@@ -234,7 +234,7 @@ def test_webhook_keeps_replays_updates_and_deletes(client, tmp_path):
     mask[5:15, 8:20] = True
     assert client.post("/webhook", json=brush_annotation(mask)).json["status"] == "ok"
     assert client.post("/webhook", json=brush_annotation(mask)).json["status"] == "unchanged"
-    assert client.get("/status").json["annotations"] == {"annotations": 1, "regions": 1}
+    assert client.get("/status").json["annotations"] == {"annotations": 1, "regions": 1, "episodes": 0}
     service = client.application.extensions["segagent"]
     [kept] = service.store.regions(11)
     assert (kept["mask"] == mask).all() and kept["label"] == "Object" and kept["prompt"] == "a red blob"
@@ -321,3 +321,49 @@ def test_request_size_limit(tmp_path):
     client = make_client(tmp_path, max_request_bytes=1000)
     response = client.post("/predict", data="x" * 5000, content_type="application/json")
     assert response.status_code == 413 and "error" in response.json
+
+
+# ---------------------------------------------------------------- with a policy
+
+def test_auto_mode_with_a_policy_segments_the_centre_object(tmp_path, image_server, taught_vlm):
+    client = make_client(tmp_path, policy=str(taught_vlm), return_clicks=True)
+    health = client.get("/health").json
+    assert health["capabilities"]["policy"]["on"] is True
+    response = predict(client, f"{image_server.url}/object.png", config=ONE_LABEL)
+    assert response.status_code == 200, response.json
+    prediction = response.json["results"][0]
+    brushes = [r for r in prediction["result"] if r["type"] == "brushlabels"]
+    points = [r for r in prediction["result"] if r["type"] == "keypointlabels"]
+    assert len(brushes) == 1 and brushes[0]["value"]["brushlabels"] == ["Object"]
+    assert iou(decode(brushes[0]), image_server.mask) >= 0.5
+    assert points and points[0]["value"]["x"] == pytest.approx(50.0) and points[0]["is_positive"] is True
+    assert prediction["model_version"] == "segagent-classical-agent-v0"
+    [episode] = client.application.extensions["segagent"].store.episodes("3", 7)
+    assert episode["label"] == "Object" and episode["steps"][0]["action"] == "Positive point: (500, 500)"
+    assert (episode["mask"] == decode(brushes[0])).all()
+    assert client.get("/status").json["annotations"]["episodes"] == 1
+
+
+def test_auto_mode_runs_one_episode_per_label(tmp_path, image_server, taught_vlm):
+    client = make_client(tmp_path, policy=str(taught_vlm))
+    regions = predict(client, f"{image_server.url}/object.png").json["results"][0]["result"]
+    assert sorted(r["value"]["brushlabels"][0] for r in regions) == ["Object", "Other"]
+    prompted = predict(client, f"{image_server.url}/object.png",
+                       task_extra={"data": {"image": f"{image_server.url}/object.png", "prompt": "the Other one"}})
+    [region] = prompted.json["results"][0]["result"]
+    assert region["value"]["brushlabels"] == ["Other"]
+
+
+def test_policy_that_does_not_load_leaves_the_server_up(tmp_path, image_server):
+    client = make_client(tmp_path, policy=str(tmp_path / "no-such-model"))
+    policy = client.get("/health").json["capabilities"]["policy"]
+    assert policy["on"] is False and "cannot load policy" in policy["reason"]
+    assert predict(client, f"{image_server.url}/object.png", {"result": [keypoint(50, 50)]}).status_code == 200
+
+
+def test_unreachable_remote_policy_is_503(tmp_path, image_server):
+    from tests.synthetic import free_port
+
+    client = make_client(tmp_path, policy=f"http://127.0.0.1:{free_port()}/v1", policy_model="m")
+    response = predict(client, f"{image_server.url}/object.png")
+    assert response.status_code == 503 and "policy is unavailable" in response.json["error"]

@@ -60,11 +60,13 @@ def test_coco_and_segagent_json_readers(tmp_path):
     assert (samples[0].target == mask).all() and samples[0].prompt == "blob"
     assert samples[1].target.sum() == 400
 
-    segagent = [{"image_name": "a.png", "height": 48, "width": 64,
-                 "gt_ann": {"caption": "the red blob", "segmentation": rle_encode(mask)}}]
+    segagent = {"data": [{"image_name": "a.png", "height": 48, "width": 64,
+                          "gt_ann": {"caption": ["the red blob", "blob in the middle"],
+                                     "segmentation": rle_encode(mask)}}]}
     (tmp_path / "seg.json").write_text(json.dumps(segagent))
-    [sample] = open_dataset(tmp_path / "seg.json", images_dir=tmp_path)
-    assert sample.prompt == "the red blob" and (sample.target == mask).all()
+    first, second = open_dataset(tmp_path / "seg.json", images_dir=tmp_path)
+    assert (first.prompt, second.prompt) == ("the red blob", "blob in the middle")
+    assert (first.target == mask).all()
 
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(ValueError):
@@ -92,3 +94,16 @@ def test_evaluate_command_writes_the_report(manifest_folder, tmp_path):
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     assert [r["image"] for r in rows] == ["s0", "s1"]
     assert (out / "miou_per_click.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_with_a_policy_runs_episodes_from_prompts(manifest_folder, taught_vlm, tmp_path):
+    out = tmp_path / "agent"
+    result = subprocess.run([sys.executable, "-m", "model", "evaluate", "--dataset", str(manifest_folder),
+                             "--policy", str(taught_vlm), "--steps", "2", "--batch-size", "2", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["miou"] >= 0.5 and summary["ciou"] >= 0.5
+    assert summary["steps"] == 6 and summary["steps_per_second"] > 0  # a click, then the repeat that ends it
+    assert set(summary["seconds_per_step"]) == {"policy", "tool", "render"}
+    assert summary["stop_reasons"] == {"repeated_click": 3}

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -86,20 +87,25 @@ def label_studio(tmp_path_factory):
         _stop(process)
 
 
-@pytest.fixture(scope="session")
-def backend_server(tmp_path_factory):
-    """The backend as a user starts it: `make serve`, on the embedded defaults (no LS URL or key:
-    it learns them from Label Studio's /setup)."""
-    data = tmp_path_factory.mktemp("backend-data")
+@contextmanager
+def make_serve(data: Path, **extra_env):
+    """The backend as a user starts it, `make serve`, on a free port; yields its URL and log."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
-    env.update({"PORT": str(port), "HOST": "127.0.0.1", "SEGAGENT_DATA_DIR": str(data)})
+    env.update({"PORT": str(port), "HOST": "127.0.0.1", "SEGAGENT_DATA_DIR": str(data), **extra_env})
     log = data / "backend.log"
     process = subprocess.Popen(["make", "--no-print-directory", "serve"], cwd=ROOT, stdout=open(log, "w"),
                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_up(f"{url}/health", process, 120, log)
+        _wait_up(f"{url}/health", process, 180, log)
         yield {"url": url, "log": log}
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="session")
+def backend_server(tmp_path_factory):
+    """On the embedded defaults, with no Label Studio URL or key: it learns them from /setup."""
+    with make_serve(tmp_path_factory.mktemp("backend-data")) as server:
+        yield server

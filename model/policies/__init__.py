@@ -1,0 +1,21 @@
+"""Policies behind one protocol (base.py): in-process transformers VLMs, a remote OpenAI-compatible
+endpoint, and the released SegAgent-Qwen checkpoint served through that same remote protocol."""
+from __future__ import annotations
+
+from .base import Policy, PolicyError
+
+
+def make_policy(spec: str, adapter: str | None = None, answer_format: str = "segagent",
+                model: str | None = None) -> Policy:
+    """A policy from a setting: an http(s) URL is a remote endpoint (serving `model`, or the first model
+    it lists), anything else a local path or hub id."""
+    if spec.startswith(("http://", "https://")):
+        from .remote import RemotePolicy
+
+        return RemotePolicy(spec, model=model, answer_format=answer_format)
+    from .transformers_vlm import TransformersPolicy
+
+    return TransformersPolicy(spec, adapter=adapter)
+
+
+__all__ = ["Policy", "PolicyError", "make_policy"]

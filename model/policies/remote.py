@@ -1,0 +1,68 @@
+"""A remote OpenAI-compatible chat-completions endpoint with image input (vLLM, `transformers serve`,
+`python -m model serve-policy`, or the SegAgent-Qwen server): the scale-out path, where many backend
+replicas share a pool of policy servers."""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from ..actions import Coordinates
+from .base import Observation, PolicyError
+
+log = logging.getLogger(__name__)
+
+# How each family of served models writes coordinates
+ANSWER_FORMATS = {"segagent": Coordinates("int1000", "xy"), "segagent-qwen": Coordinates("int1000", "yx")}
+
+
+def image_data_url(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class RemotePolicy:
+    def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
+                 answer_format: str = "segagent", timeout: float = 120.0, max_tokens: int = 48, concurrency: int = 8):
+        if answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer format must be one of {sorted(ANSWER_FORMATS)}")
+        root = base_url.rstrip("/")
+        self.base_url = root if root.endswith("/v1") else root + "/v1"
+        self.coordinates = ANSWER_FORMATS[answer_format]
+        self.session = requests.Session()
+        self.session.trust_env = False
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.timeout = timeout
+        self.max_tokens = max_tokens
+        self._pool = ThreadPoolExecutor(concurrency)
+        self.model = model or self._first_model()
+        self.name = f"{self.base_url} ({self.model})"
+
+    def _first_model(self) -> str:
+        try:
+            response = self.session.get(f"{self.base_url}/models", timeout=self.timeout)
+            response.raise_for_status()
+            return response.json()["data"][0]["id"]
+        except (requests.RequestException, KeyError, IndexError, ValueError) as exc:
+            raise PolicyError(f"policy endpoint {self.base_url} lists no model: {exc}") from exc
+
+    def _ask(self, observation: Observation, samples: int, temperature: float) -> list[str]:
+        body = {"model": self.model, "n": samples, "temperature": temperature, "max_tokens": self.max_tokens,
+                "messages": [{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": image_data_url(observation.image)}},
+                    {"type": "text", "text": observation.text}]}]}
+        try:
+            response = self.session.post(f"{self.base_url}/chat/completions", json=body, timeout=self.timeout)
+            response.raise_for_status()
+            choices = response.json()["choices"]
+            return [str(choice["message"]["content"] or "") for choice in choices]
+        except (requests.RequestException, KeyError, TypeError, ValueError) as exc:
+            raise PolicyError(f"policy endpoint {self.base_url} failed: {exc}") from exc
+
+    def act(self, observations: list[Observation], samples: int = 1, temperature: float = 0.0) -> list[list[str]]:
+        return list(self._pool.map(lambda o: self._ask(o, samples, temperature), observations))
