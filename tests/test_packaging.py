@@ -10,9 +10,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_dockerfile_passes_hadolint():
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "docker/segagent-qwen.Dockerfile"])
+def test_dockerfiles_pass_hadolint(dockerfile):
     hadolint = Path(sys.executable).parent / "hadolint"
-    result = subprocess.run([str(hadolint), str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    result = subprocess.run([str(hadolint), str(ROOT / dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -30,10 +31,17 @@ def test_compose_wires_label_studio_and_the_backend():
     backend_env = dict(item.split("=", 1) for item in services["backend"]["environment"])
     assert backend_env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
     assert services["backend"]["build"]["dockerfile"] == "Dockerfile"
-
+    assert services["policy"]["profiles"] == ["gpu"]
+    gpu_env = dict(line.split("=", 1) for line in (ROOT / "docker" / "gpu.env").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert gpu_env["SEGAGENT_POLICY"] == "http://policy:8000/v1"
+    assert gpu_env["SEGAGENT_POLICY_FORMAT"] == "segagent-qwen"
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
-def test_compose_file_validates():
-    result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker" / "docker-compose.yml"), "config", "-q"],
+@pytest.mark.parametrize("extra", [[], ["--env-file", str(ROOT / "docker" / "gpu.env"), "--profile", "gpu"]])
+def test_compose_file_validates(extra):
+    result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker" / "docker-compose.yml"), *extra, "config"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    if extra:
+        assert "SEGAGENT_POLICY: http://policy:8000/v1" in result.stdout
