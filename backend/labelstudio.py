@@ -247,25 +247,50 @@ def annotation_regions(results: list, schema: Schema, max_pixels: int) -> list[R
     return list(regions.values())
 
 
-def task_boxes(task: dict, schema: Schema, width: int, height: int) -> list[tuple[str | None, tuple]]:
-    """Rectangles a task already has (imported predictions or annotations), in pixels, with their label."""
-    boxes = []
+@dataclass
+class Start:
+    """Where an episode starts in refine mode: a box (pixels) or a mask the task already has."""
+
+    label: str | None
+    box: tuple[float, float, float, float] | None = None
+    mask: np.ndarray | None = None
+
+
+def _task_results(task: dict, schema: Schema, kinds: tuple[str, ...]):
+    """(origin, result) for the task's annotations first, then its predictions."""
     for origin in ("annotations", "predictions"):
         for item in task.get(origin) or []:
-            for result in (item or {}).get("result") or []:
-                if str(result.get("type", "")).lower() != "rectanglelabels":
-                    continue
-                if result.get("to_name") not in (None, schema.image_name):
-                    continue
-                value = result.get("value") or {}
-                try:
-                    x, y = float(value["x"]) * width / 100.0, float(value["y"]) * height / 100.0
-                    w, h = float(value["width"]) * width / 100.0, float(value["height"]) * height / 100.0
-                except (KeyError, TypeError, ValueError):
-                    log.warning("task %s: skipping a malformed rectangle", task.get("id"))
-                    continue
-                labels = value.get("rectanglelabels") or [None]
-                boxes.append((labels[0], (x, y, x + w, y + h)))
-        if boxes:
-            return boxes  # annotations win over predictions
-    return boxes
+            for result in (item or {}).get("result") or [] if isinstance(item, dict) else []:
+                if (isinstance(result, dict) and str(result.get("type", "")).lower() in kinds
+                        and result.get("to_name") in (None, schema.image_name)):
+                    yield origin, result
+
+
+def has_starts(task: dict, schema: Schema, with_masks: bool) -> bool:
+    kinds = ("rectanglelabels", "brushlabels") if with_masks else ("rectanglelabels",)
+    return any(True for _ in _task_results(task, schema, kinds))
+
+
+def task_starts(task: dict, schema: Schema, width: int, height: int, with_masks: bool,
+                max_pixels: int) -> list[Start]:
+    """Rectangles (and, with_masks, brush masks) a task already has: imported predictions, another model's
+    or an earlier version's, or annotations; those of annotations win over those of predictions."""
+    kinds = ("rectanglelabels", "brushlabels") if with_masks else ("rectanglelabels",)
+    found: dict[str, list[Start]] = {"annotations": [], "predictions": []}
+    for origin, result in _task_results(task, schema, kinds):
+        value = result.get("value") or {}
+        kind = str(result["type"]).lower()
+        labels = value.get(kind) or [None]
+        try:
+            if kind == "rectanglelabels":
+                x, y = float(value["x"]) * width / 100.0, float(value["y"]) * height / 100.0
+                w, h = float(value["width"]) * width / 100.0, float(value["height"]) * height / 100.0
+                found[origin].append(Start(labels[0], box=(x, y, x + w, y + h)))
+            else:
+                mask = decode_brush(result, max_pixels)
+                if mask.shape != (height, width):
+                    raise ValueError(f"a {mask.shape[1]} x {mask.shape[0]} mask on a {width} x {height} image")
+                found[origin].append(Start(labels[0], mask=mask))
+        except (ApiError, KeyError, TypeError, ValueError) as exc:
+            log.warning("task %s: skipping a %s it already has: %s", task.get("id"), kind, exc)
+    return found["annotations"] or found["predictions"]

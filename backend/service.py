@@ -167,11 +167,8 @@ class Service:
         if not isinstance(data, dict):
             raise ApiError(f"task {task.get('id')} has no 'data' object")
         has_context = isinstance(context, dict) and bool(context.get("result"))
-        has_boxes = any(
-            isinstance(r, dict) and r.get("type") == "rectanglelabels"
-            for item in (task.get("predictions") or []) + (task.get("annotations") or []) if isinstance(item, dict)
-            for r in (item.get("result") or []))
-        if not has_context and not has_boxes and self.agent is None:
+        refinable = ls.has_starts(task, schema, with_masks=self.agent is not None)
+        if not has_context and not refinable and self.agent is None:
             log.info("task %s: no prediction: %s, and no clicks or boxes to start from", task.get("id"),
                      self.capabilities.policy_error or self.capabilities.tool_error)
             return []
@@ -184,26 +181,29 @@ class Service:
             if not interaction.empty:
                 return self._interactive(task, schema, interaction, image, project)
         try:
-            if has_boxes:
+            if refinable:
                 return self._refine(task, schema, image, project)
             return self._auto(task, schema, image, project)
         except PolicyError as exc:
             raise ApiError(f"the policy is unavailable: {exc}", 503) from exc
 
     def _refine(self, task: dict, schema: ls.Schema, image: np.ndarray, project: str) -> dict:
-        """Each rectangle the task has becomes a mask: the tool's, refined by the agent when there is one."""
+        """Each rectangle (or, with a policy, mask) the task has becomes a refined mask: a box through the
+        tool, then the agent's episode when there is a policy."""
         height, width = image.shape[:2]
-        boxes = ls.task_boxes(task, schema, width, height)
+        starts = ls.task_starts(task, schema, width, height, self.agent is not None, self.settings.max_image_pixels)
+        if not starts and self.agent is not None:
+            return self._auto(task, schema, image, project)  # nothing usable to start from
         prompt = ls.task_prompt(task, self.settings.prompt_fields)
-        labels = [ls.choose_label(schema, label) for label, _ in boxes]
+        labels = [ls.choose_label(schema, start.label) for start in starts]
         if self.agent is not None:
-            episodes = self.agent.run_many([EpisodeTask(image, prompt or label, box=box)
-                                            for label, (_, box) in zip(labels, boxes)])
+            episodes = self.agent.run_many([EpisodeTask(image, prompt or label, initial_mask=start.mask, box=start.box)
+                                            for label, start in zip(labels, starts)])
             regions = self._episode_regions(project, task, schema, labels, episodes)
         else:
             regions = []
-            for label, (_, box) in zip(labels, boxes):
-                result = self.segmenter.predict(image, box=box)
+            for label, start in zip(labels, starts):
+                result = self.segmenter.predict(image, box=start.box)
                 regions.append(ls.brush_region(result.mask, schema, label, result.score))
         self.metrics.predictions.labels("refine").inc(len(labels))
         return self._prediction(regions)

@@ -367,3 +367,30 @@ def test_unreachable_remote_policy_is_503(tmp_path, image_server):
     client = make_client(tmp_path, policy=f"http://127.0.0.1:{free_port()}/v1", policy_model="m")
     response = predict(client, f"{image_server.url}/object.png")
     assert response.status_code == 503 and "policy is unavailable" in response.json["error"]
+
+
+def test_refine_mode_with_a_policy_starts_from_an_earlier_mask(tmp_path, image_server, taught_vlm):
+    client = make_client(tmp_path, policy=str(taught_vlm))
+    rough = np.zeros_like(image_server.mask)
+    rough[100:140, 140:180] = True  # an earlier, rough mask around the centre
+    earlier = {"model_version": "segagent-classical-v0", "result": [{
+        "type": "brushlabels", "from_name": "tag", "to_name": "image", "original_width": 320,
+        "original_height": 240, "value": {"format": "rle", "rle": brush.mask2rle(rough.astype(np.uint8) * 255),
+                                          "brushlabels": ["Object"]}}]}
+    response = predict(client, f"{image_server.url}/object.png", task_extra={"predictions": [earlier]})
+    [region] = response.json["results"][0]["result"]
+    assert iou(decode(region), image_server.mask) > iou(rough, image_server.mask)
+    [episode] = client.application.extensions["segagent"].store.episodes("3", 7)
+    assert episode["steps"]  # the agent refined it
+
+
+def test_malformed_starts_are_skipped_not_fatal(tmp_path, image_server, taught_vlm):
+    client = make_client(tmp_path, policy=str(taught_vlm))
+    broken = {"result": [{"type": "brushlabels", "to_name": "image", "original_width": 10, "original_height": 10,
+                          "value": {"rle": [1, 2, 3], "brushlabels": ["Object"]}},
+                         {"type": "rectanglelabels", "to_name": "image", "value": {"x": "a"}}]}
+    response = predict(client, f"{image_server.url}/object.png", task_extra={"predictions": [broken]},
+                       config=ONE_LABEL)
+    assert response.status_code == 200
+    [region] = response.json["results"][0]["result"]  # auto mode instead
+    assert iou(decode(region), image_server.mask) >= 0.5
