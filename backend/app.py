@@ -112,6 +112,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     def status():
         return jsonify(service.status())
 
+    @app.get("/quality")
+    def quality():
+        try:
+            limit = min(max(int(request.args.get("limit", 50)), 1), 1000)
+        except ValueError as exc:
+            raise ApiError("limit must be an integer") from exc
+        return jsonify(service.quality(request.args.get("project"), limit))
+
     @app.get("/metrics")
     def prometheus():
         return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)

@@ -69,6 +69,16 @@ class LabelStudioConnection:
                 self._access = (response.json()["access"], time.time() + 240)
             return {"Authorization": f"Bearer {self._access[0]}"}
 
+    def api(self, session: requests.Session, method: str, path: str, timeout: float, **kwargs) -> dict:
+        """A call to Label Studio's API; raises requests' errors."""
+        if not self.url or not self.key:
+            raise requests.ConnectionError("Label Studio is unknown: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, "
+                                           "or connect the backend from Label Studio")
+        response = session.request(method, f"{self.url}{path}", headers=self.auth_header(session, timeout),
+                                   timeout=timeout, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else {}
+
     def owns(self, url: str) -> bool:
         if not self.url:
             return False

@@ -17,12 +17,13 @@ import numpy as np
 
 from model.agent import Agent, AgentConfig, Episode, EpisodeTask
 from model.policies import Policy, PolicyError, make_policy
-from model.quality import PolicyScorer
+from model.quality import OfflineScorer, PolicyScorer
 from model.tools import Segmenter, make_segmenter
 
 from . import labelstudio as ls
 from .errors import ApiError
 from .images import ImageFetcher, LabelStudioConnection
+from .jobs import BackgroundJobs
 from .metrics import Metrics
 from .sessions import Sessions
 from .settings import Settings
@@ -30,6 +31,7 @@ from .store import AnnotationStore
 
 log = logging.getLogger(__name__)
 
+QUALITY_FIELD = "segagent_quality"  # the task data field reviewers sort and filter by in the Data Manager
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 DELETE_EVENTS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
 TRAINING_EVENTS = ("START_TRAINING",)
@@ -53,7 +55,9 @@ class Service:
         self.store = AnnotationStore(settings.data_dir / "annotations.sqlite3")
         self.segmenter, tool_error = self._build_segmenter()
         self.policy, policy_error = self._build_policy()
+        self.scorer, scorer_error = self._build_scorer()
         self.agent = self._build_agent()
+        self.quality_jobs = BackgroundJobs("quality")
         self.capabilities = Capabilities(
             tool=self.segmenter.name if self.segmenter else None, tool_error=tool_error,
             policy=self.policy.name if self.policy else None, policy_error=policy_error)
@@ -91,12 +95,31 @@ class Service:
             log.error("policy %r is off: %s", self.settings.policy, exc)
             return None, f"{type(exc).__name__}: {exc}"
 
+    def _build_scorer(self):
+        """The quality scorer: the policy asked for the IoU (SEGAGENT_PRM=policy), else the offline scorer."""
+        if self.policy is not None and self.settings.prm == "policy":
+            return PolicyScorer(self.policy), None
+        try:
+            return OfflineScorer(), None
+        except Exception as exc:
+            log.error("the offline quality scorer is off: %s", exc)
+            return None, f"{type(exc).__name__}: {exc}"
+
     def _build_agent(self) -> Agent | None:
         if self.policy is None or self.segmenter is None:
             return None
-        scorer = PolicyScorer(self.policy) if self.settings.prm == "policy" else None
         config = AgentConfig(max_steps=self.settings.agent_steps, samples=self.settings.agent_samples)
-        return Agent(self.segmenter, self.policy, config, scorer)
+        return Agent(self.segmenter, self.policy, config, self.scorer if self.settings.prm == "policy" else None)
+
+    def estimate(self, image: np.ndarray, mask: np.ndarray, description: str, fallback: float) -> float:
+        """A mask's estimated IoU: the score of every prediction and of every submitted region."""
+        if self.scorer is None:
+            return fallback
+        try:
+            return float(self.scorer(image, mask, description))
+        except (PolicyError, ValueError) as exc:
+            log.warning("quality scorer failed, using the tool's score: %s", exc)
+            return fallback
 
     @property
     def model_version(self) -> str:
@@ -126,6 +149,7 @@ class Service:
             "trajectories": {"total": 0},
             "webhook_events": dict(self.events),
             "training": self.last_training or {"state": "idle"},
+            "quality": {"scorer": type(self.scorer).__name__ if self.scorer else None, **self.quality_jobs.status()},
             "label_studio": {"url": self.connection.url or None, "token": bool(self.connection.key)},
             "uptime_seconds": round(time.time() - self.started, 1),
         }
@@ -199,12 +223,13 @@ class Service:
         if self.agent is not None:
             episodes = self.agent.run_many([EpisodeTask(image, prompt or label, initial_mask=start.mask, box=start.box)
                                             for label, start in zip(labels, starts)])
-            regions = self._episode_regions(project, task, schema, labels, episodes)
+            regions = self._episode_regions(project, task, schema, image, labels, episodes)
         else:
             regions = []
             for label, start in zip(labels, starts):
                 result = self.segmenter.predict(image, box=start.box)
-                regions.append(ls.brush_region(result.mask, schema, label, result.score))
+                score = self.estimate(image, result.mask, prompt or label, result.score)
+                regions.append(ls.brush_region(result.mask, schema, label, score))
         self.metrics.predictions.labels("refine").inc(len(labels))
         return self._prediction(regions)
 
@@ -222,9 +247,9 @@ class Service:
                      episode.description, len(episode.steps), episode.stop_reason, episode.score)
         self.metrics.predictions.labels("auto").inc(len(objects))
         labels = [label for label, _ in objects]
-        return self._prediction(self._episode_regions(project, task, schema, labels, episodes))
+        return self._prediction(self._episode_regions(project, task, schema, image, labels, episodes))
 
-    def _episode_regions(self, project: str, task: dict, schema: ls.Schema, labels: list[str],
+    def _episode_regions(self, project: str, task: dict, schema: ls.Schema, image: np.ndarray, labels: list[str],
                          episodes: list[Episode]) -> list[dict]:
         """Brush regions (and, if asked, the clicks) of the episodes, each episode recorded for the flywheel."""
         regions = []
@@ -235,7 +260,8 @@ class Service:
                  for s in episode.steps], episode.mask, episode.score, episode.stop_reason)
             if not episode.mask.any():
                 continue
-            regions.append(ls.brush_region(episode.mask, schema, label, episode.score))
+            score = self.estimate(image, episode.mask, episode.description, episode.score)
+            regions.append(ls.brush_region(episode.mask, schema, label, score))
             if self.settings.return_clicks and schema.keypoint_names:
                 regions += ls.keypoint_regions(episode.clicks, episode.mask.shape, schema, label)
         return regions
@@ -253,7 +279,8 @@ class Service:
         self.metrics.predictions.labels("interactive").inc()
         log.info("task %s: interactive mask for %r from %d clicks%s, %d pixels", task.get("id"), label,
                  len(clicks), " and a box" if interaction.box else "", int(result.mask.sum()))
-        return self._prediction([ls.brush_region(result.mask, schema, label, result.score)])
+        score = self.estimate(image, result.mask, interaction.text or label, result.score)
+        return self._prediction([ls.brush_region(result.mask, schema, label, score)])
 
     def _prediction(self, regions: list[dict]) -> dict:
         scores = [r["score"] for r in regions if r["type"] == "brushlabels"]
@@ -297,7 +324,39 @@ class Service:
             [(r.label, prompt, r.source, r.mask) for r in regions])
         log.info("annotation %s of task %s: %d regions %s", annotation["id"], task.get("id"), len(regions),
                  "kept" if changed else "already kept")
+        if changed and regions and self.scorer is not None:
+            self.quality_jobs.submit(self._score_annotation, schema, task, annotation, regions, prompt)
         return {"status": "ok" if changed else "unchanged", "regions": len(regions)}
+
+    def _score_annotation(self, schema: ls.Schema, task: dict, annotation: dict, regions: list, prompt) -> None:
+        """Score each region of a submitted annotation, keep the scores, and write the worst into the task's
+        data (QUALITY_FIELD), where the Data Manager sorts and filters by it."""
+        image = self.fetcher.fetch((task.get("data") or {}).get(schema.image_key), task.get("id"))
+        scores = []
+        for region in regions:
+            if region.mask.shape != image.shape[:2]:
+                raise ValueError(f"annotation {annotation['id']}: a region of {region.mask.shape} on an image of "
+                                 f"{image.shape[:2]}")
+            scores.append(round(self.estimate(image, region.mask, prompt or region.label, 0.0), 4))
+        updated_at = str(annotation.get("updated_at") or annotation.get("created_at") or "")
+        if not self.store.set_quality(annotation["id"], updated_at, scores):
+            log.info("annotation %s changed while it was scored: its newer version is scored instead", annotation["id"])
+            return
+        data = {**(task.get("data") or {}), QUALITY_FIELD: min(scores)}
+        self.connection.api(self.fetcher.session, "PATCH", f"/api/tasks/{int(task['id'])}",
+                            self.settings.fetch_timeout, json={"data": data})
+        log.info("annotation %s of task %s: quality %s", annotation["id"], task.get("id"), scores)
+
+    def quality(self, project, limit: int) -> dict:
+        """The lowest-scored annotations of a project, with links to their tasks."""
+        project_id = _project_id(project)
+        if not project_id:
+            raise ApiError("give the project: /quality?project=ID")
+        rows = self.store.lowest_quality(project_id, limit)
+        for row in rows:
+            row["link"] = f"{self.connection.url}/projects/{project_id}/data?task={row['task_id']}" \
+                if self.connection.url else None
+        return {"project": project_id, "field": QUALITY_FIELD, "annotations": rows}
 
     def _delete_annotations(self, payload: dict) -> dict:
         ids = []

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS annotation_regions (
     source TEXT NOT NULL,
     mask_rle TEXT NOT NULL,
     received REAL NOT NULL,
+    quality REAL,
     PRIMARY KEY (annotation_id, region_index)
 );
 CREATE INDEX IF NOT EXISTS regions_by_task ON annotation_regions (project, task_id);
@@ -70,7 +71,7 @@ class AnnotationStore:
                 self._db.execute("BEGIN")
                 self._db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?", (annotation_id,))
                 self._db.executemany(
-                    "INSERT INTO annotation_regions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO annotation_regions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                     [(project, task_id, annotation_id, updated_at, index, label, prompt, source,
                       json.dumps(rle_encode(mask)), now)
                      for index, (label, prompt, source, mask) in enumerate(regions)])
@@ -87,9 +88,30 @@ class AnnotationStore:
 
     def regions(self, annotation_id: int) -> list[dict]:
         rows = self._db.execute(
-            "SELECT label, prompt, source, mask_rle FROM annotation_regions WHERE annotation_id = ? "
+            "SELECT label, prompt, source, mask_rle, quality FROM annotation_regions WHERE annotation_id = ? "
             "ORDER BY region_index", (annotation_id,)).fetchall()
-        return [{"label": r[0], "prompt": r[1], "source": r[2], "mask": rle_decode(json.loads(r[3]))} for r in rows]
+        return [{"label": r[0], "prompt": r[1], "source": r[2], "mask": rle_decode(json.loads(r[3])), "quality": r[4]}
+                for r in rows]
+
+    def set_quality(self, annotation_id: int, updated_at: str, scores: list[float]) -> bool:
+        """Store the regions' quality scores, unless the annotation changed meanwhile (False then)."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            changed = 0
+            for index, score in enumerate(scores):
+                changed += self._db.execute(
+                    "UPDATE annotation_regions SET quality = ? WHERE annotation_id = ? AND region_index = ? "
+                    "AND updated_at = ?", (score, annotation_id, index, updated_at)).rowcount
+            return changed == len(scores)
+
+    def lowest_quality(self, project: str, limit: int) -> list[dict]:
+        """Scored annotations of a project, worst first: each annotation's worst region."""
+        rows = self._db.execute(
+            "SELECT annotation_id, task_id, MIN(quality), COUNT(*), GROUP_CONCAT(label, ', ') FROM annotation_regions "
+            "WHERE project = ? AND quality IS NOT NULL GROUP BY annotation_id ORDER BY MIN(quality) LIMIT ?",
+            (project, limit)).fetchall()
+        return [{"annotation_id": r[0], "task_id": r[1], "quality": round(r[2], 4), "regions": r[3], "labels": r[4]}
+                for r in rows]
 
     def record_episode(self, project: str, task_id: int, label: str, description: str, model_version: str,
                        steps: list[dict], mask: np.ndarray, score: float, stop_reason: str) -> None:

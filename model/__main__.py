@@ -1,4 +1,4 @@
-"""Command line: python -m model evaluate | serve-policy ..."""
+"""Command line: python -m model evaluate | score | fit-scorer | serve-policy ..."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,8 @@ import logging
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from .datasets import open_dataset
 from .evaluate import (benchmark_agent, benchmark_clicks, summarize_agent, summarize_clicks, write_agent_report,
@@ -45,6 +47,66 @@ def _evaluate_agent(args: argparse.Namespace, dataset) -> int:
     summary.update(steps_budget=args.steps, samples=args.samples, batch_size=args.batch_size, prm=args.prm)
     write_agent_report(Path(args.out), summary, rows)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from . import scoring
+    from .quality import OfflineScorer, PolicyScorer, QualityModel
+
+    out = Path(args.out)
+
+    def fixed_scorer():
+        if args.policy:
+            from .policies import make_policy
+
+            return PolicyScorer(make_policy(args.policy, adapter=args.policy_adapter))
+        return OfflineScorer(QualityModel.load(args.weights) if args.weights else None)
+
+    name = f"policy {args.policy}" if args.policy else "offline"
+    if args.policy and not args.candidates:
+        raise SystemExit("--policy scores --candidates; the corruption protocol measures the offline scorer")
+    if args.candidates:
+        scorer = fixed_scorer()
+        labels, estimates, truth = scoring.candidate_rows(Path(args.dataset), scorer)
+        summary = {"dataset": args.dataset, "scorer": name, "protocol": "candidates",
+                   **scoring.metrics(estimates, truth)}
+    else:
+        dataset = open_dataset(args.dataset, args.images).limit(args.limit)
+        rows = scoring.corrupted_features(dataset, seed=args.seed, workers=args.workers)
+        if args.weights or not args.cross_validate:
+            estimates, protocol = scoring.with_scorer(rows, fixed_scorer()), "corruptions, fixed weights"
+        else:
+            extra = []
+            for folder in args.train_extra or []:
+                extra += [r for r in scoring.corrupted_features(open_dataset(folder), seed=args.seed,
+                                                                workers=args.workers) if r.features is not None]
+            estimates = scoring.cross_validated(rows, args.folds, extra, seed=args.seed)
+            protocol = f"corruptions, {args.folds}-fold cross-validation by object" + (
+                f", trained with {', '.join(args.train_extra)} too" if args.train_extra else "")
+        truth = np.array([r.iou for r in rows])
+        labels = [f"{r.sample}:{r.kind}" for r in rows]
+        summary = {"dataset": dataset.name, "scorer": name, "protocol": protocol, "seed": args.seed,
+                   **scoring.metrics(estimates, truth), "per_kind": scoring.per_kind(rows, estimates)}
+    scoring.write_score_report(out, summary, estimates, truth, labels)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _fit_scorer(args: argparse.Namespace) -> int:
+    from . import scoring
+    from .quality import train_quality_model
+
+    rows = []
+    for folder in args.dataset:
+        rows += [r for r in scoring.corrupted_features(open_dataset(folder), seed=args.seed, workers=args.workers)
+                 if r.features is not None]
+    features, ious = scoring._matrix(rows)
+    model = train_quality_model(features, ious, seed=args.seed,
+                                trained_on={"datasets": [Path(d).name for d in args.dataset], "seed": args.seed,
+                                            "masks": len(rows)})
+    model.save(Path(args.out))
+    print(f"{len(rows)} corrupted masks -> {args.out}")
     return 0
 
 
@@ -88,6 +150,31 @@ def main(argv: list[str] | None = None) -> int:
                           help="what scores candidates: the tool's confidence or the policy asked for the IoU")
     evaluate.add_argument("--batch-size", type=int, default=1, help="episodes advanced together")
     evaluate.set_defaults(run=_evaluate)
+
+    score = commands.add_parser("score", help="quality-scorer benchmark: estimated against true IoU")
+    score.add_argument("--dataset", required=True)
+    score.add_argument("--images", help="image folder for a JSON dataset")
+    score.add_argument("--out", required=True)
+    score.add_argument("--seed", type=int, default=0, help="seed of the corruption protocol")
+    score.add_argument("--limit", type=int)
+    score.add_argument("--workers", type=int, default=1)
+    score.add_argument("--candidates", action="store_true",
+                       help="score each manifest entry's 'candidate' mask against its 'mask' instead")
+    score.add_argument("--weights", help="score with these fixed weights (default: the shipped ones)")
+    score.add_argument("--no-cross-validate", dest="cross_validate", action="store_false",
+                       help="score with the shipped weights even on data they were trained on")
+    score.add_argument("--folds", type=int, default=5)
+    score.add_argument("--train-extra", action="append", help="another dataset to train every fold on too")
+    score.add_argument("--policy", help="score --candidates with this policy as the scorer")
+    score.add_argument("--policy-adapter")
+    score.set_defaults(run=_score)
+
+    fit = commands.add_parser("fit-scorer", help="train the offline scorer's weights on corrupted masks")
+    fit.add_argument("--dataset", action="append", required=True)
+    fit.add_argument("--out", default=str(Path(__file__).with_name("quality_weights.json")))
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--workers", type=int, default=1)
+    fit.set_defaults(run=_fit_scorer)
 
     serve = commands.add_parser("serve-policy", help="an OpenAI-compatible server over a transformers VLM")
     serve.add_argument("--policy", required=True, help="local path or hub id")

@@ -394,3 +394,76 @@ def test_malformed_starts_are_skipped_not_fatal(tmp_path, image_server, taught_v
     assert response.status_code == 200
     [region] = response.json["results"][0]["result"]  # auto mode instead
     assert iou(decode(region), image_server.mask) >= 0.5
+
+
+# ---------------------------------------------------------------- quality
+
+def _wait_for(condition, timeout=30.0):
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_prediction_scores_are_the_scorers_estimates(client, image_server):
+    from model.quality import OfflineScorer
+
+    region = predict(client, f"{image_server.url}/object.png", {"result": [keypoint(50, 50)]}).json[
+        "results"][0]["result"][0]
+    expected = OfflineScorer()(image_server.image, decode(region))
+    assert region["score"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_submitted_annotations_are_scored_and_listed_worst_first(tmp_path, image_server):
+    import http.server
+    import json as jsonlib
+    import threading
+
+    patched = {}
+
+    class LabelStudioStandIn(http.server.BaseHTTPRequestHandler):
+        def do_PATCH(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            patched[self.path] = (self.headers.get("Authorization"), jsonlib.loads(body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LabelStudioStandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ls_url = f"http://127.0.0.1:{server.server_address[1]}"
+        client = make_client(tmp_path, label_studio_url=ls_url, label_studio_api_key="key")
+        for annotation_id, task_id, mask in ((21, 1, image_server.mask), (22, 2, np.roll(image_server.mask, 70, 1))):
+            payload = brush_annotation(mask, annotation_id=annotation_id)
+            payload["task"] = {"id": task_id, "data": {"image": f"{image_server.url}/object.png"}}
+            assert client.post("/webhook", json=payload).status_code == 200
+        assert _wait_for(lambda: client.get("/status").json["quality"]["done"] == 2)
+        worst = client.get("/quality?project=3").json
+        assert [row["task_id"] for row in worst["annotations"]] == [2, 1]
+        assert worst["annotations"][0]["link"] == f"{ls_url}/projects/3/data?task=2"
+        auth, body = patched["/api/tasks/2"]
+        assert auth == "Token key" and body["data"]["image"].endswith("object.png")
+        assert body["data"]["segagent_quality"] == worst["annotations"][0]["quality"]
+        assert patched["/api/tasks/1"][1]["data"]["segagent_quality"] > body["data"]["segagent_quality"]
+    finally:
+        server.shutdown()
+    assert client.get("/quality").status_code == 400
+    assert client.get("/quality?project=3&limit=x").status_code == 400
+
+
+def test_quality_job_failures_are_counted_not_fatal(client, image_server):
+    payload = brush_annotation(image_server.mask, annotation_id=31)
+    payload["task"] = {"id": 9, "data": {"image": f"{image_server.url}/object.png"}}
+    client.post("/webhook", json=payload)  # no Label Studio known: the scores are kept, the push fails
+    assert _wait_for(lambda: client.get("/status").json["quality"]["failed"] == 1)
+    assert "Label Studio is unknown" in client.get("/status").json["quality"]["last_error"]
+    assert client.get("/quality?project=3").json["annotations"][0]["task_id"] == 9

@@ -135,3 +135,38 @@ def test_submitted_annotation_reaches_the_webhook(connected, backend_server, ima
         time.sleep(1)
     assert status["annotations"]["annotations"] == before + 1
     assert status["webhook_events"].get("ANNOTATION_CREATED", 0) >= 1
+
+
+def test_quality_scores_reach_the_data_manager(connected, backend_server, image_server):
+    """Both tasks annotated, one well and one badly: the backend scores each submitted region and writes
+    the worst score into the task's data, so a Data Manager view sorted by it lists the bad one first."""
+    client, project = connected["client"], connected["project"]
+    good_task, bad_task = connected["tasks"]
+    shifted = np.roll(image_server.mask, 70, axis=1)
+    for task, mask in ((good_task, image_server.mask), (bad_task, shifted)):
+        existing = client.tasks.get(id=task.id).annotations or []
+        if task is good_task and existing:
+            continue  # annotated by the webhook test already
+        result = {"from_name": "tag", "to_name": "image", "type": "brushlabels", "original_width": 320,
+                  "original_height": 240, "image_rotation": 0,
+                  "value": {"format": "rle", "rle": brush.mask2rle(mask.astype(np.uint8) * 255),
+                            "brushlabels": ["Object"]}}
+        client.annotations.create(id=task.id, result=[result], was_cancelled=False)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        data = {t.id: client.tasks.get(id=t.id).data for t in (good_task, bad_task)}
+        if all("segagent_quality" in d for d in data.values()):
+            break
+        time.sleep(2)
+    status = requests.get(f"{backend_server['url']}/status", timeout=10).json()["quality"]
+    assert all("segagent_quality" in d for d in data.values()), status
+    assert data[bad_task.id]["segagent_quality"] < data[good_task.id]["segagent_quality"]
+
+    column = "tasks:data.segagent_quality"
+    view = client.views.create(project=project.id, data={"ordering": [column], "columnsDisplayType": {column: "Number"}})
+    ordered = [t.id for t in client.tasks.list(project=project.id, view=view.id)]
+    assert ordered == [bad_task.id, good_task.id]
+
+    worst = requests.get(f"{backend_server['url']}/quality", params={"project": project.id}, timeout=10).json()
+    assert [row["task_id"] for row in worst["annotations"]][:1] == [bad_task.id]
+    assert worst["annotations"][0]["link"].endswith(f"/projects/{project.id}/data?task={bad_task.id}")

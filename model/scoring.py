@@ -1,0 +1,154 @@
+"""The quality-scorer benchmark: corrupt each object's mask by a seeded protocol (model/corruptions.py),
+score every corrupted mask, and compare the estimates with the true IoU (in percent, as SegAgent's
+Table 3): Pearson, Spearman, MAE, MSE, and calibration (expected calibration error)."""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .corruptions import corruptions
+from .datasets import Dataset, read_target
+from .masks import iou
+from .quality import OfflineScorer, quality_features, train_quality_model
+
+
+@dataclass
+class Scored:
+    sample: int  # index of the object in the dataset (the unit of cross-validation)
+    kind: str
+    iou: float
+    features: np.ndarray | None
+
+
+def _corrupted_rows(args) -> list[Scored]:
+    index, sample, other, seed = args
+    rows = []
+    for kind, mask in corruptions(sample.target, index, seed, other):
+        features = quality_features(sample.image, mask) if mask.any() and not mask.all() else None
+        rows.append(Scored(index, kind, iou(mask, sample.target, sample.ignore), features))
+    return rows
+
+
+def corrupted_features(dataset: Dataset, seed: int = 0, workers: int = 1, progress: bool = True) -> list[Scored]:
+    """Features and true IoU of every corrupted mask. The wrong object comes from the sample 7 places on."""
+    samples = list(dataset)
+    jobs = [(i, s, samples[(i + 7) % len(samples)].target, seed) for i, s in enumerate(samples) if s.target.any()]
+    bar = tqdm(total=len(jobs), desc=f"{dataset.name} (corrupt + features)", unit="obj", disable=not progress)
+    rows: list[Scored] = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for chunk in pool.map(_corrupted_rows, jobs):
+                rows += chunk
+                bar.update()
+    else:
+        for job in jobs:
+            rows += _corrupted_rows(job)
+            bar.update()
+    bar.close()
+    return rows
+
+
+def _matrix(rows: list[Scored]) -> tuple[np.ndarray, np.ndarray]:
+    usable = [r for r in rows if r.features is not None]
+    return np.stack([r.features for r in usable]), np.array([r.iou for r in usable])
+
+
+def cross_validated(rows: list[Scored], folds: int = 5, extra: list[Scored] = (), seed: int = 0) -> np.ndarray:
+    """Out-of-fold estimates: each object's masks scored by a model trained on the other folds (split by
+    object, so no object is both trained and measured on) plus the `extra` rows."""
+    estimates = np.zeros(len(rows))
+    for fold in range(folds):
+        train = [r for r in rows if r.sample % folds != fold and r.features is not None] + list(extra)
+        model = train_quality_model(*_matrix(train), seed=seed)
+        for position, row in enumerate(rows):
+            if row.sample % folds == fold:
+                estimates[position] = model.predict(row.features)[0] if row.features is not None else 0.0
+    return estimates
+
+
+def with_scorer(rows: list[Scored], scorer: OfflineScorer) -> np.ndarray:
+    return np.array([scorer.model.predict(r.features)[0] if r.features is not None else 0.0 for r in rows])
+
+
+def metrics(estimates: np.ndarray, truth: np.ndarray, bins: int = 10) -> dict:
+    """Agreement of estimated and true IoU, in percent."""
+    from scipy.stats import pearsonr, spearmanr
+
+    estimates, truth = np.asarray(estimates, float), np.asarray(truth, float)
+    error = (estimates - truth) * 100
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(estimates, edges) - 1, 0, bins - 1)
+    ece = sum(abs(estimates[which == b].mean() - truth[which == b].mean()) * np.mean(which == b)
+              for b in range(bins) if np.any(which == b))
+    return {"n": int(len(truth)), "pearson": float(pearsonr(estimates, truth)[0]),
+            "spearman": float(spearmanr(estimates, truth)[0]), "mae": float(np.abs(error).mean()),
+            "mse": float((error ** 2).mean()), "ece": float(ece * 100)}
+
+
+def per_kind(rows: list[Scored], estimates: np.ndarray) -> dict:
+    kinds = sorted({r.kind for r in rows})
+    return {kind: {"n": sum(r.kind == kind for r in rows),
+                   "true_iou": round(float(np.mean([r.iou for r in rows if r.kind == kind])), 4),
+                   "estimated": round(float(np.mean([e for r, e in zip(rows, estimates) if r.kind == kind])), 4)}
+            for kind in kinds}
+
+
+def candidate_rows(folder: Path, scorer) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Each manifest entry's `candidate` mask scored against its `mask`."""
+    from .imageio import load_image
+
+    entries = json.loads((folder / "manifest.json").read_text())
+    names, estimates, truth = [], [], []
+    for entry in entries:
+        if "candidate" not in entry:
+            raise ValueError(f"manifest entry {entry.get('image')} has no 'candidate' mask")
+        image = load_image(folder / entry["image"])
+        target, ignore = read_target(folder / entry["mask"])
+        candidate = np.array(Image.open(folder / entry["candidate"]).convert("L")) > 127
+        names.append(entry["image"])
+        estimates.append(scorer(image, candidate, entry.get("category") or ""))
+        truth.append(iou(candidate, target, ignore))
+    return names, np.array(estimates), np.array(truth)
+
+
+def write_score_report(out: Path, summary: dict, estimates: np.ndarray, truth: np.ndarray,
+                       labels: list[str]) -> None:
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {**summary, "machine": f"{os.cpu_count()} CPU cores"}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    with open(out / "scores.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["item", "true_iou", "estimated_iou"])
+        writer.writerows(zip(labels, np.round(truth, 4), np.round(estimates, 4)))
+    fig, (scatter, reliability) = plt.subplots(1, 2, figsize=(10, 4.5))
+    scatter.scatter(truth * 100, estimates * 100, s=6, alpha=0.4)
+    scatter.plot([0, 100], [0, 100], color="grey", lw=1)
+    scatter.set_xlabel("true IoU (%)")
+    scatter.set_ylabel("estimated IoU (%)")
+    scatter.set_title(f"Pearson {summary['pearson']:.3f}, MAE {summary['mae']:.1f}")
+    edges = np.linspace(0, 1, 11)
+    which = np.clip(np.digitize(estimates, edges) - 1, 0, 9)
+    centres = [estimates[which == b].mean() * 100 for b in range(10) if np.any(which == b)]
+    actual = [truth[which == b].mean() * 100 for b in range(10) if np.any(which == b)]
+    reliability.plot([0, 100], [0, 100], color="grey", lw=1)
+    reliability.plot(centres, actual, marker="o")
+    reliability.set_xlabel("estimated IoU (%), binned")
+    reliability.set_ylabel("mean true IoU (%)")
+    reliability.set_title(f"calibration: ECE {summary['ece']:.1f}")
+    fig.tight_layout()
+    fig.savefig(out / "scatter.png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,122 @@
+"""Quality scoring: the corruption protocol, the offline scorer on masks whose quality the test knows,
+bad input, the benchmark's metrics, and the score command."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.corruptions import KINDS, corrupt, corruptions
+from model.masks import iou
+from model.quality import FEATURES, OfflineScorer, QualityModel, quality_features, train_quality_model
+from model.scoring import metrics
+from tests.synthetic import scene
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_corruptions_are_seeded_and_cover_every_kind():
+    _, mask = scene(200, 150, seed=1)
+    _, other = scene(120, 90, seed=2, center=(30, 30), axes=(20, 15))
+    first = corruptions(mask, 3, 0, other)
+    again = corruptions(mask, 3, 0, other)
+    assert [k for k, _ in first] == list(KINDS)
+    assert all((a == b).all() for (_, a), (_, b) in zip(first, again))
+    ious = {kind: iou(m, mask) for kind, m in first}
+    assert ious["untouched"] == 1.0
+    assert ious["dilated"] < 1.0 and ious["eroded"] < 1.0 and ious["shifted"] < 1.0
+    assert ious["wrong_object"] < 0.5
+    other_object = corruptions(mask, 4, 0, other)  # another object index draws other strengths
+    assert any((a != b).any() for (_, a), (_, b) in zip(first, other_object))
+    with pytest.raises(ValueError):
+        corrupt(mask, "melted", np.random.default_rng(0))
+
+
+def test_the_shipped_scorer_prefers_the_right_mask():
+    scorer = OfflineScorer()
+    image, mask = scene(320, 240, seed=5)
+    shifted = np.roll(mask, 60, axis=1)
+    fat = corrupt(mask, "dilated", np.random.default_rng(1))
+    good = scorer(image, mask, "a red blob")
+    assert good > scorer(image, shifted, "a red blob") and good > scorer(image, fat, "a red blob")
+    assert 0.0 <= good <= 1.0
+
+
+def test_bad_input_gets_a_defined_score_or_a_clear_error():
+    scorer = OfflineScorer()
+    image, mask = scene(64, 48)
+    assert scorer(image, np.zeros_like(mask)) == 0.0
+    assert scorer(image, np.ones_like(mask)) == 0.0
+    with pytest.raises(ValueError, match="the mask is"):
+        scorer(image, np.zeros((10, 10), bool))
+    flat = np.full((48, 64, 3), 128, np.uint8)
+    assert 0.0 <= scorer(flat, mask) <= 1.0
+    tiny = np.zeros((48, 64), bool)
+    tiny[10, 10] = True  # one pixel
+    assert 0.0 <= scorer(image, tiny) <= 1.0
+    big_image = np.zeros((2000, 3000, 3), np.uint8)
+    big_mask = np.zeros((2000, 3000), bool)
+    big_mask[5, 7] = True  # vanishes at the working size
+    assert len(quality_features(big_image, big_mask)) == len(FEATURES)
+
+
+def test_trained_model_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, len(FEATURES)))
+    target = 1 / (1 + np.exp(-features[:, 0]))
+    model = train_quality_model(features, target, epochs=200, trained_on={"datasets": ["synthetic"]})
+    assert np.corrcoef(model.predict(features), target)[0, 1] > 0.9
+    model.save(tmp_path / "w.json")
+    loaded = QualityModel.load(tmp_path / "w.json")
+    assert np.allclose(loaded.predict(features), model.predict(features), atol=1e-4)
+    assert loaded.trained_on == {"datasets": ["synthetic"]}
+
+
+def test_metrics_in_percent():
+    truth = np.array([0.1, 0.5, 0.9, 1.0])
+    result = metrics(truth + 0.1, truth)
+    assert result["n"] == 4 and result["pearson"] == pytest.approx(1.0)
+    assert result["mae"] == pytest.approx(10.0) and result["mse"] == pytest.approx(100.0)
+    assert result["ece"] == pytest.approx(10.0)
+
+
+@pytest.fixture(scope="module")
+def candidate_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("candidates")
+    entries = []
+    for index in range(6):
+        image, mask = scene(160, 120, seed=index)
+        candidate = np.roll(mask, 8 * index, axis=1)
+        Image.fromarray(image).save(folder / f"i{index}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"m{index}.png")
+        Image.fromarray(candidate.astype(np.uint8) * 255).save(folder / f"c{index}.png")
+        entries.append({"image": f"i{index}.png", "mask": f"m{index}.png", "candidate": f"c{index}.png",
+                        "category": "blob"})
+    (folder / "manifest.json").write_text(json.dumps(entries))
+    return folder
+
+
+def test_score_command_with_candidates(candidate_folder, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "model", "score", "--dataset", str(candidate_folder),
+                             "--candidates", "--out", str(tmp_path / "c")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["n"] == 6 and summary["protocol"] == "candidates"
+    assert summary["pearson"] > 0.5  # the further the candidate is shifted, the lower the estimate
+    assert (tmp_path / "c" / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_score_command_cross_validates_on_corruptions(candidate_folder, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "model", "score", "--dataset", str(candidate_folder),
+                             "--folds", "2", "--out", str(tmp_path / "s")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["n"] == 6 * len(KINDS)
+    assert {"pearson", "spearman", "mae", "mse", "ece", "per_kind"} <= set(summary)
+    assert "2-fold cross-validation by object" in summary["protocol"]
+    assert summary["per_kind"]["untouched"]["true_iou"] == 1.0
