@@ -6,7 +6,7 @@ HOST ?= 0.0.0.0
 THREADS ?= 4
 BIN = $(VENV)/bin
 
-.PHONY: install serve test test-fast bench bench-agent lint
+.PHONY: install serve test test-fast bench bench-agent bench-quality bench-interactive lint
 
 install: $(VENV)/.installed
 
@@ -42,3 +42,11 @@ bench-agent: install
 	$(BIN)/python -m tests.tiny_vlm bench/tiny-vlm
 	$(BIN)/python -m model evaluate --dataset $(DATA)/coco_mval_dev --limit 48 --policy bench/tiny-vlm --steps 3 --batch-size 1 --out bench/agent_unbatched
 	$(BIN)/python -m model evaluate --dataset $(DATA)/coco_mval_dev --limit 48 --policy bench/tiny-vlm --steps 3 --batch-size 8 --out bench/agent_batched
+
+# The offline quality scorer under the corruption protocol (5-fold cross-validation by object).
+bench-quality: install
+	$(BIN)/python -m model score --dataset $(DATA)/coco_mval_dev --out bench/score_coco
+
+# Interactive requests through the HTTP layer: median and p90 seconds per request.
+bench-interactive: install
+	$(BIN)/python scripts/bench_interactive.py $(DATA)/grabcut --clicks 5 --limit 20

@@ -3,7 +3,7 @@
 Modes of /predict, per task:
 - interactive: the context holds smart keypoints and/or a rectangle -> the tool makes the mask;
 - refine: the task already has rectangles (imported predictions, annotations) -> box -> mask, which
-  the policy's episode then refines when a policy is configured;
+  the policy's episode then refines when a policy is configured (which can start from masks too);
 - auto: nothing to start from -> the policy's episode, one per object prompt (off without a policy).
 """
 from __future__ import annotations
@@ -43,6 +43,8 @@ class Capabilities:
     tool_error: str | None
     policy: str | None
     policy_error: str | None
+    scorer: str | None
+    scorer_error: str | None
 
 
 class Service:
@@ -60,7 +62,8 @@ class Service:
         self.quality_jobs = BackgroundJobs("quality")
         self.capabilities = Capabilities(
             tool=self.segmenter.name if self.segmenter else None, tool_error=tool_error,
-            policy=self.policy.name if self.policy else None, policy_error=policy_error)
+            policy=self.policy.name if self.policy else None, policy_error=policy_error,
+            scorer=type(self.scorer).__name__ if self.scorer else None, scorer_error=scorer_error)
         caches = {"images": self.fetcher}
         if self.segmenter:
             caches["tool"] = self.segmenter.cache
@@ -136,6 +139,7 @@ class Service:
             "capabilities": {
                 "tool": {"on": caps.tool is not None, "name": caps.tool, "error": caps.tool_error},
                 "policy": {"on": caps.policy is not None, "name": caps.policy, "reason": caps.policy_error},
+                "quality": {"on": caps.scorer is not None, "name": caps.scorer, "error": caps.scorer_error},
             },
         }
 
@@ -149,7 +153,7 @@ class Service:
             "trajectories": {"total": 0},
             "webhook_events": dict(self.events),
             "training": self.last_training or {"state": "idle"},
-            "quality": {"scorer": type(self.scorer).__name__ if self.scorer else None, **self.quality_jobs.status()},
+            "quality": {"scorer": self.capabilities.scorer, **self.quality_jobs.status()},
             "label_studio": {"url": self.connection.url or None, "token": bool(self.connection.key)},
             "uptime_seconds": round(time.time() - self.started, 1),
         }

@@ -5,6 +5,7 @@ import argparse
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--out", required=True)
     score.add_argument("--seed", type=int, default=0, help="seed of the corruption protocol")
     score.add_argument("--limit", type=int)
-    score.add_argument("--workers", type=int, default=1)
+    score.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
     score.add_argument("--candidates", action="store_true",
                        help="score each manifest entry's 'candidate' mask against its 'mask' instead")
     score.add_argument("--weights", help="score with these fixed weights (default: the shipped ones)")
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--dataset", action="append", required=True)
     fit.add_argument("--out", default=str(Path(__file__).with_name("quality_weights.json")))
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--workers", type=int, default=1)
+    fit.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     fit.set_defaults(run=_fit_scorer)
 
     serve = commands.add_parser("serve-policy", help="an OpenAI-compatible server over a transformers VLM")

@@ -16,8 +16,7 @@ import os
 import tempfile
 import threading
 
-from model.policies.openai_protocol import (BadChatRequest, chat_response, decode_image, models_response,
-                                            parse_chat_request)
+from model.policies.openai_protocol import create_chat_app
 from model.prompts import SEGAGENT_QWEN_TURN
 
 log = logging.getLogger("segagent-qwen")
@@ -66,31 +65,6 @@ def _download(model_id: str, cache_dir: str | None) -> str:
     return snapshot_download(model_id, cache_dir=cache_dir)
 
 
-def create_app(qwen: QwenVLChat, model_id: str):
-    from flask import Flask, jsonify, request
-
-    app = Flask(__name__)
-
-    @app.get("/health")
-    def health():
-        return jsonify(status="UP", model=model_id)
-
-    @app.get("/v1/models")
-    def models():
-        return jsonify(models_response(model_id))
-
-    @app.post("/v1/chat/completions")
-    def chat():
-        try:
-            image, text, samples, temperature = parse_chat_request(request.get_json(silent=True))
-            picture = decode_image(image)
-        except BadChatRequest as exc:
-            return jsonify(error={"message": str(exc), "type": "invalid_request_error"}), 400
-        return jsonify(chat_response(model_id, qwen.answer(picture, text, samples, temperature)))
-
-    return app
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("SEGAGENT_QWEN_MODEL", DEFAULT_MODEL),
@@ -100,7 +74,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    app = create_app(QwenVLChat(args.model, args.cache_dir), "segagent-qwen")
+    app = create_chat_app(QwenVLChat(args.model, args.cache_dir).answer, "segagent-qwen")
     app.run(host=args.host, port=args.port, threaded=True)
 
 

@@ -60,3 +60,46 @@ class FileServer:
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
+
+
+class RecordingServer:
+    """A stand-in for a web host (Label Studio's HTTP surface, or any image host) on 127.0.0.1: GET answers
+    with fixed bytes, PATCH with {}; each request's path, Authorization header and JSON body are recorded."""
+
+    def __init__(self, body: bytes = b""):
+        import json
+
+        seen: dict[str, tuple[str | None, object]] = {}
+
+        class Handler(SimpleHTTPRequestHandler):
+            def _answer(self, payload: bytes, content_type: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self):
+                seen[self.path] = (self.headers.get("Authorization"), None)
+                self._answer(body, "image/png")
+
+            def do_PATCH(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                seen[self.path] = (self.headers.get("Authorization"), json.loads(self.rfile.read(length) or b"{}"))
+                self._answer(b"{}", "application/json")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.seen = seen
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "RecordingServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -12,6 +12,7 @@ from label_studio_sdk.converter import brush
 from backend.app import create_app
 from backend.settings import Settings, _subnets
 from model.masks import iou
+from tests.synthetic import RecordingServer
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -66,6 +67,7 @@ def test_health_status_and_root(client):
     assert health["capabilities"]["tool"] == {"on": True, "name": "classical", "error": None}
     assert health["capabilities"]["policy"]["on"] is False
     assert health["capabilities"]["policy"]["reason"] == "no policy configured"
+    assert health["capabilities"]["quality"] == {"on": True, "name": "OfflineScorer", "error": None}
     assert client.get("/").json == health
     status = client.get("/status").json
     assert {"policy", "tool", "active_version", "trajectories", "training"} <= set(status)
@@ -168,42 +170,20 @@ def test_image_byte_limit(tmp_path, image_server):
 
 
 def test_label_studio_paths_get_the_token_only_there(tmp_path, image_server):
-    """An upload path is fetched from Label Studio with its token; another host never sees the token."""
-    import http.server
-    import threading
-
-    seen = {}
-
-    class Recorder(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen[self.path] = self.headers.get("Authorization")
-            body = (image_server.folder / "object.png").read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        ls_url = f"http://127.0.0.1:{server.server_address[1]}"
+    """An upload path and a cloud URI are fetched from Label Studio with its token; another host never
+    sees the token."""
+    body = (image_server.folder / "object.png").read_bytes()
+    with RecordingServer(body) as label_studio, RecordingServer(body) as other_host:
         client = make_client(tmp_path)
-        client.post("/setup", json={"project": "3", "schema": CONFIG, "hostname": ls_url, "access_token": "tok"})
-        ok = predict(client, "/data/upload/3/object.png", {"result": [keypoint(50, 50)]})
-        assert ok.status_code == 200
-        assert seen["/data/upload/3/object.png"] == "Token tok"
-        cloud = predict(client, "s3://bucket/object.png", {"result": [keypoint(40, 50)]})
-        assert cloud.status_code == 200
-        resolve = [p for p in seen if p.startswith("/tasks/7/resolve/?fileuri=")]
+        client.post("/setup", json={"project": "3", "schema": CONFIG, "hostname": label_studio.url,
+                                    "access_token": "tok"})
+        assert predict(client, "/data/upload/3/object.png", {"result": [keypoint(50, 50)]}).status_code == 200
+        assert label_studio.seen["/data/upload/3/object.png"][0] == "Token tok"
+        assert predict(client, "s3://bucket/object.png", {"result": [keypoint(40, 50)]}).status_code == 200
+        resolve = [p for p in label_studio.seen if p.startswith("/tasks/7/resolve/?fileuri=")]
         assert resolve and base64.urlsafe_b64decode(resolve[0].split("=", 1)[1]) == b"s3://bucket/object.png"
-    finally:
-        server.shutdown()
-    # the image server is another host: no token goes there
-    other = predict(client, f"{image_server.url}/object.png", {"result": [keypoint(30, 50)]})
-    assert other.status_code == 200
+        assert predict(client, f"{other_host.url}/object.png", {"result": [keypoint(30, 50)]}).status_code == 200
+        assert other_host.seen["/object.png"][0] is None
 
 
 def test_bad_contexts_are_4xx(client, image_server):
@@ -419,29 +399,8 @@ def test_prediction_scores_are_the_scorers_estimates(client, image_server):
 
 
 def test_submitted_annotations_are_scored_and_listed_worst_first(tmp_path, image_server):
-    import http.server
-    import json as jsonlib
-    import threading
-
-    patched = {}
-
-    class LabelStudioStandIn(http.server.BaseHTTPRequestHandler):
-        def do_PATCH(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            patched[self.path] = (self.headers.get("Authorization"), jsonlib.loads(body))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LabelStudioStandIn)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        ls_url = f"http://127.0.0.1:{server.server_address[1]}"
-        client = make_client(tmp_path, label_studio_url=ls_url, label_studio_api_key="key")
+    with RecordingServer() as label_studio:
+        client = make_client(tmp_path, label_studio_url=label_studio.url, label_studio_api_key="key")
         for annotation_id, task_id, mask in ((21, 1, image_server.mask), (22, 2, np.roll(image_server.mask, 70, 1))):
             payload = brush_annotation(mask, annotation_id=annotation_id)
             payload["task"] = {"id": task_id, "data": {"image": f"{image_server.url}/object.png"}}
@@ -449,13 +408,11 @@ def test_submitted_annotations_are_scored_and_listed_worst_first(tmp_path, image
         assert _wait_for(lambda: client.get("/status").json["quality"]["done"] == 2)
         worst = client.get("/quality?project=3").json
         assert [row["task_id"] for row in worst["annotations"]] == [2, 1]
-        assert worst["annotations"][0]["link"] == f"{ls_url}/projects/3/data?task=2"
-        auth, body = patched["/api/tasks/2"]
+        assert worst["annotations"][0]["link"] == f"{label_studio.url}/projects/3/data?task=2"
+        auth, body = label_studio.seen["/api/tasks/2"]
         assert auth == "Token key" and body["data"]["image"].endswith("object.png")
         assert body["data"]["segagent_quality"] == worst["annotations"][0]["quality"]
-        assert patched["/api/tasks/1"][1]["data"]["segagent_quality"] > body["data"]["segagent_quality"]
-    finally:
-        server.shutdown()
+        assert label_studio.seen["/api/tasks/1"][1]["data"]["segagent_quality"] > body["data"]["segagent_quality"]
     assert client.get("/quality").status_code == 400
     assert client.get("/quality?project=3&limit=x").status_code == 400
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import time
 import uuid
+from typing import Callable
+
+log = logging.getLogger(__name__)
 
 
 class BadChatRequest(ValueError):
@@ -66,3 +70,35 @@ def decode_image(data: bytes):
         return Image.open(io.BytesIO(data)).convert("RGB")
     except Exception as exc:
         raise BadChatRequest(f"the image does not decode: {exc}") from exc
+
+
+# (image, text, samples, temperature) -> answers
+Answer = Callable[[object, str, int, float], list[str]]
+
+
+def create_chat_app(answer: Answer, model_id: str):
+    """A Flask app speaking the chat-completions protocol over `answer`: /health, /v1/models and
+    /v1/chat/completions (bad requests get 400 and a log line)."""
+    from flask import Flask, jsonify, request
+
+    app = Flask(__name__)
+
+    @app.get("/health")
+    def health():
+        return jsonify(status="UP", model=model_id)
+
+    @app.get("/v1/models")
+    def models():
+        return jsonify(models_response(model_id))
+
+    @app.post("/v1/chat/completions")
+    def chat():
+        try:
+            image, text, samples, temperature = parse_chat_request(request.get_json(silent=True))
+            picture = decode_image(image)
+        except BadChatRequest as exc:
+            log.warning("chat request refused: %s", exc)
+            return jsonify(error={"message": str(exc), "type": "invalid_request_error"}), 400
+        return jsonify(chat_response(model_id, answer(picture, text, samples, temperature)))
+
+    return app
