@@ -18,7 +18,10 @@ import numpy as np
 from model.agent import Agent, AgentConfig, Episode, EpisodeTask
 from model.policies import Policy, PolicyError, make_policy
 from model.quality import OfflineScorer, PolicyScorer
+from model.clicks import Click
 from model.tools import Segmenter, make_segmenter
+from model.trajectories import TrajectoryStore
+from model.trajectory_sources import from_human_clicks, simulated
 
 from . import labelstudio as ls
 from .errors import ApiError
@@ -55,11 +58,12 @@ class Service:
         self.fetcher = ImageFetcher(settings, self.connection)
         self.sessions = Sessions(settings.interactive_ttl)
         self.store = AnnotationStore(settings.data_dir / "annotations.sqlite3")
+        self.trajectories = TrajectoryStore(settings.data_dir / "trajectories")
         self.segmenter, tool_error = self._build_segmenter()
         self.policy, policy_error = self._build_policy()
         self.scorer, scorer_error = self._build_scorer()
         self.agent = self._build_agent()
-        self.quality_jobs = BackgroundJobs("quality")
+        self.annotation_jobs = BackgroundJobs("annotations")
         self.capabilities = Capabilities(
             tool=self.segmenter.name if self.segmenter else None, tool_error=tool_error,
             policy=self.policy.name if self.policy else None, policy_error=policy_error,
@@ -150,10 +154,11 @@ class Service:
             "tool": self.capabilities.tool,
             "active_version": self.model_version,
             "annotations": self.store.counts(),
-            "trajectories": {"total": 0},
+            "trajectories": self.trajectories.counts(),
             "webhook_events": dict(self.events),
             "training": self.last_training or {"state": "idle"},
-            "quality": {"scorer": self.capabilities.scorer, **self.quality_jobs.status()},
+            "quality": {"scorer": self.capabilities.scorer},
+            "annotation_jobs": self.annotation_jobs.status(),
             "label_studio": {"url": self.connection.url or None, "token": bool(self.connection.key)},
             "uptime_seconds": round(time.time() - self.started, 1),
         }
@@ -280,6 +285,8 @@ class Service:
         except ValueError as exc:
             raise ApiError(str(exc)) from exc
         self.sessions.remember(key, clicks, interaction.box, result)
+        self.store.record_interactive(project, int(task.get("id") or 0), label,
+                                      [(c.x, c.y, c.positive) for c in clicks], result.mask)
         self.metrics.predictions.labels("interactive").inc()
         log.info("task %s: interactive mask for %r from %d clicks%s, %d pixels", task.get("id"), label,
                  len(clicks), " and a box" if interaction.box else "", int(result.mask.sum()))
@@ -316,6 +323,7 @@ class Service:
             raise ApiError("the annotation has no integer id")
         if annotation.get("was_cancelled"):
             self.store.delete([annotation["id"]])
+            self.trajectories.delete_annotations([annotation["id"]])
             return {"status": "skipped", "reason": "the annotation was cancelled"}
         project = payload.get("project") or {}
         config = project.get("label_config") if isinstance(project, dict) else None
@@ -328,28 +336,58 @@ class Service:
             [(r.label, prompt, r.source, r.mask) for r in regions])
         log.info("annotation %s of task %s: %d regions %s", annotation["id"], task.get("id"), len(regions),
                  "kept" if changed else "already kept")
-        if changed and regions and self.scorer is not None:
-            self.quality_jobs.submit(self._score_annotation, schema, task, annotation, regions, prompt)
+        if changed and regions:
+            project_id = str(project.get("id") if isinstance(project, dict) else "")
+            self.annotation_jobs.submit(self._learn_from_annotation, project_id, schema, task, annotation, regions,
+                                        prompt)
         return {"status": "ok" if changed else "unchanged", "regions": len(regions)}
 
-    def _score_annotation(self, schema: ls.Schema, task: dict, annotation: dict, regions: list, prompt) -> None:
-        """Score each region of a submitted annotation, keep the scores, and write the worst into the task's
-        data (QUALITY_FIELD), where the Data Manager sorts and filters by it."""
+    def _learn_from_annotation(self, project: str, schema: ls.Schema, task: dict, annotation: dict, regions: list,
+                               prompt) -> None:
+        """In the background: score each region (quality), turn each into trajectories (the flywheel's
+        data), and write the worst score into the task's data (QUALITY_FIELD), where the Data Manager
+        sorts and filters by it."""
         image = self.fetcher.fetch((task.get("data") or {}).get(schema.image_key), task.get("id"))
-        scores = []
         for region in regions:
             if region.mask.shape != image.shape[:2]:
                 raise ValueError(f"annotation {annotation['id']}: a region of {region.mask.shape} on an image of "
                                  f"{image.shape[:2]}")
-            scores.append(round(self.estimate(image, region.mask, prompt or region.label, 0.0), 4))
         updated_at = str(annotation.get("updated_at") or annotation.get("created_at") or "")
+        scores = [round(self.estimate(image, r.mask, prompt or r.label, 0.0), 4) for r in regions]
         if not self.store.set_quality(annotation["id"], updated_at, scores):
             log.info("annotation %s changed while it was scored: its newer version is scored instead", annotation["id"])
+            return
+        if self.segmenter is not None:
+            self._record_trajectories(project, task, annotation, updated_at, regions, prompt, image)
+        if self.scorer is None:
             return
         data = {**(task.get("data") or {}), QUALITY_FIELD: min(scores)}
         self.connection.api(self.fetcher.session, "PATCH", f"/api/tasks/{int(task['id'])}",
                             self.settings.fetch_timeout, json={"data": data})
         log.info("annotation %s of task %s: quality %s", annotation["id"], task.get("id"), scores)
+
+    def _record_trajectories(self, project: str, task: dict, annotation: dict, version: str, regions: list, prompt,
+                             image: np.ndarray) -> None:
+        """Per region: from scratch, from our own last prediction (a correction), and the real clicks."""
+        task_id = int(task.get("id") or 0)
+        sha = self.trajectories.put_image(image)
+        ours = {e["label"]: e["mask"] for e in self.store.episodes(project, task_id)}  # the latest per label
+        records = []
+        for region in regions:
+            description = prompt or region.label
+            records.append(simulated(self.segmenter, image, region.mask, "scratch", region.label, description, sha))
+            predicted = ours.get(region.label)
+            if predicted is not None and predicted.shape == region.mask.shape:
+                records.append(simulated(self.segmenter, image, region.mask, "correction", region.label, description,
+                                         sha, initial=predicted))
+            steps = self.store.interactive_steps(project, task_id, region.label)
+            if steps:
+                clicks = [(Click(*clicked[-1]), mask) for clicked, mask in steps if clicked]
+                records.append(from_human_clicks(clicks, region.mask, region.label, description, sha))
+        records = [r for r in records if r.steps]
+        self.trajectories.replace_annotation(project, task_id, annotation["id"], version, records)
+        log.info("annotation %s: %d trajectories (%s)", annotation["id"], len(records),
+                 ", ".join(r.source for r in records))
 
     def quality(self, project, limit: int) -> dict:
         """The lowest-scored annotations of a project, with links to their tasks."""
@@ -370,6 +408,7 @@ class Service:
             ids.append(item.get("id") if isinstance(item, dict) else item)
         ids = [i for i in ids if isinstance(i, int)]
         removed = self.store.delete(ids)
+        self.trajectories.delete_annotations(ids)
         return {"status": "ok", "deleted_regions": removed}
 
     def train(self, payload: dict) -> dict:

@@ -2,7 +2,9 @@
 - the annotations Label Studio sent through its webhook, one row per region. An update replaces the
   annotation's rows; a replay of the same version (same annotation id and updated_at) changes nothing;
   a delete removes them;
-- the agent's episodes (its own predictions: clicks, final mask, score), for the flywheel.
+- the agent's episodes (its own predictions: clicks, final mask, score), for the flywheel;
+- the interactive requests (the clicks an annotator placed so far and the mask they gave), so that the
+  real human clicks can be joined to the annotation finally submitted.
 """
 from __future__ import annotations
 
@@ -46,6 +48,16 @@ CREATE TABLE IF NOT EXISTS agent_episodes (
     created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS episodes_by_task ON agent_episodes (project, task_id);
+CREATE TABLE IF NOT EXISTS interactive_steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    clicks TEXT NOT NULL,
+    mask_rle TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS interactive_by_task ON interactive_steps (project, task_id, label);
 """
 
 
@@ -130,6 +142,22 @@ class AnnotationStore:
             "WHERE project = ? AND task_id = ? ORDER BY id", (project, task_id)).fetchall()
         return [{"label": r[0], "description": r[1], "model_version": r[2], "steps": json.loads(r[3]),
                  "mask": rle_decode(json.loads(r[4])), "score": r[5], "stop_reason": r[6]} for r in rows]
+
+    def record_interactive(self, project: str, task_id: int, label: str, clicks: list[tuple[float, float, bool]],
+                           mask: np.ndarray) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO interactive_steps (project, task_id, label, clicks, mask_rle, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (project, task_id, label, json.dumps(clicks),
+                                              json.dumps(rle_encode(mask)), time.time()))
+
+    def interactive_steps(self, project: str, task_id: int, label: str) -> list[tuple[list, np.ndarray]]:
+        """(clicks so far, mask) of each interactive request on one object, oldest first."""
+        rows = self._db.execute(
+            "SELECT clicks, mask_rle FROM interactive_steps WHERE project = ? AND task_id = ? AND label = ? "
+            "ORDER BY id", (project, task_id, label)).fetchall()
+        return [(json.loads(clicks), rle_decode(json.loads(mask))) for clicks, mask in rows]
 
     def counts(self) -> dict:
         annotations, regions = self._db.execute(

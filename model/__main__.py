@@ -1,4 +1,4 @@
-"""Command line: python -m model evaluate | score | fit-scorer | serve-policy ..."""
+"""Command line: python -m model evaluate | score | fit-scorer | export | serve-policy ..."""
 from __future__ import annotations
 
 import argparse
@@ -111,6 +111,18 @@ def _fit_scorer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_sharegpt
+    from .trajectories import TrajectoryStore
+
+    store_dir = Path(args.data_dir) / "trajectories"
+    if not (store_dir / "trajectories.sqlite3").exists():
+        raise SystemExit(f"no trajectory store under {store_dir}")
+    count = export_sharegpt(TrajectoryStore(store_dir), args.out, project=args.project, color=args.color)
+    print(f"{count} supervised turns -> {args.out}")
+    return 0
+
+
 def _serve_policy(args: argparse.Namespace) -> int:
     from .policies.server import create_policy_app
     from .policies.transformers_vlm import TransformersPolicy
@@ -176,6 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     fit.set_defaults(run=_fit_scorer)
+
+    export = commands.add_parser("export", help="trajectories as supervised turns (ShareGPT, LLaMA-Factory)")
+    export.add_argument("--data-dir", default=os.environ.get("SEGAGENT_DATA_DIR") or "data",
+                        help="the backend's data folder (SEGAGENT_DATA_DIR)")
+    export.add_argument("--out", required=True)
+    export.add_argument("--format", choices=("sharegpt",), default="sharegpt")
+    export.add_argument("--project", help="only this Label Studio project's trajectories")
+    export.add_argument("--color", default="green", help="overlay colour of the observations")
+    export.set_defaults(run=_export)
 
     serve = commands.add_parser("serve-policy", help="an OpenAI-compatible server over a transformers VLM")
     serve.add_argument("--policy", required=True, help="local path or hub id")

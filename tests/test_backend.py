@@ -405,7 +405,7 @@ def test_submitted_annotations_are_scored_and_listed_worst_first(tmp_path, image
             payload = brush_annotation(mask, annotation_id=annotation_id)
             payload["task"] = {"id": task_id, "data": {"image": f"{image_server.url}/object.png"}}
             assert client.post("/webhook", json=payload).status_code == 200
-        assert _wait_for(lambda: client.get("/status").json["quality"]["done"] == 2)
+        assert _wait_for(lambda: client.get("/status").json["annotation_jobs"]["done"] == 2)
         worst = client.get("/quality?project=3").json
         assert [row["task_id"] for row in worst["annotations"]] == [2, 1]
         assert worst["annotations"][0]["link"] == f"{label_studio.url}/projects/3/data?task=2"
@@ -421,6 +421,49 @@ def test_quality_job_failures_are_counted_not_fatal(client, image_server):
     payload = brush_annotation(image_server.mask, annotation_id=31)
     payload["task"] = {"id": 9, "data": {"image": f"{image_server.url}/object.png"}}
     client.post("/webhook", json=payload)  # no Label Studio known: the scores are kept, the push fails
-    assert _wait_for(lambda: client.get("/status").json["quality"]["failed"] == 1)
-    assert "Label Studio is unknown" in client.get("/status").json["quality"]["last_error"]
+    assert _wait_for(lambda: client.get("/status").json["annotation_jobs"]["failed"] == 1)
+    assert "Label Studio is unknown" in client.get("/status").json["annotation_jobs"]["last_error"]
     assert client.get("/quality?project=3").json["annotations"][0]["task_id"] == 9
+
+
+# ---------------------------------------------------------------- trajectories from annotations
+
+def _annotation_for(image_server, annotation_id=41, updated="2026-01-01T00:00:00Z", task_id=7, mask=None):
+    mask = image_server.mask if mask is None else mask
+    payload = brush_annotation(mask, annotation_id=annotation_id, updated=updated)
+    payload["task"] = {"id": task_id, "data": {"image": f"{image_server.url}/object.png"}}
+    return payload
+
+
+def test_annotations_become_trajectories_with_the_real_clicks(client, image_server):
+    url = f"{image_server.url}/object.png"
+    predict(client, url, {"result": [keypoint(50, 50)]})
+    predict(client, url, {"result": [keypoint(50, 50), keypoint(62.5, 50, positive=False)]})
+    jobs = lambda: client.get("/status").json["annotation_jobs"]  # noqa: E731
+    client.post("/webhook", json=_annotation_for(image_server))
+    assert _wait_for(lambda: jobs()["pending"] == 0 and jobs()["done"] + jobs()["failed"] == 1)
+    counts = client.get("/status").json["trajectories"]
+    assert counts == {"total": 2, "correction": 0, "scratch": 1, "human": 1}
+    service = client.application.extensions["segagent"]
+    human = [r for r in service.trajectories.records() if r.source == "human"][0]
+    assert [s.click.positive for s in human.steps] == [True, False]
+    assert human.steps[0].click.x == pytest.approx(160.0)
+
+    assert client.post("/webhook", json=_annotation_for(image_server)).json["status"] == "unchanged"
+    client.post("/webhook", json={**_annotation_for(image_server, updated="2026-02-01T00:00:00Z"),
+                                  "action": "ANNOTATION_UPDATED"})
+    assert _wait_for(lambda: jobs()["pending"] == 0 and jobs()["done"] + jobs()["failed"] == 2)
+    assert client.get("/status").json["trajectories"]["total"] == 2  # replaced, not added
+    client.post("/webhook", json={"action": "ANNOTATION_DELETED", "annotation": {"id": 41}})
+    assert client.get("/status").json["trajectories"]["total"] == 0
+
+
+def test_a_correction_trajectory_starts_from_our_own_prediction(tmp_path, image_server, taught_vlm):
+    client = make_client(tmp_path, policy=str(taught_vlm))
+    predict(client, f"{image_server.url}/object.png", config=ONE_LABEL)  # an auto-mode episode for task 7
+    corrected = image_server.mask.copy()
+    corrected[:, 160:] = False  # the annotator kept only the left half: our prediction needs correcting
+    client.post("/webhook", json=_annotation_for(image_server, mask=corrected))
+    assert _wait_for(lambda: client.get("/status").json["trajectories"]["total"] >= 2)
+    counts = client.get("/status").json["trajectories"]
+    assert counts["correction"] == 1 and counts["scratch"] == 1

@@ -135,6 +135,11 @@ def test_submitted_annotation_reaches_the_webhook(connected, backend_server, ima
         time.sleep(1)
     assert status["annotations"]["annotations"] == before + 1
     assert status["webhook_events"].get("ANNOTATION_CREATED", 0) >= 1
+    deadline = time.time() + 90  # the submitted mask becomes trajectories in the background
+    while time.time() < deadline and status["trajectories"]["scratch"] < 1:
+        time.sleep(1)
+        status = requests.get(f"{backend_server['url']}/status", timeout=10).json()
+    assert status["trajectories"]["scratch"] >= 1, status["annotation_jobs"]
 
 
 def test_quality_scores_reach_the_data_manager(connected, backend_server, image_server):

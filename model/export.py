@@ -1,0 +1,39 @@
+"""Export trajectories as supervised turns for fine-tuning: one turn per step, the observation (the
+image with the mask before the step overlaid) and the instruction in, the action text out. ShareGPT
+format with LLaMA-Factory's dataset_info.json, the trainer SegAgent recommends. The prompt, the overlay
+and the action text are the very ones inference uses (model/prompts.py, model/actions.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .actions import action_for_click, format_action
+from .prompts import instruction, observation_image
+from .trajectories import TrajectoryStore
+
+
+def export_sharegpt(store: TrajectoryStore, out: str | Path, project: str | None = None, color: str = "green",
+                    max_side: int = 448, name: str = "segagent") -> int:
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    examples = []
+    for record in store.records(project):
+        image = store.image(record.image_sha)
+        height, width = image.shape[:2]
+        for position, step in enumerate(record.steps):
+            path = f"images/{record.id}_{position}.png"
+            observation_image(image, step.mask_before, color, max_side=max_side).save(out / path)
+            action = format_action(action_for_click(step.click, width, height))
+            examples.append({
+                "conversations": [{"from": "human", "value": "<image>" + instruction(record.prompt or record.label)},
+                                  {"from": "gpt", "value": action}],
+                "images": [path],
+                "source": record.source, "task_id": record.task_id, "project": record.project,
+            })
+    (out / f"{name}.json").write_text(json.dumps(examples, indent=1))
+    (out / "dataset_info.json").write_text(json.dumps({name: {
+        "file_name": f"{name}.json", "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "images": "images"},
+        "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}}},
+        indent=2))
+    return len(examples)

@@ -1,0 +1,181 @@
+"""Trajectories: click sequences that lead to a mask, the training data of the policy.
+
+The store is SQLite in WAL mode (a `kill -9` loses at most the write under way), its schema versioned
+by `PRAGMA user_version` and brought up to date by the migrations below; masks are COCO RLE; images
+are kept once, by content hash, as PNG files beside the database, so that training does not depend
+on Label Studio being up. An annotation's trajectories are replaced as a whole: a replay of the same
+version stores nothing new, an update replaces what the earlier version produced.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image
+
+from .clicks import Click
+from .masks import rle_decode, rle_encode
+
+SOURCES = ("correction", "scratch", "human")
+
+MIGRATIONS = [
+    """
+    CREATE TABLE trajectories (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        task_id INTEGER NOT NULL,
+        annotation_id INTEGER NOT NULL,
+        annotation_version TEXT NOT NULL,
+        source TEXT NOT NULL,
+        label TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        image_sha TEXT NOT NULL,
+        target_rle TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE INDEX trajectories_by_annotation ON trajectories (annotation_id);
+    CREATE INDEX trajectories_by_project ON trajectories (project);
+    CREATE TABLE steps (
+        trajectory_id INTEGER NOT NULL REFERENCES trajectories (id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        x REAL NOT NULL,
+        y REAL NOT NULL,
+        positive INTEGER NOT NULL,
+        mask_before_rle TEXT NOT NULL,
+        mask_after_rle TEXT NOT NULL,
+        iou REAL NOT NULL,
+        PRIMARY KEY (trajectory_id, position)
+    );
+    """,
+]
+
+
+@dataclass
+class StepRecord:
+    click: Click  # pixels
+    mask_before: np.ndarray
+    mask_after: np.ndarray
+    iou: float
+
+
+@dataclass
+class TrajectoryRecord:
+    source: str
+    label: str
+    prompt: str
+    image_sha: str
+    target: np.ndarray
+    steps: list[StepRecord] = field(default_factory=list)
+    project: str = ""
+    task_id: int = 0
+    annotation_id: int = 0
+    id: int | None = None
+
+
+class TrajectoryStore:
+    def __init__(self, data_dir: str | Path):
+        self.root = Path(data_dir)
+        self.images_dir = self.root / "images"
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.root / "trajectories.sqlite3"), check_same_thread=False,
+                                   isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._lock = threading.Lock()
+        self._migrate()
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self) -> None:
+        with self._lock:
+            for version in range(self.schema_version, len(MIGRATIONS)):
+                self._db.execute("BEGIN")
+                try:
+                    for statement in MIGRATIONS[version].split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {version + 1}")
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+
+    # ------------------------------------------------------------ images
+    def put_image(self, image: np.ndarray) -> str:
+        """Keep an RGB image once, by content; returns its hash."""
+        sha = hashlib.sha256(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
+        path = self.images_dir / f"{sha}.png"
+        if not path.exists():
+            partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
+            Image.fromarray(image).save(partial, format="PNG")
+            partial.replace(path)  # atomic: a reader never sees half a file
+        return sha
+
+    def image(self, sha: str) -> np.ndarray:
+        return np.array(Image.open(self.images_dir / f"{sha}.png").convert("RGB"))
+
+    # ------------------------------------------------------------ trajectories
+    def replace_annotation(self, project: str, task_id: int, annotation_id: int, version: str,
+                           records: list[TrajectoryRecord]) -> bool:
+        """Keep what one version of an annotation produced; False when that version is kept already."""
+        with self._lock:
+            row = self._db.execute("SELECT annotation_version FROM trajectories WHERE annotation_id = ? LIMIT 1",
+                                   (annotation_id,)).fetchone()
+            if row is not None and row[0] == version:
+                return False
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute("DELETE FROM trajectories WHERE annotation_id = ?", (annotation_id,))
+                for record in records:
+                    cursor = self._db.execute(
+                        "INSERT INTO trajectories (project, task_id, annotation_id, annotation_version, source, label,"
+                        " prompt, image_sha, target_rle, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (project, task_id, annotation_id, version, record.source, record.label, record.prompt,
+                         record.image_sha, json.dumps(rle_encode(record.target)), time.time()))
+                    self._db.executemany(
+                        "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(cursor.lastrowid, position, s.click.x, s.click.y, int(s.click.positive),
+                          json.dumps(rle_encode(s.mask_before)), json.dumps(rle_encode(s.mask_after)), s.iou)
+                         for position, s in enumerate(record.steps)])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return True
+
+    def delete_annotations(self, annotation_ids: list[int]) -> int:
+        with self._lock:
+            self._db.execute("BEGIN")
+            removed = sum(self._db.execute("DELETE FROM trajectories WHERE annotation_id = ?", (i,)).rowcount
+                          for i in annotation_ids)
+            self._db.execute("COMMIT")
+            return removed
+
+    def counts(self, project: str | None = None) -> dict:
+        where, args = ("WHERE project = ?", (project,)) if project else ("", ())
+        rows = self._db.execute(f"SELECT source, COUNT(*) FROM trajectories {where} GROUP BY source", args).fetchall()
+        counts = {source: 0 for source in SOURCES} | dict(rows)
+        return {"total": sum(counts.values()), **counts}
+
+    def records(self, project: str | None = None) -> Iterator[TrajectoryRecord]:
+        where, args = ("WHERE project = ?", (project,)) if project else ("", ())
+        for row in self._db.execute(
+                "SELECT id, project, task_id, annotation_id, source, label, prompt, image_sha, target_rle "
+                f"FROM trajectories {where} ORDER BY id", args).fetchall():
+            steps = [StepRecord(Click(x, y, bool(positive)), rle_decode(json.loads(before)),
+                                rle_decode(json.loads(after)), value)
+                     for x, y, positive, before, after, value in self._db.execute(
+                         "SELECT x, y, positive, mask_before_rle, mask_after_rle, iou FROM steps "
+                         "WHERE trajectory_id = ? ORDER BY position", (row[0],)).fetchall()]
+            yield TrajectoryRecord(row[4], row[5], row[6], row[7], rle_decode(json.loads(row[8])), steps,
+                                   row[1], row[2], row[3], row[0])
