@@ -64,13 +64,6 @@ class Trajectory:
     def clicks(self) -> list[Click]:
         return [s.click for s in self.steps]
 
-    @property
-    def final_mask(self) -> np.ndarray:
-        return self.steps[-1].mask_after if self.steps else self.initial_mask
-
-    @property
-    def final_iou(self) -> float:
-        return self.steps[-1].iou if self.steps else self.initial_iou
 
 
 # predict(clicks, previous mask) -> mask: the tool, bound to one image

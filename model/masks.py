@@ -52,26 +52,6 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: in
     return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
 
 
-def box_to_mask(box: Sequence[float], shape: tuple[int, int]) -> np.ndarray:
-    """The mask of a pixel box (x1, y1, x2, y2), clipped to the image."""
-    height, width = shape
-    x1, y1, x2, y2 = box
-    x1, x2 = sorted((int(round(x1)), int(round(x2))))
-    y1, y2 = sorted((int(round(y1)), int(round(y2))))
-    mask = np.zeros(shape, bool)
-    mask[max(y1, 0):min(y2, height), max(x1, 0):min(x2, width)] = True
-    return mask
-
-
-def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(x1, y1, x2, y2), exclusive on the right and bottom, of a mask's pixels; None if it is empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
 def components_touching(mask: np.ndarray, clicks: Iterable[Click]) -> np.ndarray:
     """The connected components of `mask` that contain at least one of the clicks."""
     count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
