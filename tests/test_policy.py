@@ -283,3 +283,25 @@ def test_unreachable_policy_is_a_clear_error():
     image, mask = scene(32, 32)
     with pytest.raises(PolicyError, match="failed"):
         policy.act([Observation(observation_image(image, mask), "x")])
+
+
+def test_a_lora_adapter_loads_on_top_of_the_base(taught_vlm, tmp_path):
+    """SEGAGENT_POLICY_ADAPTER: a peft LoRA adapter saved for the base, loaded by path on top of it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from model.policies.transformers_vlm import TransformersPolicy
+
+    base = AutoModelForImageTextToText.from_pretrained(taught_vlm)
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # a visible change: LoRA's B matrices start at zero
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.5)
+    lora.save_pretrained(tmp_path / "adapter")
+    policy = TransformersPolicy(str(taught_vlm), adapter=str(tmp_path / "adapter"))
+    assert policy.name.endswith("+" + str(tmp_path / "adapter"))
+    image, mask = scene(160, 120)
+    [[answer]] = policy.act([Observation(observation_image(image, np.zeros_like(mask)), instruction("blob"))])
+    assert answer != "Positive point: (500, 500)"  # the adapter changed what the base answers
