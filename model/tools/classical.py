@@ -43,7 +43,7 @@ class ClassicalTool:
     name = "classical"
 
     def __init__(self, work_size: int = 400, iterations: int = 2, seed_radius: float = 0.01,
-                 prior_radius: float = 0.08, roi_margin: float = 0.3, correction_reach: float = 0.6,
+                 prior_radius: float = 0.08, roi_margin: float = 0.3, correction_reach: float = 0.75,
                  hard_fraction: float = 0.5):
         self.work_size = work_size
         self.iterations = iterations
