@@ -330,20 +330,19 @@ class Service:
         schema = ls.Schema.from_config(config) if config else self._schema(payload)
         regions = ls.annotation_regions(annotation.get("result"), schema, self.settings.max_image_pixels)
         prompt = ls.task_prompt(task, self.settings.prompt_fields)
-        changed = self.store.replace(
-            str(project.get("id") if isinstance(project, dict) else ""), int(task.get("id") or 0), annotation["id"],
-            str(annotation.get("updated_at") or annotation.get("created_at") or ""),
-            [(r.label, prompt, r.source, r.mask) for r in regions])
+        project_id = _project_id(project)
+        version = str(annotation.get("updated_at") or annotation.get("created_at") or "")
+        changed = self.store.replace(project_id, int(task.get("id") or 0), annotation["id"], version,
+                                     [(r.label, prompt, r.source, r.mask) for r in regions])
         log.info("annotation %s of task %s: %d regions %s", annotation["id"], task.get("id"), len(regions),
                  "kept" if changed else "already kept")
         if changed and regions:
-            project_id = str(project.get("id") if isinstance(project, dict) else "")
-            self.annotation_jobs.submit(self._learn_from_annotation, project_id, schema, task, annotation, regions,
-                                        prompt)
+            self.annotation_jobs.submit(self._learn_from_annotation, project_id, schema, task, annotation, version,
+                                        regions, prompt)
         return {"status": "ok" if changed else "unchanged", "regions": len(regions)}
 
-    def _learn_from_annotation(self, project: str, schema: ls.Schema, task: dict, annotation: dict, regions: list,
-                               prompt) -> None:
+    def _learn_from_annotation(self, project: str, schema: ls.Schema, task: dict, annotation: dict, version: str,
+                               regions: list, prompt) -> None:
         """In the background: score each region (quality), turn each into trajectories (the flywheel's
         data), and write the worst score into the task's data (QUALITY_FIELD), where the Data Manager
         sorts and filters by it."""
@@ -352,13 +351,12 @@ class Service:
             if region.mask.shape != image.shape[:2]:
                 raise ValueError(f"annotation {annotation['id']}: a region of {region.mask.shape} on an image of "
                                  f"{image.shape[:2]}")
-        updated_at = str(annotation.get("updated_at") or annotation.get("created_at") or "")
         scores = [round(self.estimate(image, r.mask, prompt or r.label, 0.0), 4) for r in regions]
-        if not self.store.set_quality(annotation["id"], updated_at, scores):
+        if not self.store.set_quality(annotation["id"], version, scores):
             log.info("annotation %s changed while it was scored: its newer version is scored instead", annotation["id"])
             return
         if self.segmenter is not None:
-            self._record_trajectories(project, task, annotation, updated_at, regions, prompt, image)
+            self._record_trajectories(project, task, annotation, version, regions, prompt, image)
         if self.scorer is None:
             return
         data = {**(task.get("data") or {}), QUALITY_FIELD: min(scores)}
@@ -412,7 +410,8 @@ class Service:
         return {"status": "ok", "deleted_regions": removed}
 
     def train(self, payload: dict) -> dict:
-        """START_TRAINING and the legacy /train: nothing to fine-tune until a policy is configured."""
+        """START_TRAINING and the legacy /train: answered, and skipped with the reason (no policy, or
+        fine-tuning, which this version does not have)."""
         reason = self.capabilities.policy_error or "training is not available in this version"
         self.last_training = {"state": "skipped", "reason": reason, "at": time.time()}
         log.info("training requested: skipped (%s)", reason)
