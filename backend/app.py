@@ -1,4 +1,5 @@
-"""The Flask app: Label Studio's ML backend protocol plus /status and /metrics."""
+"""The Flask app: Label Studio's ML backend protocol (with /job_status) plus /rollback, /status,
+/quality and /metrics."""
 from __future__ import annotations
 
 import hmac
@@ -93,8 +94,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/predict")
     def predict():
-        results = service.predict(json_body())
-        return jsonify(results=results, model_version=service.model_version)
+        return jsonify(service.predict(json_body()))
 
     @app.post("/webhook")
     def webhook():
@@ -104,13 +104,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     def train():
         return jsonify(service.train(json_body()))
 
+    @app.post("/job_status")
+    def job_status():
+        return jsonify(service.job_status(json_body()))
+
     @app.get("/versions")
     def versions():
-        return jsonify(service.versions())
+        return jsonify(service.versions(request.args.get("project")))
+
+    @app.post("/rollback")
+    def rollback():
+        return jsonify(service.rollback(json_body()))
 
     @app.get("/status")
     def status():
-        return jsonify(service.status())
+        return jsonify(service.status(request.args.get("project")))
 
     @app.get("/quality")
     def quality():

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.agent import Agent, AgentConfig, Episode, EpisodeTask
+from model.clicks import Click
 from model.policies import Policy, PolicyError, make_policy
 from model.quality import OfflineScorer, PolicyScorer
-from model.clicks import Click
+from model.registry import BASE_VERSION, Registry, RegistryError, project_of, scope_for
 from model.tools import Segmenter, make_segmenter
 from model.trajectories import TrajectoryStore
 from model.trajectory_sources import from_human_clicks, simulated
@@ -31,6 +32,7 @@ from .metrics import Metrics
 from .sessions import Sessions
 from .settings import Settings
 from .store import AnnotationStore
+from .training import TrainingLauncher
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,14 @@ QUALITY_FIELD = "segagent_quality"  # the task data field reviewers sort and fil
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 DELETE_EVENTS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
 TRAINING_EVENTS = ("START_TRAINING",)
+
+
+@dataclass
+class Serving:
+    """What answers one project's requests: its active policy version (and the agent acting with it)."""
+    project: str
+    version: str
+    agent: Agent | None
 
 
 @dataclass
@@ -64,6 +74,10 @@ class Service:
         self.scorer, scorer_error = self._build_scorer()
         self.agent = self._build_agent()
         self.annotation_jobs = BackgroundJobs("annotations")
+        self.registry = Registry(settings.data_dir / "models")
+        self.launcher = TrainingLauncher(settings, self.registry)
+        self._agents: dict[tuple[str, str], Agent] = {}  # (scope, version) -> the agent serving it
+        self.serving_errors: dict[str, str] = {}
         self.capabilities = Capabilities(
             tool=self.segmenter.name if self.segmenter else None, tool_error=tool_error,
             policy=self.policy.name if self.policy else None, policy_error=policy_error,
@@ -77,6 +91,8 @@ class Service:
         self.last_training: dict | None = None
         self._lock = threading.Lock()
         self.started = time.time()
+        if settings.train_interval > 0:
+            threading.Thread(target=self._train_periodically, daemon=True, name="train-interval").start()
 
     def _build_segmenter(self) -> tuple[Segmenter | None, str | None]:
         try:
@@ -129,9 +145,60 @@ class Service:
             return fallback
 
     @property
-    def model_version(self) -> str:
+    def base_version(self) -> str:
+        """The model_version of what the settings alone serve (v0), before any training."""
+        return self._version_name("", BASE_VERSION)
+
+    def _version_name(self, scope: str, version: str) -> str:
         policy = "" if self.policy is None else "-agent"
-        return f"segagent-{self.capabilities.tool or 'none'}{policy}-v0"
+        return f"segagent-{self.capabilities.tool or 'none'}{policy}-{scope + '-' if scope else ''}{version}"
+
+    def _scope(self, project: str) -> str:
+        """The registry scope of a project: its own, or the shared one (SEGAGENT_POLICY_SCOPE=shared)."""
+        return scope_for(project, shared=self.settings.policy_scope == "shared")
+
+    @property
+    def trainable(self) -> str | None:
+        """None when training can run, else why not."""
+        if self.policy is None:
+            return f"no policy to fine-tune ({self.capabilities.policy_error})"
+        if not hasattr(self.policy, "with_adapter"):
+            return "fine-tuning needs a local policy (a path or hub id), not a remote endpoint; use `python -m model export`"
+        if self.segmenter is None:
+            return f"the interactive tool is off ({self.capabilities.tool_error})"
+        return None
+
+    def serving(self, project: str) -> Serving:
+        """The project's active version, read from the registry on every call: a promotion or a rollback
+        (by any process) is served from the next request on, without a restart."""
+        base = Serving(project, self.base_version, self.agent)
+        if self.agent is None or self.trainable:
+            return base
+        try:
+            scope = self._scope(project)
+        except RegistryError:
+            return base  # a request without a project: the base version
+        version = self.registry.active(scope)
+        if version == BASE_VERSION:
+            return base
+        key = (scope, version)
+        if key not in self._agents:
+            try:
+                meta = self.registry.version(scope, version)
+                if meta.get("base") != self.settings.policy:
+                    raise PolicyError(f"{version} was trained for {meta.get('base')}, not for {self.settings.policy}")
+                policy = self.policy.with_adapter(f"{scope}_{version}".replace("-", "_"),
+                                                  str(self.registry.adapter_path(scope, version)))
+            except (PolicyError, RegistryError) as exc:
+                if self.serving_errors.get(scope) != str(exc):
+                    log.error("%s: cannot serve %s, serving the base version: %s", scope, version, exc)
+                self.serving_errors[scope] = str(exc)
+                return base
+            config = AgentConfig(max_steps=self.settings.agent_steps, samples=self.settings.agent_samples)
+            self._agents[key] = Agent(self.segmenter, policy, config, self.agent.scorer)
+            self.serving_errors.pop(scope, None)
+            log.info("%s: serving %s", scope, version)
+        return Serving(project, self._version_name(scope, version), self._agents[key])
 
     # ---------------------------------------------------------------- status
     def health(self) -> dict:
@@ -139,7 +206,7 @@ class Service:
         return {
             "status": "UP",
             "model_class": "SegAgentBackend",
-            "model_version": self.model_version,
+            "model_version": self.base_version,
             "capabilities": {
                 "tool": {"on": caps.tool is not None, "name": caps.tool, "error": caps.tool_error},
                 "policy": {"on": caps.policy is not None, "name": caps.policy, "reason": caps.policy_error},
@@ -147,16 +214,17 @@ class Service:
             },
         }
 
-    def status(self) -> dict:
+    def status(self, project=None) -> dict:
+        project = _project_id(project)
         return {
             "policy": self.capabilities.policy,
             "policy_reason": self.capabilities.policy_error,
             "tool": self.capabilities.tool,
-            "active_version": self.model_version,
+            "active_version": self.serving(project).version,
             "annotations": self.store.counts(),
-            "trajectories": self.trajectories.counts(),
+            "trajectories": self.trajectories.counts(project or None),
             "webhook_events": dict(self.events),
-            "training": self.last_training or {"state": "idle"},
+            "training": self.training_status(project),
             "quality": {"scorer": self.capabilities.scorer},
             "annotation_jobs": self.annotation_jobs.status(),
             "label_studio": {"url": self.connection.url or None, "token": bool(self.connection.key)},
@@ -169,7 +237,7 @@ class Service:
         schema = payload.get("schema")
         if schema:
             self.schemas[_project_id(payload.get("project"))] = ls.Schema.from_config(schema)
-        return {"model_version": self.model_version}
+        return {"model_version": self.serving(_project_id(payload.get("project"))).version}
 
     def _schema(self, payload: dict) -> ls.Schema:
         config = payload.get("label_config")
@@ -181,7 +249,7 @@ class Service:
         raise ApiError("the request has no label_config and its project was not set up")
 
     # ---------------------------------------------------------------- predict
-    def predict(self, payload: dict) -> list:
+    def predict(self, payload: dict) -> dict:
         tasks = payload.get("tasks")
         if not isinstance(tasks, list):
             raise ApiError("'tasks' must be a list of task objects")
@@ -192,16 +260,17 @@ class Service:
         if not isinstance(params, dict):
             raise ApiError("'params' must be an object")
         context = params.get("context")
-        project = _project_id(payload.get("project"))
-        return [self._predict_task(task, schema, context, project) for task in tasks]
+        serving = self.serving(_project_id(payload.get("project")))
+        return {"results": [self._predict_task(task, schema, context, serving) for task in tasks],
+                "model_version": serving.version}
 
-    def _predict_task(self, task: dict, schema: ls.Schema, context, project: str) -> list | dict:
+    def _predict_task(self, task: dict, schema: ls.Schema, context, serving: Serving) -> list | dict:
         data = task.get("data")
         if not isinstance(data, dict):
             raise ApiError(f"task {task.get('id')} has no 'data' object")
         has_context = isinstance(context, dict) and bool(context.get("result"))
-        refinable = ls.has_starts(task, schema, with_masks=self.agent is not None)
-        if not has_context and not refinable and self.agent is None:
+        refinable = ls.has_starts(task, schema, with_masks=serving.agent is not None)
+        if not has_context and not refinable and serving.agent is None:
             log.info("task %s: no prediction: %s, and no clicks or boxes to start from", task.get("id"),
                      self.capabilities.policy_error or self.capabilities.tool_error)
             return []
@@ -212,27 +281,28 @@ class Service:
         if has_context:
             interaction = ls.parse_context(context, schema, width, height)
             if not interaction.empty:
-                return self._interactive(task, schema, interaction, image, project)
+                return self._interactive(task, schema, interaction, image, serving)
         try:
             if refinable:
-                return self._refine(task, schema, image, project)
-            return self._auto(task, schema, image, project)
+                return self._refine(task, schema, image, serving)
+            return self._auto(task, schema, image, serving)
         except PolicyError as exc:
             raise ApiError(f"the policy is unavailable: {exc}", 503) from exc
 
-    def _refine(self, task: dict, schema: ls.Schema, image: np.ndarray, project: str) -> dict:
+    def _refine(self, task: dict, schema: ls.Schema, image: np.ndarray, serving: Serving) -> dict:
         """Each rectangle (or, with a policy, mask) the task has becomes a refined mask: a box through the
         tool, then the agent's episode when there is a policy."""
         height, width = image.shape[:2]
-        starts = ls.task_starts(task, schema, width, height, self.agent is not None, self.settings.max_image_pixels)
-        if not starts and self.agent is not None:
-            return self._auto(task, schema, image, project)  # nothing usable to start from
+        agent = serving.agent
+        starts = ls.task_starts(task, schema, width, height, agent is not None, self.settings.max_image_pixels)
+        if not starts and agent is not None:
+            return self._auto(task, schema, image, serving)  # nothing usable to start from
         prompt = ls.task_prompt(task, self.settings.prompt_fields)
         labels = [ls.choose_label(schema, start.label) for start in starts]
-        if self.agent is not None:
-            episodes = self.agent.run_many([EpisodeTask(image, prompt or label, initial_mask=start.mask, box=start.box)
-                                            for label, start in zip(labels, starts)])
-            regions = self._episode_regions(project, task, schema, image, labels, episodes)
+        if agent is not None:
+            episodes = agent.run_many([EpisodeTask(image, prompt or label, initial_mask=start.mask, box=start.box)
+                                       for label, start in zip(labels, starts)])
+            regions = self._episode_regions(serving, task, schema, image, labels, episodes)
         else:
             regions = []
             for label, start in zip(labels, starts):
@@ -240,9 +310,9 @@ class Service:
                 score = self.estimate(image, result.mask, prompt or label, result.score)
                 regions.append(ls.brush_region(result.mask, schema, label, score))
         self.metrics.predictions.labels("refine").inc(len(labels))
-        return self._prediction(regions)
+        return self._prediction(regions, serving)
 
-    def _auto(self, task: dict, schema: ls.Schema, image: np.ndarray, project: str) -> dict:
+    def _auto(self, task: dict, schema: ls.Schema, image: np.ndarray, serving: Serving) -> dict:
         """One episode per object prompt: the task's description, else one per label (the label is the prompt)."""
         prompt = ls.task_prompt(task, self.settings.prompt_fields)
         if prompt:
@@ -250,21 +320,21 @@ class Service:
             objects = [(named[0] if named else schema.labels[0], prompt)]
         else:
             objects = [(label, label) for label in schema.labels]
-        episodes = self.agent.run_many([EpisodeTask(image, description) for _, description in objects])
+        episodes = serving.agent.run_many([EpisodeTask(image, description) for _, description in objects])
         for episode in episodes:
             log.info("task %s: episode for %r: %d steps, stopped by %s, score %.3f", task.get("id"),
                      episode.description, len(episode.steps), episode.stop_reason, episode.score)
         self.metrics.predictions.labels("auto").inc(len(objects))
         labels = [label for label, _ in objects]
-        return self._prediction(self._episode_regions(project, task, schema, image, labels, episodes))
+        return self._prediction(self._episode_regions(serving, task, schema, image, labels, episodes), serving)
 
-    def _episode_regions(self, project: str, task: dict, schema: ls.Schema, image: np.ndarray, labels: list[str],
+    def _episode_regions(self, serving: Serving, task: dict, schema: ls.Schema, image: np.ndarray, labels: list[str],
                          episodes: list[Episode]) -> list[dict]:
         """Brush regions (and, if asked, the clicks) of the episodes, each episode recorded for the flywheel."""
         regions = []
         for label, episode in zip(labels, episodes):
             self.store.record_episode(
-                project, int(task.get("id") or 0), label, episode.description, self.model_version,
+                serving.project, int(task.get("id") or 0), label, episode.description, serving.version,
                 [{"action": s.text, "x": s.click.x, "y": s.click.y, "positive": s.click.positive, "score": s.score}
                  for s in episode.steps], episode.mask, episode.score, episode.stop_reason)
             if not episode.mask.any():
@@ -276,27 +346,27 @@ class Service:
         return regions
 
     def _interactive(self, task: dict, schema: ls.Schema, interaction: ls.Interaction, image: np.ndarray,
-                     project: str) -> dict:
+                     serving: Serving) -> dict:
         label = ls.choose_label(schema, interaction.label)
-        key = (project, task.get("id"), schema.brush_name, label)
+        key = (serving.project, task.get("id"), schema.brush_name, label)
         clicks, previous = self.sessions.resolve(key, interaction.clicks, interaction.box)
         try:
             result = self.segmenter.predict(image, clicks, box=interaction.box, previous=previous)
         except ValueError as exc:
             raise ApiError(str(exc)) from exc
         self.sessions.remember(key, clicks, interaction.box, result)
-        self.store.record_interactive(project, int(task.get("id") or 0), label,
+        self.store.record_interactive(serving.project, int(task.get("id") or 0), label,
                                       [(c.x, c.y, c.positive) for c in clicks], result.mask)
         self.metrics.predictions.labels("interactive").inc()
         log.info("task %s: interactive mask for %r from %d clicks%s, %d pixels", task.get("id"), label,
                  len(clicks), " and a box" if interaction.box else "", int(result.mask.sum()))
         score = self.estimate(image, result.mask, interaction.text or label, result.score)
-        return self._prediction([ls.brush_region(result.mask, schema, label, score)])
+        return self._prediction([ls.brush_region(result.mask, schema, label, score)], serving)
 
-    def _prediction(self, regions: list[dict]) -> dict:
+    def _prediction(self, regions: list[dict], serving: Serving) -> dict:
         scores = [r["score"] for r in regions if r["type"] == "brushlabels"]
         score = float(np.mean(scores)) if scores else 0.0
-        return {"result": regions, "score": round(score, 4), "model_version": self.model_version}
+        return {"result": regions, "score": round(score, 4), "model_version": serving.version}
 
     # ---------------------------------------------------------------- webhook / fit
     def webhook(self, payload: dict) -> dict:
@@ -383,9 +453,10 @@ class Service:
                 clicks = [(Click(*clicked[-1]), mask) for clicked, mask in steps if clicked]
                 records.append(from_human_clicks(clicks, region.mask, region.label, description, sha))
         records = [r for r in records if r.steps]
-        self.trajectories.replace_annotation(project, task_id, annotation["id"], version, records)
-        log.info("annotation %s: %d trajectories (%s)", annotation["id"], len(records),
-                 ", ".join(r.source for r in records))
+        if self.trajectories.replace_annotation(project, task_id, annotation["id"], version, records):
+            log.info("annotation %s: %d trajectories (%s)", annotation["id"], len(records),
+                     ", ".join(r.source for r in records))
+            self._maybe_train(project)
 
     def quality(self, project, limit: int) -> dict:
         """The lowest-scored annotations of a project, with links to their tasks."""
@@ -409,16 +480,147 @@ class Service:
         self.trajectories.delete_annotations(ids)
         return {"status": "ok", "deleted_regions": removed}
 
+    # ---------------------------------------------------------------- training and versions
     def train(self, payload: dict) -> dict:
-        """START_TRAINING and the legacy /train: answered, and skipped with the reason (no policy, or
-        fine-tuning, which this version does not have)."""
-        reason = self.capabilities.policy_error or "training is not available in this version"
-        self.last_training = {"state": "skipped", "reason": reason, "at": time.time()}
-        log.info("training requested: skipped (%s)", reason)
-        return {"status": "skipped", "reason": reason}
+        """START_TRAINING (the webhook Label Studio 1.23 sends for "Start training") and the legacy /train,
+        whose annotations are kept first (those the webhook never brought become trajectories too).
+        Answers at once; the job runs after the annotation work already queued, in its own process."""
+        project = _project_id(payload.get("project"))
+        if isinstance(payload.get("annotations"), list):
+            self._keep_exported_tasks(payload["annotations"], payload.get("label_config"), project)
+        return self._start_training(project, "requested by Label Studio" if project else "requested")
 
-    def versions(self) -> dict:
-        return {"versions": [self.model_version]}
+    def _start_training(self, project: str, trigger: str) -> dict:
+        reason = self.trainable
+        if reason:
+            self.last_training = {"state": "skipped", "reason": reason, "at": time.time()}
+            log.info("training requested: skipped (%s)", reason)
+            return {"status": "skipped", "reason": reason}
+        try:
+            scope = self._scope(project)
+        except RegistryError as exc:
+            raise ApiError(f"training needs the project: {exc}") from exc
+        job, new = self.launcher.queue(scope, trigger, self.trajectories.newest_id(project_of(scope)))
+        if new:
+            self.annotation_jobs.submit(self._launch, job["id"])
+        return {"status": "queued" if new else "running", "job": job["id"], "scope": scope}
+
+    def _launch(self, job_id: str) -> None:
+        try:
+            self.launcher.start(job_id)
+        except Exception as exc:  # Redis down, no process: the job is failed, the active version serves on
+            self.launcher.fail(job_id, f"could not start: {type(exc).__name__}: {exc}")
+            raise
+
+    def _keep_exported_tasks(self, tasks: list, label_config, project: str) -> None:
+        kept = 0
+        for task in tasks:
+            if not isinstance(task, dict):
+                continue
+            for annotation in task.get("annotations") or []:
+                event = {"annotation": annotation, "task": task, "project": {"id": project, "label_config": label_config}}
+                try:
+                    kept += self._keep_annotation(event)["status"] == "ok"
+                except ApiError as exc:
+                    log.warning("training request: annotation %s of task %s not kept: %s",
+                                annotation.get("id") if isinstance(annotation, dict) else None, task.get("id"), exc)
+        log.info("training request: %d annotations not seen before are kept", kept)
+
+    def _maybe_train(self, project: str) -> None:
+        """Every SEGAGENT_TRAIN_EVERY new trajectories of a scope, a job."""
+        if self.settings.train_every <= 0 or self.trainable:
+            return
+        try:
+            scope = self._scope(project)
+        except RegistryError:
+            return  # annotations of no known project train nothing
+        fresh = self.trajectories.count_after(self.registry.trained_through(scope), project_of(scope))
+        if fresh >= self.settings.train_every:
+            self._start_training(project, f"{fresh} new trajectories (SEGAGENT_TRAIN_EVERY={self.settings.train_every})")
+
+    def _train_periodically(self) -> None:
+        """SEGAGENT_TRAIN_INTERVAL: every so many seconds, a job for each scope with new trajectories."""
+        while True:
+            time.sleep(self.settings.train_interval)
+            if self.trainable:
+                continue
+            projects = ["shared"] if self.settings.policy_scope == "shared" else self.trajectories.projects()
+            for project in projects:
+                try:
+                    scope = self._scope(project)
+                    if self.trajectories.count_after(self.registry.trained_through(scope), project_of(scope)):
+                        self._start_training(project, f"interval of {self.settings.train_interval:.0f} s")
+                except Exception:  # one project's trouble does not stop the others' training
+                    log.exception("periodic training of project %s", project)
+
+    def job_status(self, payload: dict) -> dict:
+        """Label Studio's /job_status: queued, started, finished or failed, with our details."""
+        try:
+            job = self.launcher.view(self.registry.job(str(payload.get("job") or "")))
+        except RegistryError as exc:
+            raise ApiError(str(exc)) from exc
+        if job is None:
+            raise ApiError(f"no training job {payload.get('job')}", 410)
+        state = job["state"]
+        label = {"queued": "queued", "running": "started", "failed": "failed"}.get(state, "finished")
+        return {"job_status": label, **job}
+
+    def training_status(self, project: str = "") -> dict:
+        scopes = self.registry.scopes()
+        if project:
+            try:
+                scopes = [self._scope(project)]
+            except RegistryError as exc:
+                raise ApiError(str(exc)) from exc
+        by_scope = {}
+        for scope in scopes:
+            active = self.registry.active(scope)
+            by_scope[scope] = {
+                "active_version": self._version_name("" if active == BASE_VERSION else scope, active),
+                "versions": len(self.registry.versions(scope)),
+                "new_trajectories": self.trajectories.count_after(self.registry.trained_through(scope),
+                                                                  project_of(scope)),
+                "last_job": self.launcher.last_job(scope),
+                "serving_error": self.serving_errors.get(scope),
+            }
+        jobs = [s["last_job"] for s in by_scope.values() if s["last_job"]]
+        last = max(jobs, key=lambda j: j["created"]) if jobs else self.last_training
+        return {"state": (last or {}).get("state", "idle"), "last_job": last, "available": self.trainable is None,
+                "reason": self.trainable, "runner": self.launcher.runner, "policy_scope": self.settings.policy_scope,
+                "triggers": {"webhook": "START_TRAINING", "every_trajectories": self.settings.train_every,
+                             "interval_seconds": self.settings.train_interval},
+                "scopes": by_scope}
+
+    def versions(self, project=None) -> dict:
+        """Label Studio's /versions: the base version and every version promoted since, of one project or
+        (Label Studio sends no project there) of all."""
+        project = _project_id(project)
+        try:
+            scopes = [self._scope(project)] if project else self.registry.scopes()
+        except RegistryError as exc:
+            raise ApiError(str(exc)) from exc
+        names = [self.base_version]
+        for scope in scopes:
+            names += [self._version_name(scope, m["name"]) for m in self.registry.versions(scope)
+                      if m["status"] == "promoted" or m["name"] == self.registry.active(scope)]
+        return {"versions": names}
+
+    def rollback(self, payload: dict) -> dict:
+        """Serve an earlier version of a project again: `version` (v0 is the base; a full model_version
+        works too), by default the active version's parent."""
+        project = _project_id(payload.get("project"))
+        version = payload.get("version")
+        if version is not None and not isinstance(version, str):
+            raise ApiError("'version' must be a string such as v1")
+        try:
+            scope = self._scope(project)
+            if version and version.startswith("segagent-"):
+                version = version.rsplit("-", 1)[1]
+            active = self.registry.rollback(scope, version or None)
+        except RegistryError as exc:
+            raise ApiError(str(exc), 404 if "has no version" in str(exc) else 400) from exc
+        log.warning("%s: rolled back, %s is active", scope, active)
+        return {"status": "ok", "scope": scope, "active_version": self.serving(project).version}
 
 
 def _project_id(project) -> str:

@@ -20,6 +20,13 @@ def _float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
+def _choice(name: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 def _list(name: str, default: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in os.environ.get(name, default).split(",") if item.strip())
 
@@ -43,6 +50,14 @@ class Settings:
     basic_auth_user: str = ""
     basic_auth_pass: str = ""
     redis_url: str = ""
+    policy_scope: str = "project"
+    train_every: int = 50
+    train_interval: float = 0.0
+    train_epochs: int = 1
+    train_learning_rate: float = 2e-4
+    gate_tolerance: float = 0.0
+    gate_episodes: int = 16
+    train_timeout: float = 6 * 3600.0
     prompt_fields: tuple[str, ...] = ("prompt", "text", "caption", "description")
     max_image_bytes: int = 50 << 20
     max_image_pixels: int = 80_000_000
@@ -74,6 +89,14 @@ class Settings:
             basic_auth_user=os.environ.get("BASIC_AUTH_USER", ""),
             basic_auth_pass=os.environ.get("BASIC_AUTH_PASS", ""),
             redis_url=os.environ.get("REDIS_URL", "").strip(),
+            policy_scope=_choice("SEGAGENT_POLICY_SCOPE", ("project", "shared")),
+            train_every=_int("SEGAGENT_TRAIN_EVERY", 50),
+            train_interval=_float("SEGAGENT_TRAIN_INTERVAL", 0.0),
+            train_epochs=_int("SEGAGENT_TRAIN_EPOCHS", 1),
+            train_learning_rate=_float("SEGAGENT_TRAIN_LR", 2e-4),
+            gate_tolerance=_float("SEGAGENT_GATE_TOLERANCE", 0.0),
+            gate_episodes=_int("SEGAGENT_GATE_EPISODES", 16),
+            train_timeout=_float("SEGAGENT_TRAIN_TIMEOUT", 6 * 3600.0),
             prompt_fields=_list("SEGAGENT_PROMPT_FIELDS", "prompt,text,caption,description"),
             max_image_bytes=_int("SEGAGENT_MAX_IMAGE_MB", 50) << 20,
             max_image_pixels=_int("SEGAGENT_MAX_IMAGE_PIXELS", 80_000_000),

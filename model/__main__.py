@@ -1,4 +1,4 @@
-"""Command line: python -m model evaluate | score | fit-scorer | export | serve-policy ..."""
+"""Command line: python -m model evaluate | score | fit-scorer | export | train | versions | rollback | serve-policy"""
 from __future__ import annotations
 
 import argparse
@@ -123,6 +123,58 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scope(args: argparse.Namespace) -> str:
+    from .registry import scope_for
+
+    if not args.shared and not args.project:
+        raise SystemExit("give --project ID (a Label Studio project) or --shared")
+    return scope_for(args.project or "", shared=args.shared)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .gate import GateConfig
+    from .train_job import JobSpec, run_job
+    from .training import TrainConfig
+
+    if not args.base:
+        raise SystemExit("give --base (or set SEGAGENT_POLICY): the policy the adapters are trained for")
+    spec = JobSpec(
+        data_dir=args.data_dir, scope=_scope(args), base=args.base, base_adapter=args.base_adapter or None,
+        tool=args.tool, sam_checkpoint=args.sam_checkpoint, job_id=args.job_id,
+        train=TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate, lora_rank=args.lora_rank,
+                          lora_alpha=2 * args.lora_rank, accumulation=args.accumulation, max_turns=args.max_turns,
+                          held_out=args.held_out, seed=args.seed),
+        gate=GateConfig(max_turns=args.gate_turns, episodes=args.gate_episodes, steps=args.gate_steps,
+                        tolerance=args.tolerance))
+    result = run_job(spec)
+    print(json.dumps(result, indent=2))
+    return 0 if result["state"] in ("promoted", "rejected", "skipped") else 1
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from .registry import Registry
+
+    registry, scope = Registry(Path(args.data_dir) / "models"), _scope(args)
+    active = registry.active(scope)
+    print(f"{scope}: active {active}")
+    for meta in registry.versions(scope):
+        gate = meta.get("gate", {}).get("candidate", {})
+        print(f"{'*' if meta['name'] == active else ' '} {meta['name']:>5}  {meta['status']:<9} parent "
+              f"{meta.get('parent')}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(meta['created']))}  "
+              f"episode mIoU {gate.get('episode_miou', float('nan')):.3f}  next-action accuracy "
+              f"{gate.get('action_accuracy', float('nan')):.3f}  trained on {meta['data']['train_steps']} steps")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from .registry import Registry
+
+    registry, scope = Registry(Path(args.data_dir) / "models"), _scope(args)
+    version = registry.rollback(scope, args.to)
+    print(f"{scope}: {version} is active")
+    return 0
+
+
 def _serve_policy(args: argparse.Namespace) -> int:
     from .policies.server import create_policy_app
     from .policies.transformers_vlm import TransformersPolicy
@@ -198,6 +250,44 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--color", default="green", help="overlay colour of the observations")
     export.set_defaults(run=_export)
 
+    def add_scope(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--data-dir", default=os.environ.get("SEGAGENT_DATA_DIR") or "data",
+                             help="the backend's data folder (SEGAGENT_DATA_DIR)")
+        command.add_argument("--project", help="the Label Studio project whose policy this is")
+        command.add_argument("--shared", action="store_true", help="the policy all projects share")
+
+    train = commands.add_parser("train", help="LoRA fine-tuning on the trajectories, gated, into the registry")
+    add_scope(train)
+    train.add_argument("--base", default=os.environ.get("SEGAGENT_POLICY", ""),
+                       help="the base policy, a local path or hub id (default: SEGAGENT_POLICY)")
+    train.add_argument("--base-adapter", default=os.environ.get("SEGAGENT_POLICY_ADAPTER", ""),
+                       help="the adapter the base version serves with (default: SEGAGENT_POLICY_ADAPTER)")
+    train.add_argument("--tool", choices=TOOL_NAMES, default=os.environ.get("SEGAGENT_TOOL") or "classical",
+                       help="the tool of the gate's episodes")
+    train.add_argument("--sam-checkpoint", default=os.environ.get("SAM_CHECKPOINT") or None)
+    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--learning-rate", type=float, default=2e-4)
+    train.add_argument("--lora-rank", type=int, default=16)
+    train.add_argument("--accumulation", type=int, default=4, help="turns per optimizer step")
+    train.add_argument("--max-turns", type=int, default=4000, help="turns per epoch, newest first")
+    train.add_argument("--held-out", type=float, default=0.2, help="fraction of tasks held out for the gate")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--gate-turns", type=int, default=200, help="held-out steps asked for their next action")
+    train.add_argument("--gate-episodes", type=int, default=16, help="held-out objects segmented from scratch")
+    train.add_argument("--gate-steps", type=int, default=3, help="agent steps per gate episode")
+    train.add_argument("--tolerance", type=float, default=0.0, help="how much worse a candidate may be")
+    train.add_argument("--job-id", help=argparse.SUPPRESS)  # given by the backend that launched the job
+    train.set_defaults(run=_train)
+
+    versions = commands.add_parser("versions", help="the policy versions of a project, and which one is active")
+    add_scope(versions)
+    versions.set_defaults(run=_versions)
+
+    rollback = commands.add_parser("rollback", help="serve an earlier version again (default: the active one's parent)")
+    add_scope(rollback)
+    rollback.add_argument("--to", help="the version to serve: v0 (the base), v1, ...")
+    rollback.set_defaults(run=_rollback)
+
     serve = commands.add_parser("serve-policy", help="an OpenAI-compatible server over a transformers VLM")
     serve.add_argument("--policy", required=True, help="local path or hub id")
     serve.add_argument("--policy-adapter", help="a LoRA adapter on top")
@@ -208,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.run(args)
+    from .registry import RegistryError
+
+    try:
+        return args.run(args)
+    except RegistryError as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
 if __name__ == "__main__":

@@ -80,6 +80,15 @@ class TrajectoryRecord:
     id: int | None = None
 
 
+@dataclass(frozen=True)
+class TrajectorySummary:
+    id: int
+    project: str
+    task_id: int
+    source: str
+    steps: int
+
+
 class TrajectoryStore:
     def __init__(self, data_dir: str | Path):
         self.root = Path(data_dir)
@@ -167,8 +176,35 @@ class TrajectoryStore:
         counts = {source: 0 for source in SOURCES} | dict(rows)
         return {"total": sum(counts.values()), **counts}
 
+    def summaries(self, project: str | None = None) -> list[TrajectorySummary]:
+        """What training needs to plan (split, count, order) without decoding a single mask."""
+        where, args = ("WHERE t.project = ?", (project,)) if project else ("", ())
+        rows = self._db.execute(
+            "SELECT t.id, t.project, t.task_id, t.source, COUNT(s.position) FROM trajectories t "
+            f"LEFT JOIN steps s ON s.trajectory_id = t.id {where} "
+            "GROUP BY t.id ORDER BY t.id", args).fetchall()
+        return [TrajectorySummary(*row) for row in rows]
+
+    def count_after(self, trajectory_id: int, project: str | None = None) -> int:
+        where, args = ("AND project = ?", (project,)) if project else ("", ())
+        return self._db.execute(f"SELECT COUNT(*) FROM trajectories WHERE id > ? {where}",
+                                (trajectory_id, *args)).fetchone()[0]
+
+    def newest_id(self, project: str | None = None) -> int:
+        where, args = ("WHERE project = ?", (project,)) if project else ("", ())
+        return self._db.execute(f"SELECT COALESCE(MAX(id), 0) FROM trajectories {where}", args).fetchone()[0]
+
+    def projects(self) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT DISTINCT project FROM trajectories ORDER BY project")]
+
+    def record(self, trajectory_id: int) -> TrajectoryRecord:
+        return next(self._records("WHERE id = ?", (trajectory_id,)))
+
     def records(self, project: str | None = None) -> Iterator[TrajectoryRecord]:
         where, args = ("WHERE project = ?", (project,)) if project else ("", ())
+        return self._records(where, args)
+
+    def _records(self, where: str, args: tuple) -> Iterator[TrajectoryRecord]:
         for row in self._db.execute(
                 "SELECT id, project, task_id, annotation_id, source, label, prompt, image_sha, target_rle "
                 f"FROM trajectories {where} ORDER BY id", args).fetchall():

@@ -259,7 +259,8 @@ def test_polygon_annotations_are_rasterised(client):
 
 def test_training_without_policy_is_answered(client):
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json["status"] == "skipped"
-    assert client.post("/train", json={"annotations": [], "project": "3.1"}).json["reason"] == "no policy configured"
+    assert client.post("/train", json={"annotations": [], "project": "3.1"}).json["reason"] == \
+        "no policy to fine-tune (no policy configured)"
     assert client.get("/status").json["training"]["state"] == "skipped"
 
 

@@ -1,10 +1,16 @@
 """In-process transformers VLMs: AutoProcessor + AutoModelForImageTextToText with the model's own chat
 template, from a local path or a hub id, optionally with a LoRA adapter (peft) on top.
-bf16 on a GPU, fp32 on a CPU; observations of several tasks are generated in one batch."""
+bf16 on a GPU, fp32 on a CPU; observations of several tasks are generated in one batch.
+
+Trained versions are LoRA adapters of the same base: they are loaded next to each other into the one
+model (peft's named adapters) and picked per call, so a promotion costs an adapter's load, not a model's.
+"""
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
+from contextlib import contextmanager
 
 import torch
 
@@ -33,16 +39,58 @@ class TransformersPolicy:
         except Exception as exc:
             raise PolicyError(f"cannot load policy {self.name}: {exc}") from exc
         self.model = model.to(self.device).eval()
+        self.startup_adapter = "default" if adapter else None  # peft's name for the first adapter loaded
         self.processor.tokenizer.padding_side = "left"  # generation continues on the right
         self.max_new_tokens = max_new_tokens
         self._lock = threading.Lock()
+        self._versions: OrderedDict[str, str] = OrderedDict()  # adapter name -> path, least recently used first
+
+    def with_adapter(self, name: str, path: str, keep: int = 8) -> "AdapterPolicy":
+        """This policy acting through the LoRA adapter at `path` (loaded once, under `name`); at most `keep`
+        such adapters stay loaded."""
+        from peft import PeftModel
+
+        with self._lock:
+            if name not in self._versions:
+                try:
+                    if isinstance(self.model, PeftModel):
+                        self.model.load_adapter(path, adapter_name=name)
+                    else:
+                        self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
+                except Exception as exc:
+                    raise PolicyError(f"cannot load adapter {path}: {exc}") from exc
+                self._versions[name] = path
+                log.info("policy adapter %s loaded from %s", name, path)
+                while len(self._versions) > keep:
+                    evicted, _ = self._versions.popitem(last=False)
+                    self.model.delete_adapter(evicted)
+            self._versions.move_to_end(name)
+        return AdapterPolicy(self, name)
+
+    @contextmanager
+    def _adapter(self, name: str | None):
+        """The adapter a generation runs with (call with the lock held); None: the policy as configured."""
+        from peft import PeftModel
+
+        name = name or self.startup_adapter
+        if name is not None:
+            if name not in self._versions and name != self.startup_adapter:
+                raise PolicyError(f"adapter {name} is not loaded")
+            self.model.set_adapter(name)
+            yield
+        elif isinstance(self.model, PeftModel):
+            with self.model.disable_adapter():
+                yield
+        else:
+            yield
 
     def prompt(self, observation: Observation) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": observation.text}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     @torch.inference_mode()
-    def act(self, observations: list[Observation], samples: int = 1, temperature: float = 0.0) -> list[list[str]]:
+    def act(self, observations: list[Observation], samples: int = 1, temperature: float = 0.0,
+            adapter: str | None = None) -> list[list[str]]:
         if not observations:
             return []
         inputs = self.processor(text=[self.prompt(o) for o in observations], images=[o.image for o in observations],
@@ -50,8 +98,21 @@ class TransformersPolicy:
         sampling = samples > 1 or temperature > 0
         options = {"do_sample": True, "temperature": max(temperature, 0.7), "top_p": 0.95} if sampling else {
             "do_sample": False}
-        with self._lock:
+        with self._lock, self._adapter(adapter):
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, num_return_sequences=samples,
                                          **options)
         texts = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         return [texts[i * samples:(i + 1) * samples] for i in range(len(observations))]
+
+
+class AdapterPolicy:
+    """A TransformersPolicy acting through one of its loaded adapters: a trained version."""
+
+    def __init__(self, policy: TransformersPolicy, adapter: str):
+        self.policy = policy
+        self.adapter = adapter
+        self.name = f"{policy.name}@{adapter}"
+        self.coordinates = policy.coordinates
+
+    def act(self, observations: list[Observation], samples: int = 1, temperature: float = 0.0) -> list[list[str]]:
+        return self.policy.act(observations, samples, temperature, adapter=self.adapter)

@@ -1,0 +1,143 @@
+"""One training job of a scope: read its trajectories, split them by task, fine-tune a LoRA adapter from
+the active version, gate it against the active version on the held-out part, register it, and promote
+it if it passed. The same function runs from the CLI (`python -m model train`), in the backend's worker
+process and in an RQ worker; its progress and outcome go to the job's file in the registry.
+
+A failure anywhere leaves the active version as it was: the registry changes only after the gate, by
+renaming one file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .gate import GateConfig, decide, evaluate
+from .registry import BASE_VERSION, Busy, Registry, project_of, this_host
+from .training import TrainConfig, TurnReader, split_by_task, train_lora
+from .trajectories import TrajectoryStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSpec:
+    data_dir: str
+    scope: str
+    base: str  # the base policy: a local path or hub id (SEGAGENT_POLICY)
+    base_adapter: str | None = None  # SEGAGENT_POLICY_ADAPTER: what v0 serves on top of the base
+    tool: str = "classical"
+    sam_checkpoint: str | None = None
+    job_id: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JobSpec":
+        train = TrainConfig(**{**data.get("train", {}), "lora_targets": tuple(
+            data.get("train", {}).get("lora_targets", TrainConfig.lora_targets))})
+        return cls(**{**data, "train": train, "gate": GateConfig(**data.get("gate", {}))})
+
+
+def run_job(spec: JobSpec | dict) -> dict:
+    """Run one job; returns its final state (also written to its job file). Raises on failure, after
+    recording it, so that a worker marks the job failed too."""
+    spec = JobSpec.from_dict(spec) if isinstance(spec, dict) else spec
+    registry = Registry(Path(spec.data_dir) / "models")
+    job_id = spec.job_id or registry.new_job_id(spec.scope)
+    try:
+        with registry.lock(spec.scope):
+            return _run_locked(spec, registry, job_id)
+    except Busy as exc:
+        return registry.write_job(job_id, state="skipped", reason=str(exc), finished=time.time())
+    except Exception as exc:
+        log.exception("training job %s failed", job_id)
+        registry.write_job(job_id, state="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+        raise
+
+
+def _run_locked(spec: JobSpec, registry: Registry, job_id: str) -> dict:
+    scope = spec.scope
+    registry.write_job(job_id, state="running", stage="data", pid=os.getpid(), host=this_host(),
+                       started=time.time(), progress=0.0)
+    store = TrajectoryStore(Path(spec.data_dir) / "trajectories")
+    summaries = store.summaries(project_of(scope))
+    through = max((s.id for s in summaries), default=0)
+    train, held_out = split_by_task(summaries, spec.train.held_out, spec.train.seed)
+    data = {"trajectories": len(summaries), "train_trajectories": len(train), "held_out_trajectories": len(held_out),
+            "train_steps": sum(s.steps for s in train), "held_out_steps": sum(s.steps for s in held_out),
+            "tasks": len({(s.project, s.task_id) for s in summaries}),
+            "sources": {source: sum(s.source == source for s in train) for source in {s.source for s in train}},
+            "through_id": through}
+    registry.write_job(job_id, through_id=through, data=data)
+    if not train or not held_out:
+        reason = (f"{len(summaries)} trajectories from {data['tasks']} tasks: training needs trajectories of at least "
+                  "two tasks (one is held out for the gate)")
+        log.info("job %s skipped: %s", job_id, reason)
+        return registry.write_job(job_id, state="skipped", reason=reason, finished=time.time())
+
+    parent = registry.active(scope)
+    if parent != BASE_VERSION and registry.version(scope, parent).get("base") != spec.base:
+        log.warning("the active version %s of %s was trained on another base; training from the base", parent, scope)
+        parent = BASE_VERSION
+    parent_adapter = str(registry.adapter_path(scope, parent)) if parent != BASE_VERSION else spec.base_adapter
+    name, folder = registry.allocate(scope)
+    registry.write_job(job_id, stage="training", version=name, parent=parent)
+    try:
+        return _train_gate_register(spec, registry, job_id, store, train, held_out, data, parent, parent_adapter,
+                                    name, folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # never registered: no version to list or serve
+        raise
+
+
+def _train_gate_register(spec, registry, job_id, store, train, held_out, data, parent, parent_adapter, name,
+                         folder) -> dict:
+    from .policies.transformers_vlm import TransformersPolicy
+    from .tools import make_segmenter
+
+    scope, started = spec.scope, time.time()
+    last_beat = [0.0]
+
+    def progress(fraction: float, loss: float) -> None:
+        if time.time() - last_beat[0] > 2:  # the job file doubles as the heartbeat
+            last_beat[0] = time.time()
+            registry.write_job(job_id, progress=round(fraction, 3), loss=round(loss, 4))
+
+    training = train_lora(spec.base, store, train, folder / "adapter", spec.train, parent_adapter, progress)
+    registry.write_job(job_id, stage="gate", progress=1.0, training=training)
+
+    segmenter = make_segmenter(spec.tool, sam_checkpoint=spec.sam_checkpoint, data_dir=spec.data_dir)
+    policy = TransformersPolicy(spec.base, adapter=parent_adapter)
+    reader = TurnReader(store, spec.train.color, spec.train.observation_side)
+    active_metrics = evaluate(policy, segmenter, store, held_out, spec.gate, reader)
+    candidate = policy.with_adapter("candidate", str(folder / "adapter"))
+    candidate_metrics = evaluate(candidate, segmenter, store, held_out, spec.gate, reader)
+    promoted, reason = decide(candidate_metrics, active_metrics, spec.gate.tolerance)
+    log.info("job %s: %s %s: %s", job_id, name, "promoted" if promoted else "rejected", reason)
+
+    meta = registry.register(scope, name, {
+        "base": spec.base, "base_adapter": spec.base_adapter, "parent": parent, "created": time.time(),
+        "status": "promoted" if promoted else "rejected", "reason": reason, "job": job_id, "data": data,
+        "training": {**training, "config": asdict(spec.train)},
+        "gate": {"candidate": candidate_metrics, "active": active_metrics, "tolerance": spec.gate.tolerance,
+                 "tool": spec.tool}})
+    if promoted:
+        registry.activate(scope, name, f"job {job_id}: {reason}")
+    return registry.write_job(job_id, state=meta["status"], stage="done", version=name, reason=reason,
+                              finished=time.time(),
+                              seconds=round(time.time() - started, 1), gate=meta["gate"])
+
+
+if __name__ == "__main__":  # python -m model.train_job SPEC.json: how the backend starts a job in a process of its own
+    import json
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_job(json.loads(Path(sys.argv[1]).read_text()))
