@@ -32,7 +32,7 @@ class TrainingLauncher:
         self.settings = settings
         self.registry = registry
         self._processes: dict[str, subprocess.Popen] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # queue() looks at the running jobs while it holds it
         self._queue = None
         if settings.redis_url:
             from redis import Redis

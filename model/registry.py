@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -104,6 +105,9 @@ class Registry:
         """A new, empty version folder (call with the scope's lock held)."""
         folder = self.scope_dir(scope) / "versions"
         folder.mkdir(parents=True, exist_ok=True)
+        for orphan in folder.iterdir():  # what a killed job left half-written
+            if _VERSION.match(orphan.name) and not (orphan / "meta.json").exists():
+                shutil.rmtree(orphan, ignore_errors=True)
         taken = [int(p.name[1:]) for p in folder.iterdir() if _VERSION.match(p.name)]
         name = f"v{max(taken, default=0) + 1}"
         (folder / name).mkdir()
@@ -171,7 +175,7 @@ class Registry:
         folder = self.scope_dir(scope) / "jobs"
         if not folder.is_dir():
             return []
-        jobs = [_read_json(p) for p in folder.glob("*.json")]
+        jobs = [_read_json(p) for p in folder.glob("*.json") if _JOB.match(p.stem)]
         return sorted((j for j in jobs if j), key=lambda j: j["created"])
 
     def trained_through(self, scope: str) -> int:

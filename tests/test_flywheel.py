@@ -1,0 +1,282 @@
+"""The flywheel's training side: the registry, the split, the gate, LoRA runs with the tiny VLM (which
+learn), the backend serving promoted versions without a restart, rollback, the triggers, and jobs that
+fail or are killed leaving the active version serving.
+
+The data: trajectories toward objects in the top-left corner of their images. The tiny VLM is taught
+to click the centre, so it misses them; a few epochs of LoRA on the trajectories move its clicks onto
+the objects, which the gate sees as a better episode mIoU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from backend.app import create_app
+from backend.settings import Settings, _subnets
+from model.__main__ import main as cli
+from model.gate import GateConfig, decide
+from model.masks import iou
+from model.registry import Registry, RegistryError, scope_for
+from model.tools import make_segmenter
+from model.train_job import JobSpec, run_job
+from model.training import TrainConfig, split_by_task
+from model.trajectories import TrajectoryStore, TrajectorySummary
+from model.trajectory_sources import simulated
+from tests.synthetic import free_port, png_bytes, scene
+from tests.test_backend import ONE_LABEL, decode
+
+ROOT = Path(__file__).resolve().parent.parent
+CORNER = {"center": (40, 30), "axes": (30, 22)}
+QUICK = TrainConfig(epochs=5, learning_rate=1e-2, accumulation=1)
+GATE = GateConfig(episodes=4, steps=2)
+
+
+def add_trajectories(data: Path, tasks, project: str = "3") -> None:
+    store = TrajectoryStore(data / "trajectories")
+    segmenter = make_segmenter("classical")
+    for task in tasks:
+        image, target = scene(160, 120, seed=task, **CORNER)
+        sha = store.put_image(image)
+        record = simulated(segmenter, image, target, "scratch", "Object", "a red blob", sha)
+        store.replace_annotation(project, task, 1000 + task, "v1", [record])
+
+
+@pytest.fixture(scope="module")
+def trajectories(tmp_path_factory):
+    """A data folder with scratch trajectories of six tasks of project 3 (copied by each test)."""
+    data = tmp_path_factory.mktemp("flywheel-data")
+    add_trajectories(data, range(1, 7))
+    return data
+
+
+@pytest.fixture
+def data(trajectories, tmp_path):
+    shutil.copytree(trajectories, tmp_path / "data")
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="module")
+def trained(trajectories, taught_vlm, tmp_path_factory):
+    """One promoted version, v1, trained in-process as `python -m model train` does."""
+    data = tmp_path_factory.mktemp("trained") / "data"
+    shutil.copytree(trajectories, data)
+    result = run_job(JobSpec(str(data), "project-3", str(taught_vlm), train=QUICK, gate=GATE))
+    return data, result
+
+
+def spec(data: Path, base, **changes) -> JobSpec:
+    return JobSpec(str(data), "project-3", str(base), train=changes.pop("train", QUICK), gate=GATE, **changes)
+
+
+def settings(data: Path, base, **overrides) -> Settings:
+    return Settings(**{"data_dir": data, "policy": str(base), "banned_subnets": _subnets("169.254.0.0/16"),
+                       "agent_steps": 2, "train_epochs": 20, "train_learning_rate": 1e-2, "gate_episodes": 4,
+                       **overrides})
+
+
+def wait_for(check, timeout: float = 120, every: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout} s")
+
+
+# ---------------------------------------------------------------- registry, split, gate
+def test_registry_refuses_names_that_are_not_its_own(tmp_path):
+    registry = Registry(tmp_path)
+    assert scope_for("12") == "project-12" and scope_for("12", shared=True) == "shared"
+    for bad in ("../12", "12/..", "", "x"):
+        with pytest.raises(RegistryError):
+            scope_for(bad)
+    with pytest.raises(RegistryError):
+        registry.scope_dir("project-1/../../etc")
+    with pytest.raises(RegistryError):
+        registry.job_path("project-1_../../x_abcdef")
+    with pytest.raises(RegistryError):
+        registry.version("project-1", "v0")  # the base is not a trained version
+    with pytest.raises(RegistryError):
+        registry.rollback("project-1")  # serving the base: nothing to roll back
+    assert registry.active("project-1") == "v0" and registry.versions("project-1") == []
+
+
+def test_split_by_task_keeps_both_sides_and_stays_stable():
+    def summaries(tasks):
+        return [TrajectorySummary(i, "3", task, "scratch", 2) for i, task in enumerate(tasks)]
+
+    assert split_by_task(summaries([1, 1]), 0.2) == (summaries([1, 1]), [])  # one task: nothing to hold out
+    train, held = split_by_task(summaries([1, 2]), 0.2)
+    assert len(train) == 1 and len(held) == 1
+    _, held_of_20 = split_by_task(summaries(range(20)), 0.2)
+    _, held_of_200 = split_by_task(summaries(range(200)), 0.2)
+    held_tasks = {s.task_id for s in held_of_20}
+    assert 1 <= len(held_tasks) < 20
+    assert held_tasks <= {s.task_id for s in held_of_200}  # a task held out stays held out as data grows
+    assert 20 <= len({s.task_id for s in held_of_200}) <= 60
+
+
+def test_gate_promotes_only_what_is_not_worse():
+    active = {"episode_miou": 0.6, "action_accuracy": 0.8, "click_distance": 100.0}
+    assert decide(dict(active), active)[0]  # equal is not worse
+    assert decide({**active, "episode_miou": 0.7}, active)[0]
+    promoted, why = decide({**active, "episode_miou": 0.55}, active)
+    assert not promoted and "episode_miou" in why
+    assert not decide({**active, "action_accuracy": 0.7}, active)[0]
+    assert not decide({**active, "click_distance": 150.0}, active)[0]
+    assert decide({**active, "episode_miou": 0.55}, active, tolerance=0.1)[0]
+
+
+# ---------------------------------------------------------------- training jobs
+def test_lora_run_lowers_the_loss_and_registers_a_promoted_version(trained, taught_vlm):
+    data, result = trained
+    losses = result["training"]["epoch_losses"]
+    assert result["state"] == "promoted" and result["version"] == "v1"
+    assert losses[-1] < 0.5 * losses[0], losses
+    registry = Registry(data / "models")
+    assert registry.active("project-3") == "v1"
+    [meta] = registry.versions("project-3")
+    assert meta["base"] == str(taught_vlm) and meta["parent"] == "v0" and meta["status"] == "promoted"
+    assert meta["data"]["train_trajectories"] + meta["data"]["held_out_trajectories"] == 6
+    assert meta["data"]["held_out_trajectories"] >= 1 and meta["created"] <= time.time()
+    assert meta["training"]["config"]["seed"] == 0
+    assert (registry.adapter_path("project-3", "v1") / "adapter_config.json").exists()
+    gate = meta["gate"]
+    # the centre-clicking base misses the corner objects; the trained version clicks them
+    assert gate["active"]["episode_miou"] < 0.3 < 0.8 < gate["candidate"]["episode_miou"]
+    assert gate["candidate"]["click_distance"] < gate["active"]["click_distance"]
+    assert registry.history("project-3")[-1]["version"] == "v1"
+
+
+def test_a_failing_job_leaves_the_active_version(trained, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(trained[0], data)
+    job_id = Registry(data / "models").new_job_id("project-3")
+    with pytest.raises(Exception):
+        run_job(spec(data, tmp_path / "no-such-model", job_id=job_id))
+    registry = Registry(data / "models")
+    job = registry.job(job_id)
+    assert job["state"] == "failed" and "no-such-model" in job["error"]
+    assert registry.active("project-3") == "v1"
+    assert [m["name"] for m in registry.versions("project-3")] == ["v1"]
+    assert not (data / "models" / "project-3" / "versions" / "v2").exists()
+
+
+def test_a_worse_candidate_is_kept_but_not_promoted(trained, taught_vlm, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(trained[0], data)
+    wrecked = TrainConfig(epochs=2, learning_rate=5.0, accumulation=1)  # a learning rate that destroys the model
+    result = run_job(spec(data, taught_vlm, train=wrecked))
+    assert result["state"] == "rejected" and result["version"] == "v2" and "worse" in result["reason"]
+    registry = Registry(data / "models")
+    assert registry.active("project-3") == "v1"
+    assert registry.version("project-3", "v2")["parent"] == "v1"
+    assert registry.version("project-3", "v2")["status"] == "rejected"
+
+
+def test_one_task_is_not_enough_to_train(taught_vlm, tmp_path):
+    add_trajectories(tmp_path, [1])
+    result = run_job(spec(tmp_path, taught_vlm))
+    assert result["state"] == "skipped" and "two tasks" in result["reason"]
+    assert Registry(tmp_path / "models").versions("project-3") == []
+
+
+def test_cli_lists_versions_and_rolls_back(trained, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(trained[0], data)
+    assert cli(["versions", "--data-dir", str(data), "--project", "3"]) == 0
+    listing = capsys.readouterr().out
+    assert "active v1" in listing and "promoted" in listing
+    assert cli(["rollback", "--data-dir", str(data), "--project", "3"]) == 0
+    assert Registry(data / "models").active("project-3") == "v0"
+    assert cli(["rollback", "--data-dir", str(data), "--project", "3", "--to", "v1"]) == 0
+    assert Registry(data / "models").active("project-3") == "v1"
+    with pytest.raises(SystemExit):
+        cli(["rollback", "--data-dir", str(data), "--project", "3", "--to", "v7"])
+
+
+# ---------------------------------------------------------------- the backend serving versions
+@pytest.fixture(scope="module")
+def corner_image(image_server):
+    image, mask = scene(160, 120, seed=99, **CORNER)
+    (image_server.folder / "corner.png").write_bytes(png_bytes(image))
+    return f"{image_server.url}/corner.png", mask
+
+
+def auto_predict(client, url, project="3.1700000000"):
+    task = {"id": 1, "data": {"image": url, "prompt": "a red blob"}}  # the description the trajectories have
+    response = client.post("/predict", json={"tasks": [task], "label_config": ONE_LABEL, "project": project})
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def test_backend_picks_up_a_promotion_without_restart_and_rolls_back(data, taught_vlm, corner_image):
+    url, mask = corner_image
+    client = create_app(settings(data, taught_vlm)).test_client()
+    base = auto_predict(client, url)
+    assert base["model_version"] == "segagent-classical-agent-v0"
+    missed = decode(base["results"][0]["result"][0]) if base["results"][0]["result"] else mask & False
+
+    run_job(spec(data, taught_vlm))  # as a worker would, while the backend runs
+    promoted = auto_predict(client, url)
+    assert promoted["model_version"] == "segagent-classical-agent-project-3-v1"
+    assert iou(decode(promoted["results"][0]["result"][0]), mask) > 0.8 > iou(missed, mask)
+    assert auto_predict(client, url, project="4.1")["model_version"] == "segagent-classical-agent-v0"
+
+    listed = client.get("/versions").json["versions"]
+    assert listed == ["segagent-classical-agent-v0", "segagent-classical-agent-project-3-v1"]
+    assert client.get("/versions?project=4").json["versions"] == ["segagent-classical-agent-v0"]
+    assert client.post("/setup", json={"project": "3.17", "schema": ONE_LABEL}).json["model_version"].endswith("-v1")
+    status = client.get("/status?project=3").json
+    assert status["active_version"].endswith("project-3-v1")
+    assert status["training"]["scopes"]["project-3"]["versions"] == 1
+
+    rolled = client.post("/rollback", json={"project": 3}).json
+    assert rolled["active_version"] == "segagent-classical-agent-v0"
+    assert auto_predict(client, url)["model_version"] == "segagent-classical-agent-v0"
+    again = client.post("/rollback", json={"project": "3", "version": "segagent-classical-agent-project-3-v1"})
+    assert again.json["active_version"].endswith("-v1") and auto_predict(client, url)["model_version"].endswith("-v1")
+
+    assert client.post("/rollback", json={"project": "3", "version": "v9"}).status_code == 404
+    assert client.post("/rollback", json={"project": "../3"}).status_code == 400
+    assert client.post("/rollback", json={"project": "3", "version": ["v1"]}).status_code == 400
+    assert client.get("/versions?project=abc").status_code == 400
+    assert client.post("/job_status", json={"job": "../../etc/passwd"}).status_code == 400
+    assert client.post("/job_status", json={"job": "project-3_1_abcdef"}).status_code == 410
+
+
+def test_start_training_runs_a_worker_process_and_promotes(data, taught_vlm):
+    client = create_app(settings(data, taught_vlm)).test_client()
+    answer = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3, "title": "p"}}).json
+    assert answer["status"] == "queued" and answer["job"].startswith("project-3_")
+    second = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json
+    assert second == {**answer, "status": "running"}  # one job per project at a time
+    job = wait_for(lambda: (lambda j: j if j["job_status"] in ("finished", "failed") else None)(
+        client.post("/job_status", json={"job": answer["job"]}).json))
+    assert job["job_status"] == "finished" and job["state"] == "promoted", job
+    assert job["runner"] == "process" and Path(job["log"]).read_text().count("LoRA") >= 1
+    assert "segagent-classical-agent-project-3-v1" in client.get("/versions").json["versions"]
+    training = client.get("/status").json["training"]
+    assert training["last_job"]["id"] == answer["job"] and training["state"] == "promoted"
+    assert training["scopes"]["project-3"]["new_trajectories"] == 0
+
+
+def test_a_killed_job_is_reported_and_the_active_version_serves_on(data, taught_vlm):
+    client = create_app(settings(data, taught_vlm, train_epochs=100000)).test_client()
+    job_id = client.post("/train", json={"project": "3.1700000000", "annotations": []}).json["job"]
+    pid = wait_for(lambda: (lambda j: j.get("pid") if j["state"] == "running" else None)(
+        client.post("/job_status", json={"job": job_id}).json))
+    os.kill(pid, signal.SIGKILL)
+    job = wait_for(lambda: (lambda j: j if j["state"] == "failed" else None)(
+        client.get("/status").json["training"]["last_job"]))
+    assert "killed by signal 9" in job["error"] and "active version is unchanged" in job["error"]
+    assert client.get("/status?project=3").json["active_version"] == "segagent-classical-agent-v0"
+    assert Registry(data / "models").versions("project-3") == []  # the half-trained adapter is no version
