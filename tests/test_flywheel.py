@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from model.training import TrainConfig, split_by_task
 from model.trajectories import TrajectoryStore, TrajectorySummary
 from model.trajectory_sources import simulated
 from tests.synthetic import free_port, png_bytes, scene
-from tests.test_backend import ONE_LABEL, decode
+from tests.test_backend import ONE_LABEL, brush_annotation, decode
 
 ROOT = Path(__file__).resolve().parent.parent
 CORNER = {"center": (40, 30), "axes": (30, 22)}
@@ -280,3 +281,82 @@ def test_a_killed_job_is_reported_and_the_active_version_serves_on(data, taught_
     assert "killed by signal 9" in job["error"] and "active version is unchanged" in job["error"]
     assert client.get("/status?project=3").json["active_version"] == "segagent-classical-agent-v0"
     assert Registry(data / "models").versions("project-3") == []  # the half-trained adapter is no version
+
+
+# ---------------------------------------------------------------- triggers
+def annotate(client, image_url: str, mask, task_id: int, project: int = 5) -> None:
+    payload = brush_annotation(mask, annotation_id=100 + task_id)
+    payload["project"]["id"] = project
+    payload["task"] = {"id": task_id, "data": {"image": image_url, "prompt": "a red blob"}}
+    assert client.post("/webhook", json=payload).json["status"] == "ok"
+
+
+def finished_job(registry: Registry, scope: str):
+    jobs = registry.jobs(scope)
+    return jobs[-1] if jobs and jobs[-1]["state"] not in ("queued", "running") else None
+
+
+def test_every_n_new_trajectories_start_a_job(taught_vlm, image_server, tmp_path):
+    client = create_app(settings(tmp_path, taught_vlm, train_every=2)).test_client()
+    url = f"{image_server.url}/object.png"
+    annotate(client, url, image_server.mask, task_id=1)
+    time.sleep(1)
+    assert Registry(tmp_path / "models").jobs("project-5") == []  # one annotation's trajectories: not yet
+    annotate(client, url, image_server.mask, task_id=2)
+    job = wait_for(lambda: finished_job(Registry(tmp_path / "models"), "project-5"))
+    assert "SEGAGENT_TRAIN_EVERY=2" in job["trigger"] and job["state"] in ("promoted", "rejected"), job
+    assert job["through_id"] == client.get("/status").json["trajectories"]["total"]
+    assert client.get("/status?project=5").json["training"]["scopes"]["project-5"]["new_trajectories"] == 0
+
+
+def test_the_interval_trigger_trains_projects_with_new_trajectories(data, taught_vlm):
+    create_app(settings(data, taught_vlm, train_interval=0.5))
+    job = wait_for(lambda: finished_job(Registry(data / "models"), "project-3"))
+    assert job["trigger"].startswith("interval") and job["state"] == "promoted", job
+
+
+# ---------------------------------------------------------------- RQ + Redis
+@pytest.fixture
+def redis_url(tmp_path):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    port = free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        from redis import Redis
+
+        wait_for(lambda: _pings(Redis(port=port)), timeout=20, every=0.2)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping()
+    except Exception:
+        return False
+
+
+def test_with_redis_an_rq_worker_runs_the_job(data, taught_vlm, redis_url):
+    client = create_app(settings(data, taught_vlm, redis_url=redis_url)).test_client()
+    assert client.get("/status").json["training"]["runner"] == "rq"
+    job_id = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json["job"]
+    wait_for(lambda: _queued(redis_url))
+    # the compose file's `worker` service runs this command
+    worker = subprocess.run([str(Path(sys.executable).with_name("rq")), "worker", "--burst", "--url", redis_url,
+                             "segagent-training"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    job = client.post("/job_status", json={"job": job_id}).json
+    assert job["job_status"] == "finished" and job["state"] == "promoted", job
+    assert client.get("/versions?project=3").json["versions"][-1].endswith("project-3-v1")
+
+
+def _queued(redis_url: str) -> int:
+    from redis import Redis
+    from rq import Queue
+
+    return Queue("segagent-training", connection=Redis.from_url(redis_url)).count

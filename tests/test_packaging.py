@@ -32,6 +32,11 @@ def test_compose_wires_label_studio_and_the_backend():
     assert backend_env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
     assert services["backend"]["build"]["dockerfile"] == "Dockerfile"
     assert services["policy"]["profiles"] == ["gpu"]
+    from backend.training import QUEUE
+
+    assert backend_env["REDIS_URL"] == "redis://redis:6379/0" and services["redis"]["image"].startswith("redis:")
+    assert services["worker"]["command"][:2] == ["rq", "worker"] and services["worker"]["command"][-1] == QUEUE
+    assert services["worker"]["volumes"] == services["backend"]["volumes"]  # one /data: trajectories, versions
     gpu_env = dict(line.split("=", 1) for line in (ROOT / "docker" / "gpu.env").read_text().splitlines()
                    if line and not line.startswith("#"))
     assert gpu_env["SEGAGENT_POLICY"] == "http://policy:8000/v1"
