@@ -9,7 +9,14 @@ from pathlib import Path
 
 from .actions import action_for_click, format_action
 from .prompts import instruction, observation_image
-from .trajectories import TrajectoryStore
+from .trajectories import StepRecord, TrajectoryRecord, TrajectoryStore
+
+
+def supervised_turn(image, record: TrajectoryRecord, step: StepRecord, color: str = "green", max_side: int = 448):
+    """One step as the policy is taught it: (observation picture, instruction, action text)."""
+    height, width = image.shape[:2]
+    picture = observation_image(image, step.mask_before, color, max_side=max_side)
+    return picture, instruction(record.prompt or record.label), format_action(action_for_click(step.click, width, height))
 
 
 def export_sharegpt(store: TrajectoryStore, out: str | Path, project: str | None = None, color: str = "green",
@@ -19,14 +26,12 @@ def export_sharegpt(store: TrajectoryStore, out: str | Path, project: str | None
     examples = []
     for record in store.records(project):
         image = store.image(record.image_sha)
-        height, width = image.shape[:2]
         for position, step in enumerate(record.steps):
             path = f"images/{record.id}_{position}.png"
-            observation_image(image, step.mask_before, color, max_side=max_side).save(out / path)
-            action = format_action(action_for_click(step.click, width, height))
+            picture, text, action = supervised_turn(image, record, step, color, max_side)
+            picture.save(out / path)
             examples.append({
-                "conversations": [{"from": "human", "value": "<image>" + instruction(record.prompt or record.label)},
-                                  {"from": "gpt", "value": action}],
+                "conversations": [{"from": "human", "value": "<image>" + text}, {"from": "gpt", "value": action}],
                 "images": [path],
                 "source": record.source, "task_id": record.task_id, "project": record.project,
             })

@@ -1,6 +1,6 @@
-"""LoRA fine-tuning of the policy on trajectories: one supervised turn per step, the very observation
-and instruction inference shows (model/prompts.py) in, the recorded action's text out, the loss on the
-answer's tokens only. The split into training and held-out trajectories is by task, stable as data
+"""LoRA fine-tuning of the policy on trajectories: one supervised turn per step, exactly as exported
+(model/export.py: the observation and instruction inference shows in, the recorded action's text out),
+the loss on the answer's tokens only. The split into training and held-out trajectories is by task, stable as data
 grows: a task once held out stays held out."""
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .actions import action_for_click, format_action
-from .prompts import instruction, observation_image
+from .export import supervised_turn
 from .trajectories import TrajectoryStore, TrajectorySummary
 
 log = logging.getLogger(__name__)
@@ -83,12 +82,8 @@ class TurnReader:
 
     def __call__(self, turn: Turn):
         record = self._record(turn.trajectory_id)
-        image = self._image(record.image_sha)
-        step = record.steps[turn.position]
-        height, width = image.shape[:2]
-        picture = observation_image(image, step.mask_before, self.color, max_side=self.side)
-        answer = format_action(action_for_click(step.click, width, height))
-        return picture, instruction(record.prompt or record.label), answer
+        return supervised_turn(self._image(record.image_sha), record, record.steps[turn.position], self.color,
+                               self.side)
 
 
 def seed_everything(seed: int) -> None:

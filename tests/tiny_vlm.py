@@ -71,6 +71,7 @@ def teach(folder: Path, answer: str, steps: int = 120, seed: int = 0) -> Path:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from model.prompts import instruction
+    from model.training import answer_loss
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -82,14 +83,7 @@ def teach(folder: Path, answer: str, steps: int = 120, seed: int = 0) -> Path:
         height, width = (int(v) for v in rng.integers(30, 400, 2))
         image = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
         description = rng.choice(["the object", "a red blob", "the cat on the left", "Object", "x"])
-        messages = [{"role": "user", "content": [{"type": "image"},
-                                                 {"type": "text", "text": instruction(str(description))}]}]
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        batch = processor(text=[prompt + answer + "<|im_end|>"], images=[image], return_tensors="pt")
-        prompt_length = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"].shape[1]
-        labels = batch["input_ids"].clone()
-        labels[:, :prompt_length] = -100
-        loss = model(**batch, labels=labels).loss
+        loss = answer_loss(model, processor, image, instruction(str(description)), answer, "cpu")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
