@@ -6,7 +6,7 @@ HOST ?= 0.0.0.0
 THREADS ?= 4
 BIN = $(VENV)/bin
 
-.PHONY: install serve test test-fast bench bench-agent bench-quality bench-interactive lint
+.PHONY: install serve test test-fast bench bench-agent bench-quality bench-interactive bench-train lint
 
 install: $(VENV)/.installed
 
@@ -50,3 +50,10 @@ bench-quality: install
 # Interactive requests through the HTTP layer: median and p90 seconds per request.
 bench-interactive: install
 	$(BIN)/python scripts/bench_interactive.py $(DATA)/grabcut --clicks 5 --limit 20
+
+# One training job on the CPU: GrabCut's objects as scratch trajectories of project 1, the tiny VLM
+# (taught to click the centre) as the base, default hyperparameters. Measures the job, not a policy.
+bench-train: install
+	$(BIN)/python -m model simulate --dataset $(DATA)/grabcut --data-dir bench/train-data --project 1
+	$(BIN)/python -m tests.tiny_vlm bench/tiny-vlm
+	$(BIN)/python -m model train --data-dir bench/train-data --project 1 --base bench/tiny-vlm

@@ -1,4 +1,5 @@
-"""Command line: python -m model evaluate | score | fit-scorer | export | train | versions | rollback | serve-policy"""
+"""Command line: python -m model evaluate | score | fit-scorer | export | simulate | train | versions | rollback |
+serve-policy"""
 from __future__ import annotations
 
 import argparse
@@ -120,6 +121,29 @@ def _export(args: argparse.Namespace) -> int:
         raise SystemExit(f"no trajectory store under {store_dir}")
     count = export_sharegpt(TrajectoryStore(store_dir), args.out, project=args.project, color=args.color)
     print(f"{count} supervised turns -> {args.out}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .registry import scope_for
+    from .trajectories import TrajectoryStore
+    from .trajectory_sources import simulated
+
+    project = args.project
+    scope_for(project)  # a project id, as Label Studio numbers them
+    store = TrajectoryStore(Path(args.data_dir) / "trajectories")
+    segmenter = make_segmenter(args.tool, sam_checkpoint=args.sam_checkpoint, data_dir=args.data_dir)
+    dataset = open_dataset(args.dataset, args.images).limit(args.limit)
+    steps = 0
+    for index, sample in enumerate(dataset, start=1):
+        description = sample.prompt or args.label
+        record = simulated(segmenter, sample.image, sample.target, "scratch", args.label, description,
+                           store.put_image(sample.image))
+        # negative annotation ids: never one of Label Studio's, so its deletes leave these alone
+        store.replace_annotation(project, index, -index, sample.name, [record])
+        steps += len(record.steps)
+    print(f"{len(dataset)} scratch trajectories ({steps} steps) of {dataset.name} -> project {project} in "
+          f"{store.root}")
     return 0
 
 
@@ -249,6 +273,18 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--project", help="only this Label Studio project's trajectories")
     export.add_argument("--color", default="green", help="overlay colour of the observations")
     export.set_defaults(run=_export)
+
+    simulate = commands.add_parser("simulate", help="the simulated annotator's trajectories toward a dataset's "
+                                                    "masks, into a project's training data (a head start)")
+    simulate.add_argument("--dataset", required=True)
+    simulate.add_argument("--images", help="image folder for a JSON dataset")
+    simulate.add_argument("--data-dir", default=os.environ.get("SEGAGENT_DATA_DIR") or "data")
+    simulate.add_argument("--project", required=True, help="the Label Studio project id they belong to")
+    simulate.add_argument("--label", default="Object", help="the label (and the description when a sample has none)")
+    simulate.add_argument("--tool", choices=TOOL_NAMES, default=os.environ.get("SEGAGENT_TOOL") or "classical")
+    simulate.add_argument("--sam-checkpoint", default=os.environ.get("SAM_CHECKPOINT") or None)
+    simulate.add_argument("--limit", type=int)
+    simulate.set_defaults(run=_simulate)
 
     def add_scope(command: argparse.ArgumentParser) -> None:
         command.add_argument("--data-dir", default=os.environ.get("SEGAGENT_DATA_DIR") or "data",

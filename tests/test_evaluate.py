@@ -107,3 +107,20 @@ def test_evaluate_with_a_policy_runs_episodes_from_prompts(manifest_folder, taug
     assert summary["steps"] == 6 and summary["steps_per_second"] > 0  # a click, then the repeat that ends it
     assert set(summary["seconds_per_step"]) == {"policy", "tool", "render"}
     assert summary["stop_reasons"] == {"repeated_click": 3}
+
+
+def test_simulate_command_gives_a_project_a_head_start(manifest_folder, tmp_path):
+    from model.trajectories import TrajectoryStore
+
+    command = [sys.executable, "-m", "model", "simulate", "--dataset", str(manifest_folder), "--data-dir",
+               str(tmp_path), "--project", "4"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    store = TrajectoryStore(tmp_path / "trajectories")
+    records = list(store.records("4"))
+    assert len(records) == len(open_dataset(manifest_folder)) and store.counts("4")["scratch"] == len(records)
+    assert all(r.annotation_id < 0 and r.steps for r in records)  # never one of Label Studio's annotation ids
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)  # a replay adds nothing
+    assert store.counts("4")["total"] == len(records)
+    bad = subprocess.run(command[:-1] + ["../4"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "project id" in bad.stderr
