@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,7 @@ SHARED_SCOPE = "shared"
 _SCOPE = re.compile(r"^(shared|project-\d{1,12})$")
 _VERSION = re.compile(r"^v\d{1,6}$")
 _JOB = re.compile(r"^(shared|project-\d{1,12})_\d+_[0-9a-f]{6}$")  # also a valid RQ job id
-FINISHED_STATES = ("promoted", "rejected", "skipped", "failed")
+_JOB_WRITES = threading.Lock()
 
 
 class RegistryError(ValueError):
@@ -163,10 +164,29 @@ class Registry:
 
     def write_job(self, job_id: str, **fields) -> dict:
         path = self.job_path(job_id)
-        job = {**(_read_json(path) or {"id": job_id, "scope": job_scope(job_id), "created": time.time()}),
-               **fields, "updated": time.time()}
-        _write_json(path, job)
+        with _JOB_WRITES:  # a job's heartbeat thread and its main thread both write its file
+            job = {**(_read_json(path) or {"id": job_id, "scope": job_scope(job_id), "created": time.time()}),
+                   **fields, "updated": time.time()}
+            _write_json(path, job)
         return job
+
+    @contextmanager
+    def heartbeat(self, job_id: str, every: float = 30.0):
+        """Touch the job's file every so often while the block runs, so that a watcher on another machine
+        can tell a long step (the gate's episodes) from a dead worker."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(every):
+                self.write_job(job_id)
+
+        thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{job_id}")
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def job(self, job_id: str) -> dict | None:
         return _read_json(self.job_path(job_id))

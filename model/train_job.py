@@ -52,7 +52,7 @@ def run_job(spec: JobSpec | dict) -> dict:
     registry = Registry(Path(spec.data_dir) / "models")
     job_id = spec.job_id or registry.new_job_id(spec.scope)
     try:
-        with registry.lock(spec.scope):
+        with registry.lock(spec.scope), registry.heartbeat(job_id):
             return _run_locked(spec, registry, job_id)
     except Busy as exc:
         return registry.write_job(job_id, state="skipped", reason=str(exc), finished=time.time())
