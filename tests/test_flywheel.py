@@ -360,3 +360,34 @@ def _queued(redis_url: str) -> int:
     from rq import Queue
 
     return Queue("segagent-training", connection=Redis.from_url(redis_url)).count
+
+
+def test_legacy_train_keeps_the_annotations_it_carries_before_the_job(taught_vlm, image_server, tmp_path):
+    """Label Studio without the START_TRAINING flag posts /train with every annotated task: those the
+    webhook never brought become trajectories first, then the job runs on them."""
+    client = create_app(settings(tmp_path, taught_vlm)).test_client()
+    event = brush_annotation(image_server.mask, annotation_id=77)
+    task = {"id": 9, "data": {"image": f"{image_server.url}/object.png"}, "annotations": [event["annotation"]]}
+    answer = client.post("/train", json={"annotations": [task], "project": "6.1700000000",
+                                         "label_config": event["project"]["label_config"]}).json
+    assert answer["status"] == "queued" and answer["scope"] == "project-6"
+    job = wait_for(lambda: finished_job(Registry(tmp_path / "models"), "project-6"))
+    assert job["state"] == "skipped" and "two tasks" in job["reason"]  # one task: nothing to hold out
+    assert job["data"]["trajectories"] >= 1  # the carried annotation's trajectories were there before it ran
+    assert client.get("/status").json["annotations"]["annotations"] == 1
+
+
+def test_served_versions_beyond_the_loaded_limit_load_again(trained, taught_vlm):
+    """Adapters are kept loaded up to a limit; a version whose adapter was evicted still answers."""
+    from model.policies.base import Observation
+    from model.policies.transformers_vlm import TransformersPolicy
+    from model.prompts import instruction, observation_image
+
+    adapter = str(Registry(trained[0] / "models").adapter_path("project-3", "v1"))
+    policy = TransformersPolicy(str(taught_vlm))
+    policy.max_adapters = 1
+    first, second = policy.with_adapter("a", adapter), policy.with_adapter("b", adapter)  # loading b evicts a
+    image, mask = scene(160, 120, seed=99, **CORNER)
+    observation = Observation(observation_image(image, mask & False), instruction("a red blob"))
+    assert first.act([observation]) == second.act([observation]) != policy.act([observation])
+    assert first.act([observation])[0][0].startswith("Positive point: (2")  # the corner, not (500, 500)

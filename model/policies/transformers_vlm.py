@@ -44,28 +44,34 @@ class TransformersPolicy:
         self.max_new_tokens = max_new_tokens
         self._lock = threading.Lock()
         self._versions: OrderedDict[str, str] = OrderedDict()  # adapter name -> path, least recently used first
+        self.max_adapters = 8
 
-    def with_adapter(self, name: str, path: str, keep: int = 8) -> "AdapterPolicy":
-        """This policy acting through the LoRA adapter at `path` (loaded once, under `name`); at most `keep`
-        such adapters stay loaded."""
+    def with_adapter(self, name: str, path: str) -> "AdapterPolicy":
+        """This policy acting through the LoRA adapter at `path`, loaded under `name`."""
+        with self._lock:
+            self._load(name, path)
+        return AdapterPolicy(self, name, path)
+
+    def _load(self, name: str, path: str) -> None:
+        """Load an adapter unless it is loaded (call with the lock held). At most `max_adapters` stay
+        loaded; one evicted is loaded again when it is next asked for."""
         from peft import PeftModel
 
-        with self._lock:
-            if name not in self._versions:
-                try:
-                    if isinstance(self.model, PeftModel):
-                        self.model.load_adapter(path, adapter_name=name)
-                    else:
-                        self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
-                except Exception as exc:
-                    raise PolicyError(f"cannot load adapter {path}: {exc}") from exc
-                self._versions[name] = path
-                log.info("policy adapter %s loaded from %s", name, path)
-                while len(self._versions) > keep:
-                    evicted, _ = self._versions.popitem(last=False)
-                    self.model.delete_adapter(evicted)
+        if name in self._versions:
             self._versions.move_to_end(name)
-        return AdapterPolicy(self, name)
+            return
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(path, adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
+        except Exception as exc:
+            raise PolicyError(f"cannot load adapter {path}: {exc}") from exc
+        self._versions[name] = path
+        log.info("policy adapter %s loaded from %s", name, path)
+        while len(self._versions) > self.max_adapters:
+            evicted, _ = self._versions.popitem(last=False)
+            self.model.delete_adapter(evicted)
 
     @contextmanager
     def _adapter(self, name: str | None):
@@ -74,8 +80,6 @@ class TransformersPolicy:
 
         name = name or self.startup_adapter
         if name is not None:
-            if name not in self._versions and name != self.startup_adapter:
-                raise PolicyError(f"adapter {name} is not loaded")
             self.model.set_adapter(name)
             yield
         elif isinstance(self.model, PeftModel):
@@ -90,7 +94,8 @@ class TransformersPolicy:
 
     @torch.inference_mode()
     def act(self, observations: list[Observation], samples: int = 1, temperature: float = 0.0,
-            adapter: str | None = None) -> list[list[str]]:
+            adapter: tuple[str, str] | None = None) -> list[list[str]]:
+        """`adapter`: (name, path) of a LoRA adapter to act through; None: the policy as configured."""
         if not observations:
             return []
         inputs = self.processor(text=[self.prompt(o) for o in observations], images=[o.image for o in observations],
@@ -98,9 +103,12 @@ class TransformersPolicy:
         sampling = samples > 1 or temperature > 0
         options = {"do_sample": True, "temperature": max(temperature, 0.7), "top_p": 0.95} if sampling else {
             "do_sample": False}
-        with self._lock, self._adapter(adapter):
-            output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, num_return_sequences=samples,
-                                         **options)
+        with self._lock:
+            if adapter is not None:
+                self._load(*adapter)
+            with self._adapter(adapter[0] if adapter else None):
+                output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
+                                             num_return_sequences=samples, **options)
         texts = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         return [texts[i * samples:(i + 1) * samples] for i in range(len(observations))]
 
@@ -108,9 +116,9 @@ class TransformersPolicy:
 class AdapterPolicy:
     """A TransformersPolicy acting through one of its loaded adapters: a trained version."""
 
-    def __init__(self, policy: TransformersPolicy, adapter: str):
+    def __init__(self, policy: TransformersPolicy, adapter: str, path: str):
         self.policy = policy
-        self.adapter = adapter
+        self.adapter = (adapter, path)
         self.name = f"{policy.name}@{adapter}"
         self.coordinates = policy.coordinates
 
