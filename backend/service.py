@@ -89,6 +89,7 @@ class Service:
         self.schemas: dict[str, ls.Schema] = {}
         self.events: dict[str, int] = {}
         self.last_training: dict | None = None
+        self._pruned = 0.0  # when old episodes and interactive requests were last forgotten
         self._lock = threading.Lock()
         self.started = time.time()
         if settings.train_interval > 0:
@@ -411,11 +412,21 @@ class Service:
                                         regions, prompt)
         return {"status": "ok" if changed else "unchanged", "regions": len(regions)}
 
+    def _prune_hourly(self) -> None:
+        if time.time() - self._pruned < 3600:
+            return
+        self._pruned = time.time()
+        removed = self.store.prune(time.time() - self.settings.retention_days * 86400)
+        if removed:
+            log.info("forgot %d agent episodes and interactive requests older than %g days", removed,
+                     self.settings.retention_days)
+
     def _learn_from_annotation(self, project: str, schema: ls.Schema, task: dict, annotation: dict, version: str,
                                regions: list, prompt) -> None:
         """In the background: score each region (quality), turn each into trajectories (the flywheel's
         data), and write the worst score into the task's data (QUALITY_FIELD), where the Data Manager
         sorts and filters by it."""
+        self._prune_hourly()
         image = self.fetcher.fetch((task.get("data") or {}).get(schema.image_key), task.get("id"))
         for region in regions:
             if region.mask.shape != image.shape[:2]:

@@ -65,6 +65,7 @@ class Settings:
     image_cache_bytes: int = 512 << 20
     tool_cache_bytes: int = 1024 << 20
     interactive_ttl: float = 600.0
+    retention_days: float = 30.0
     max_request_bytes: int = 64 << 20
     banned_subnets: tuple = field(default_factory=lambda: _subnets(DEFAULT_BANNED_SUBNETS))
 
@@ -104,6 +105,7 @@ class Settings:
             image_cache_bytes=_int("SEGAGENT_IMAGE_CACHE_MB", 512) << 20,
             tool_cache_bytes=_int("SEGAGENT_TOOL_CACHE_MB", 1024) << 20,
             interactive_ttl=_float("SEGAGENT_INTERACTIVE_TTL", 600.0),
+            retention_days=_float("SEGAGENT_RETENTION_DAYS", 30.0),
             max_request_bytes=_int("SEGAGENT_MAX_REQUEST_MB", 64) << 20,
             banned_subnets=_subnets(os.environ.get("SEGAGENT_BANNED_SUBNETS", DEFAULT_BANNED_SUBNETS)),
         )

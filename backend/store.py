@@ -159,6 +159,15 @@ class AnnotationStore:
             "ORDER BY id", (project, task_id, label)).fetchall()
         return [(json.loads(clicks), rle_decode(json.loads(mask))) for clicks, mask in rows]
 
+    def prune(self, before: float) -> int:
+        """Forget agent episodes and interactive requests older than `before` (a time): what they could
+        still become, a correction or a human trajectory, needed an annotation that never came."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            removed = sum(self._db.execute(f"DELETE FROM {table} WHERE created < ?", (before,)).rowcount
+                          for table in ("agent_episodes", "interactive_steps"))
+        return removed
+
     def counts(self) -> dict:
         annotations, regions = self._db.execute(
             "SELECT COUNT(DISTINCT annotation_id), COUNT(*) FROM annotation_regions").fetchone()

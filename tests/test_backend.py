@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -468,3 +469,16 @@ def test_a_correction_trajectory_starts_from_our_own_prediction(tmp_path, image_
     assert _wait_for(lambda: client.get("/status").json["trajectories"]["total"] >= 2)
     counts = client.get("/status").json["trajectories"]
     assert counts["correction"] == 1 and counts["scratch"] == 1
+
+
+def test_old_episodes_and_interactive_requests_are_forgotten(tmp_path):
+    from backend.store import AnnotationStore
+
+    store = AnnotationStore(tmp_path / "annotations.sqlite3")
+    mask = np.zeros((4, 4), bool)
+    store.record_interactive("3", 7, "Object", [(1.0, 1.0, True)], mask)
+    store.record_episode("3", 7, "Object", "a blob", "segagent-classical-agent-v0", [], mask, 0.5, "finish")
+    assert store.prune(before=0) == 0  # nothing is that old
+    assert store.counts()["episodes"] == 1 and len(store.interactive_steps("3", 7, "Object")) == 1
+    assert store.prune(before=time.time() + 1) == 2
+    assert store.counts()["episodes"] == 0 and store.interactive_steps("3", 7, "Object") == []

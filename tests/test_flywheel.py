@@ -391,3 +391,17 @@ def test_served_versions_beyond_the_loaded_limit_load_again(trained, taught_vlm)
     observation = Observation(observation_image(image, mask & False), instruction("a red blob"))
     assert first.act([observation]) == second.act([observation]) != policy.act([observation])
     assert first.act([observation])[0][0].startswith("Positive point: (2")  # the corner, not (500, 500)
+
+
+def test_a_shared_policy_serves_every_project(data, taught_vlm, corner_image):
+    """SEGAGENT_POLICY_SCOPE=shared: one policy trained on all projects' trajectories, served to all."""
+    add_trajectories(data, [21, 22], project="8")
+    client = create_app(settings(data, taught_vlm, policy_scope="shared")).test_client()
+    assert cli(["train", "--data-dir", str(data), "--shared", "--base", str(taught_vlm), "--epochs", "5",
+                "--learning-rate", "0.01", "--accumulation", "1", "--gate-episodes", "4"]) == 0
+    meta = Registry(data / "models").version("shared", "v1")
+    assert meta["data"]["trajectories"] == 8 and meta["status"] == "promoted"  # projects 3 and 8
+    url, _ = corner_image
+    for project in ("3.1", "8.1", "12.1"):
+        assert auto_predict(client, url, project=project)["model_version"] == "segagent-classical-agent-shared-v1"
+    assert client.get("/versions").json["versions"][-1] == "segagent-classical-agent-shared-v1"
