@@ -12,13 +12,15 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from .export import supervised_turn
 from .trajectories import TrajectoryStore, TrajectorySummary
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +89,16 @@ class TurnReader:
 
 
 def seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def device_and_dtype() -> tuple[str, torch.dtype]:
+    import torch
+
     return ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
 
 
@@ -112,6 +118,7 @@ def train_lora(base: str, store: TrajectoryStore, train: list[TrajectorySummary]
                parent_adapter: str | None = None, progress: Callable[[float, float], None] | None = None) -> dict:
     """Fine-tune a LoRA adapter on `train` (continuing `parent_adapter`, else a new one on the base),
     saved to `out`; returns the mean loss of each epoch and counts."""
+    import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from tqdm import tqdm
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -152,5 +159,8 @@ def train_lora(base: str, store: TrajectoryStore, train: list[TrajectorySummary]
             log.info("epoch %d/%d: mean loss %.4f over %d turns", epoch + 1, config.epochs, epoch_losses[-1],
                      len(order))
     model.save_pretrained(out)
+    del model, optimizer
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the gate loads the policy again in this process
     return {"epoch_losses": epoch_losses, "turns": len(turns), "seconds": round(time.time() - started, 1),
             "trainable_parameters": sum(p.numel() for p in parameters), "device": device}
