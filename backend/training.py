@@ -72,6 +72,7 @@ class TrainingLauncher:
             self._queue.enqueue("model.train_job.run_job", spec.to_dict(), job_id=job_id,
                                 job_timeout=int(self.settings.train_timeout), result_ttl=7 * 86400,
                                 failure_ttl=7 * 86400)
+            self.registry.write_job(job_id, enqueued=time.time())
             log.info("training job %s sent to the RQ queue %s", job_id, QUEUE)
             return
         folder = self.registry.job_path(job_id).parent
@@ -114,9 +115,27 @@ class TrainingLauncher:
                 return self.fail(job["id"], f"the training process {pid} is gone; the active version is unchanged")
             if not pid and not _alive(job.get("owner") or 0):
                 return self.fail(job["id"], "the backend that queued the job stopped before starting it")
+        if job.get("runner") == "rq" and job.get("enqueued") and self._queue is not None:
+            ended = self._rq_ended(job["id"])
+            if ended:
+                return self.fail(job["id"], f"{ended}; the active version is unchanged")
         if time.time() - job.get("updated", 0) > LOST_AFTER and job.get("state") == "running":
             return self.fail(job["id"], f"no heartbeat for {LOST_AFTER:.0f} s; the active version is unchanged")
         return job
+
+    def _rq_ended(self, job_id: str) -> str | None:
+        """Why RQ will never run (or finish) the job, if it will not: gone from Redis, failed, stopped."""
+        from redis.exceptions import RedisError
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            status = Job.fetch(job_id, connection=self._queue.connection).get_status()
+        except NoSuchJobError:
+            return "the job is gone from the RQ queue"
+        except RedisError:
+            return None  # Redis unreachable: nothing can be said yet
+        return f"RQ reports the job {status.value}" if status.value in ("failed", "stopped", "canceled") else None
 
     def active_job(self, scope: str) -> dict | None:
         for job in reversed(self.registry.jobs(scope)):

@@ -106,7 +106,7 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
     last_beat = [0.0]
 
     def progress(fraction: float, loss: float) -> None:
-        if time.time() - last_beat[0] > 2:  # the job file doubles as the heartbeat
+        if time.time() - last_beat[0] > 2:
             last_beat[0] = time.time()
             registry.write_job(job_id, progress=round(fraction, 3), loss=round(loss, 4))
 
@@ -128,6 +128,9 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
         "training": {**training, "config": asdict(spec.train)},
         "gate": {"candidate": candidate_metrics, "active": active_metrics, "tolerance": spec.gate.tolerance,
                  "tool": spec.tool}})
+    if promoted and registry.active(scope) != parent:  # rolled back (or on) while this job trained
+        promoted, reason = False, f"the active version became {registry.active(scope)} while {name} trained from {parent}"
+        meta = registry.register(scope, name, {**meta, "status": "rejected", "reason": reason})
     if promoted:
         registry.activate(scope, name, f"job {job_id}: {reason}")
     return registry.write_job(job_id, state=meta["status"], stage="done", version=name, reason=reason,

@@ -354,6 +354,16 @@ def test_with_redis_an_rq_worker_runs_the_job(data, taught_vlm, redis_url):
     assert job["job_status"] == "finished" and job["state"] == "promoted", job
     assert client.get("/versions?project=3").json["versions"][-1].endswith("project-3-v1")
 
+    # a job lost from Redis (flushed, expired) is reported failed, and does not block the next one
+    lost = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json["job"]
+    wait_for(lambda: _queued(redis_url))
+    from redis import Redis
+
+    Redis.from_url(redis_url).flushdb()
+    job = client.post("/job_status", json={"job": lost}).json
+    assert job["job_status"] == "failed" and "gone from the RQ queue" in job["error"]
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json["status"] == "queued"
+
 
 def _queued(redis_url: str) -> int:
     from redis import Redis
