@@ -396,7 +396,7 @@ def test_served_versions_beyond_the_loaded_limit_load_again(trained, taught_vlm)
     adapter = str(Registry(trained[0] / "models").adapter_path("project-3", "v1"))
     policy = TransformersPolicy(str(taught_vlm))
     policy.max_adapters = 1
-    first, second = policy.with_adapter("a", adapter), policy.with_adapter("b", adapter)  # loading b evicts a
+    first, second = policy.with_adapter("one", adapter), policy.with_adapter("two", adapter)  # two evicts one
     image, mask = scene(160, 120, seed=99, **CORNER)
     observation = Observation(observation_image(image, mask & False), instruction("a red blob"))
     assert first.act([observation]) == second.act([observation]) != policy.act([observation])
