@@ -1,7 +1,7 @@
 """End to end, the flywheel: annotations submitted in Label Studio 1.23 become trajectories in the
 backend (started with `make serve` and the tiny VLM as its policy); Label Studio's own "Start training"
 API sends START_TRAINING; a worker process fine-tunes, gates and promotes a new version, which
-Label Studio then lists among the model's versions and the next prediction carries."""
+Label Studio then lists among the model's versions and whose predictions "Retrieve predictions" stores."""
 from __future__ import annotations
 
 import time
@@ -12,6 +12,7 @@ import requests
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter import brush
 
+from model.masks import iou
 from tests.e2e.conftest import make_serve
 from tests.synthetic import png_bytes, scene
 
@@ -74,3 +75,12 @@ def test_annotations_to_trajectories_to_start_training_to_a_new_version(label_st
         setup = requests.post(f"{server['url']}/setup", json={"project": f"{project.id}.1", "schema": CONFIG},
                               timeout=10).json()
         assert setup["model_version"] == new_version
+
+        # "Retrieve predictions": the new version answers, and it has learnt where these objects are
+        client.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                              selected_items={"all": True, "excluded": []})
+        for task in tasks:
+            [prediction] = [p for p in client.tasks.get(id=task.id).predictions or [] if p.model_version == new_version]
+            [region] = prediction.result
+            mask = brush.decode_rle(region["value"]["rle"]).reshape(120, 160, 4)[:, :, 3] > 0
+            assert iou(mask, masks[task.data["image"]]) > 0.8
