@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests, latencies, errors, and the image caches."""
+"""Prometheus metrics: requests, latencies, errors, predictions, webhook events, training jobs, and the
+caches."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -20,6 +21,8 @@ class Metrics:
         self.predictions = Counter("segagent_predictions", "Regions predicted", ["mode"], registry=self.registry)
         self.events = Counter("segagent_webhook_events", "Webhook events received", ["action"],
                               registry=self.registry)
+        self.training_jobs = Counter("segagent_training_jobs", "Training jobs queued, by what asked for them",
+                                     ["trigger"], registry=self.registry)
 
     def watch_caches(self, caches: dict) -> None:
         """Report hits, misses and size of objects with .hits/.misses (and optionally .size_bytes)."""

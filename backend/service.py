@@ -499,9 +499,10 @@ class Service:
         project = _project_id(payload.get("project"))
         if isinstance(payload.get("annotations"), list):
             self._keep_exported_tasks(payload["annotations"], payload.get("label_config"), project)
-        return self._start_training(project, "requested by Label Studio" if project else "requested")
+        return self._start_training(project, "request", "requested by Label Studio")
 
-    def _start_training(self, project: str, trigger: str) -> dict:
+    def _start_training(self, project: str, kind: str, trigger: str) -> dict:
+        """Queue a job for the project's scope (kind: request, every or interval; trigger: why, in words)."""
         reason = self.trainable
         if reason:
             self.last_training = {"state": "skipped", "reason": reason, "at": time.time()}
@@ -513,6 +514,7 @@ class Service:
             raise ApiError(f"training needs the project: {exc}") from exc
         job, new = self.launcher.queue(scope, trigger, self.trajectories.newest_id(project_of(scope)))
         if new:
+            self.metrics.training_jobs.labels(kind).inc()
             self.annotation_jobs.submit(self._launch, job["id"])
         return {"status": "queued" if new else "running", "job": job["id"], "scope": scope}
 
@@ -547,7 +549,8 @@ class Service:
             return  # annotations of no known project train nothing
         fresh = self.trajectories.count_after(self.registry.trained_through(scope), project_of(scope))
         if fresh >= self.settings.train_every:
-            self._start_training(project, f"{fresh} new trajectories (SEGAGENT_TRAIN_EVERY={self.settings.train_every})")
+            self._start_training(project, "every",
+                                 f"{fresh} new trajectories (SEGAGENT_TRAIN_EVERY={self.settings.train_every})")
 
     def _train_periodically(self) -> None:
         """SEGAGENT_TRAIN_INTERVAL: every so many seconds, a job for each scope with new trajectories."""
@@ -560,7 +563,7 @@ class Service:
                 try:
                     scope = self._scope(project)
                     if self.trajectories.count_after(self.registry.trained_through(scope), project_of(scope)):
-                        self._start_training(project, f"interval of {self.settings.train_interval:.0f} s")
+                        self._start_training(project, "interval", f"interval of {self.settings.train_interval:g} s")
                 except Exception:  # one project's trouble does not stop the others' training
                     log.exception("periodic training of project %s", project)
 

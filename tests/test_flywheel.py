@@ -268,6 +268,7 @@ def test_start_training_runs_a_worker_process_and_promotes(data, taught_vlm):
     training = client.get("/status").json["training"]
     assert training["last_job"]["id"] == answer["job"] and training["state"] == "promoted"
     assert training["scopes"]["project-3"]["new_trajectories"] == 0
+    assert 'segagent_training_jobs_total{trigger="request"} 1.0' in client.get("/metrics").text
 
 
 def test_a_killed_job_is_reported_and_the_active_version_serves_on(data, taught_vlm):
