@@ -615,8 +615,9 @@ class Service:
             raise ApiError(str(exc)) from exc
         names = [self.base_version]
         for scope in scopes:
+            active = self.registry.active(scope)
             names += [self._version_name(scope, m["name"]) for m in self.registry.versions(scope)
-                      if m["status"] == "promoted" or m["name"] == self.registry.active(scope)]
+                      if m["status"] == "promoted" or m["name"] == active]
         return {"versions": names}
 
     def rollback(self, payload: dict) -> dict:

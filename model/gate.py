@@ -45,7 +45,7 @@ def next_action_metrics(policy: Policy, reader: TurnReader, store: TrajectorySto
         read = [reader(turn) for turn in batch]
         answers = policy.act([Observation(picture, text) for picture, text, _ in read])
         for turn, (_, _, truth), (answer,) in zip(batch, read, answers):
-            expected = parse_action(truth, policy.coordinates)
+            expected = parse_action(truth)  # written by format_action's default convention
             try:
                 action = parse_action(answer, policy.coordinates)
             except ActionParseError:
@@ -67,8 +67,7 @@ def episode_metrics(policy: Policy, segmenter: Segmenter, store: TrajectoryStore
     """One episode per held-out object (its scratch trajectory's target, else any), from an empty mask."""
     objects: dict[tuple, int] = {}
     for summary in sorted(held_out, key=lambda s: s.source != "scratch"):
-        record = store.record(summary.id)
-        objects.setdefault((summary.project, summary.task_id, record.label), summary.id)
+        objects.setdefault((summary.project, summary.task_id, summary.label), summary.id)
     chosen = sorted(objects.values())[:config.episodes]
     records = [store.record(i) for i in chosen]
     agent = Agent(segmenter, policy, AgentConfig(max_steps=config.steps))

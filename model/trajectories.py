@@ -87,6 +87,7 @@ class TrajectorySummary:
     task_id: int
     source: str
     steps: int
+    label: str = ""
 
 
 class TrajectoryStore:
@@ -180,7 +181,7 @@ class TrajectoryStore:
         """What training needs to plan (split, count, order) without decoding a single mask."""
         where, args = ("WHERE t.project = ?", (project,)) if project else ("", ())
         rows = self._db.execute(
-            "SELECT t.id, t.project, t.task_id, t.source, COUNT(s.position) FROM trajectories t "
+            "SELECT t.id, t.project, t.task_id, t.source, COUNT(s.position), t.label FROM trajectories t "
             f"LEFT JOIN steps s ON s.trajectory_id = t.id {where} "
             "GROUP BY t.id ORDER BY t.id", args).fetchall()
         return [TrajectorySummary(*row) for row in rows]
