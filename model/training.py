@@ -43,8 +43,9 @@ class TrainConfig:
 
 def split_by_task(summaries: list[TrajectorySummary], fraction: float, seed: int = 0
                   ) -> tuple[list[TrajectorySummary], list[TrajectorySummary]]:
-    """(training, held out). A task is held out by a hash of its identity, so the split of the tasks seen
-    so far does not change when new ones arrive; with two tasks or more, at least one is on each side."""
+    """(training, held out). A task is held out by a hash of its identity, so the tasks seen so far keep
+    their side when new ones arrive; with two tasks or more, at least one is on each side (while too few
+    tasks fall under `fraction`, the lowest-ranked one is held out)."""
     def rank(task: tuple[str, int]) -> float:
         digest = hashlib.sha256(f"{seed}:{task[0]}:{task[1]}".encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2 ** 64
