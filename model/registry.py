@@ -55,7 +55,7 @@ def project_of(scope: str) -> str | None:
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
     partial.write_text(json.dumps(data, indent=1, sort_keys=True))
     partial.replace(path)
 
