@@ -212,6 +212,7 @@ class Service:
                 "tool": {"on": caps.tool is not None, "name": caps.tool, "error": caps.tool_error},
                 "policy": {"on": caps.policy is not None, "name": caps.policy, "reason": caps.policy_error},
                 "quality": {"on": caps.scorer is not None, "name": caps.scorer, "error": caps.scorer_error},
+                "training": {"on": self.trainable is None, "runner": self.launcher.runner, "reason": self.trainable},
             },
         }
 

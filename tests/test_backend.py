@@ -263,6 +263,8 @@ def test_training_without_policy_is_answered(client):
     assert client.post("/train", json={"annotations": [], "project": "3.1"}).json["reason"] == \
         "no policy to fine-tune (no policy configured)"
     assert client.get("/status").json["training"]["state"] == "skipped"
+    training = client.get("/health").json["capabilities"]["training"]
+    assert training == {"on": False, "runner": "process", "reason": "no policy to fine-tune (no policy configured)"}
 
 
 def test_basic_auth_guards_everything_but_health(tmp_path):

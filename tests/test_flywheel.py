@@ -256,6 +256,7 @@ def test_backend_picks_up_a_promotion_without_restart_and_rolls_back(data, taugh
 
 def test_start_training_runs_a_worker_process_and_promotes(data, taught_vlm):
     client = create_app(settings(data, taught_vlm)).test_client()
+    assert client.get("/health").json["capabilities"]["training"] == {"on": True, "runner": "process", "reason": None}
     answer = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3, "title": "p"}}).json
     assert answer["status"] == "queued" and answer["job"].startswith("project-3_")
     second = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json
