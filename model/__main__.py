@@ -164,7 +164,7 @@ def _train(args: argparse.Namespace) -> int:
         raise SystemExit("give --base (or set SEGAGENT_POLICY): the policy the adapters are trained for")
     spec = JobSpec(
         data_dir=args.data_dir, scope=_scope(args), base=args.base, base_adapter=args.base_adapter or None,
-        tool=args.tool, sam_checkpoint=args.sam_checkpoint, job_id=args.job_id,
+        tool=args.tool, sam_checkpoint=args.sam_checkpoint,
         train=TrainConfig(epochs=args.epochs, learning_rate=args.learning_rate, lora_rank=args.lora_rank,
                           lora_alpha=2 * args.lora_rank, accumulation=args.accumulation, max_turns=args.max_turns,
                           held_out=args.held_out, seed=args.seed),
@@ -301,18 +301,20 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--tool", choices=TOOL_NAMES, default=os.environ.get("SEGAGENT_TOOL") or "classical",
                        help="the tool of the gate's episodes")
     train.add_argument("--sam-checkpoint", default=os.environ.get("SAM_CHECKPOINT") or None)
-    train.add_argument("--epochs", type=int, default=1)
-    train.add_argument("--learning-rate", type=float, default=2e-4)
+    train.add_argument("--epochs", type=int, default=int(os.environ.get("SEGAGENT_TRAIN_EPOCHS") or 1))
+    train.add_argument("--learning-rate", type=float, default=float(os.environ.get("SEGAGENT_TRAIN_LR") or 2e-4))
     train.add_argument("--lora-rank", type=int, default=16)
     train.add_argument("--accumulation", type=int, default=4, help="turns per optimizer step")
     train.add_argument("--max-turns", type=int, default=4000, help="turns per epoch, newest first")
     train.add_argument("--held-out", type=float, default=0.2, help="fraction of tasks held out for the gate")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--gate-turns", type=int, default=200, help="held-out steps asked for their next action")
-    train.add_argument("--gate-episodes", type=int, default=16, help="held-out objects segmented from scratch")
-    train.add_argument("--gate-steps", type=int, default=3, help="agent steps per gate episode")
-    train.add_argument("--tolerance", type=float, default=0.0, help="how much worse a candidate may be")
-    train.add_argument("--job-id", help=argparse.SUPPRESS)  # given by the backend that launched the job
+    train.add_argument("--gate-episodes", type=int, default=int(os.environ.get("SEGAGENT_GATE_EPISODES") or 16),
+                       help="held-out objects segmented from scratch")
+    train.add_argument("--gate-steps", type=int, default=int(os.environ.get("SEGAGENT_AGENT_STEPS") or 5),
+                       help="agent steps per gate episode")
+    train.add_argument("--tolerance", type=float, default=float(os.environ.get("SEGAGENT_GATE_TOLERANCE") or 0),
+                       help="how much worse a candidate may be")
     train.set_defaults(run=_train)
 
     versions = commands.add_parser("versions", help="the policy versions of a project, and which one is active")

@@ -36,15 +36,15 @@ class GateConfig:
     tolerance: float = 0.0
 
 
-def next_action_metrics(policy: Policy, reader: TurnReader, store: TrajectoryStore,
-                        held_out: list[TrajectorySummary], config: GateConfig) -> dict:
+def next_action_metrics(policy: Policy, reader: TurnReader, held_out: list[TrajectorySummary],
+                        config: GateConfig) -> dict:
     turns = turns_of(held_out, config.max_turns)
     correct, distances, parsed = 0, [], 0
     for start in range(0, len(turns), config.batch_size):
         batch = turns[start:start + config.batch_size]
         read = [reader(turn) for turn in batch]
         answers = policy.act([Observation(picture, text) for picture, text, _ in read])
-        for turn, (_, _, truth), (answer,) in zip(batch, read, answers):
+        for (_, _, truth), (answer,) in zip(read, answers):
             expected = parse_action(truth)  # written by format_action's default convention
             try:
                 action = parse_action(answer, policy.coordinates)
@@ -81,7 +81,7 @@ def episode_metrics(policy: Policy, segmenter: Segmenter, store: TrajectoryStore
 
 def evaluate(policy: Policy, segmenter: Segmenter, store: TrajectoryStore, held_out: list[TrajectorySummary],
              config: GateConfig, reader: TurnReader) -> dict:
-    return {**next_action_metrics(policy, reader, store, held_out, config),
+    return {**next_action_metrics(policy, reader, held_out, config),
             **episode_metrics(policy, segmenter, store, held_out, config)}
 
 
