@@ -61,6 +61,12 @@ class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
+    def copyfile(self, source, outputfile) -> None:
+        try:
+            super().copyfile(source, outputfile)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the backend stopped reading on purpose (an image over its byte limit)
+
 
 class RecordingServer:
     """A stand-in for a web host (Label Studio's HTTP surface, or any image host) on 127.0.0.1: GET answers
