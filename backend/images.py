@@ -19,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 import numpy as np
 import requests
 
-from model.imageio import ImageError, decode_image, image_digest
+from model.core.imageio import ImageError, decode_image, image_digest
 
 from .errors import BadImage
 from .settings import Settings

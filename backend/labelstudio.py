@@ -13,8 +13,8 @@ import numpy as np
 from label_studio_sdk.converter import brush
 from label_studio_sdk.label_interface import LabelInterface
 
-from model.clicks import Click
-from model.masks import polygons_to_mask
+from model.core.clicks import Click
+from model.core.masks import polygons_to_mask
 
 from .errors import ApiError, BadConfig
 

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.agent import Agent, AgentConfig, Episode, EpisodeTask
-from model.clicks import Click
+from model.agent.loop import Agent, AgentConfig, Episode, EpisodeTask
+from model.core.clicks import Click
 from model.policies import Policy, PolicyError, make_policy
-from model.quality import OfflineScorer, PolicyScorer
-from model.registry import BASE_VERSION, Registry, RegistryError, project_of, scope_for
+from model.quality.scorers import OfflineScorer, PolicyScorer
+from model.flywheel.registry import BASE_VERSION, Registry, RegistryError, project_of, scope_for
 from model.tools import Segmenter, make_segmenter
-from model.trajectories import TrajectoryStore
-from model.trajectory_sources import from_human_clicks, simulated
+from model.flywheel.trajectories import TrajectoryStore
+from model.flywheel.sources import from_human_clicks, simulated
 
 from . import labelstudio as ls
 from .errors import ApiError

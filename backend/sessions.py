@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from model.clicks import Click
+from model.core.clicks import Click
 from model.tools import ToolResult
 
 MAX_SESSIONS = 1000

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.masks import rle_decode, rle_encode
+from model.core.masks import rle_decode, rle_encode
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotation_regions (

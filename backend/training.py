@@ -1,5 +1,5 @@
 """Training jobs off the request path: a worker process of their own by default (`python -m
-model.train_job`), or an RQ queue in Redis when REDIS_URL is set (the compose file's `worker` service
+model.flywheel.job`), or an RQ queue in Redis when REDIS_URL is set (the compose file's `worker` service
 runs them). Either way the job writes its state into the registry's job file, which is what /status
 and /job_status read; a job that dies without saying so is reported as failed."""
 from __future__ import annotations
@@ -13,10 +13,10 @@ import threading
 import time
 from pathlib import Path
 
-from model.gate import GateConfig
-from model.registry import Registry, this_host
-from model.train_job import JobSpec
-from model.training import TrainConfig
+from model.flywheel.gate import GateConfig
+from model.flywheel.registry import Registry, this_host
+from model.flywheel.job import JobSpec
+from model.flywheel.finetune import TrainConfig
 
 from .settings import Settings
 
@@ -69,7 +69,7 @@ class TrainingLauncher:
     def start(self, job_id: str) -> None:
         spec = self.spec(self.registry.job(job_id)["scope"], job_id)
         if self._queue is not None:
-            self._queue.enqueue("model.train_job.run_job", spec.to_dict(), job_id=job_id,
+            self._queue.enqueue("model.flywheel.job.run_job", spec.to_dict(), job_id=job_id,
                                 job_timeout=int(self.settings.train_timeout), result_ttl=7 * 86400,
                                 failure_ttl=7 * 86400)
             self.registry.write_job(job_id, enqueued=time.time())
@@ -79,7 +79,7 @@ class TrainingLauncher:
         spec_path = folder / f"{job_id}.spec.json"
         spec_path.write_text(json.dumps(spec.to_dict(), indent=1))
         with open(folder / f"{job_id}.log", "w") as log_file:
-            process = subprocess.Popen([sys.executable, "-m", "model.train_job", str(spec_path)],
+            process = subprocess.Popen([sys.executable, "-m", "model.flywheel.job", str(spec_path)],
                                        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
                                        cwd=Path(__file__).resolve().parents[1])
         self.registry.write_job(job_id, pid=process.pid, log=str(folder / f"{job_id}.log"))

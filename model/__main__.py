@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import open_dataset
-from .evaluate import (benchmark_agent, benchmark_clicks, summarize_agent, summarize_clicks, write_agent_report,
-                       write_click_report)
-from .tools import TOOL_NAMES, make_segmenter
+from model.core.datasets import open_dataset
+from model.benchmarks.agent import benchmark_agent, summarize_agent, write_agent_report
+from model.benchmarks.clicks import benchmark_clicks, summarize_clicks, write_click_report
+from model.tools import TOOL_NAMES, make_segmenter
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -35,9 +35,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_agent(args: argparse.Namespace, dataset) -> int:
-    from .agent import Agent, AgentConfig
-    from .policies import make_policy
-    from .quality import PolicyScorer
+    from model.agent.loop import Agent, AgentConfig
+    from model.policies import make_policy
+    from model.quality.scorers import PolicyScorer
 
     segmenter = make_segmenter(args.tool, sam_checkpoint=args.sam_checkpoint, data_dir=args.data_dir,
                                sam_sha256=args.sam_sha256)
@@ -53,14 +53,14 @@ def _evaluate_agent(args: argparse.Namespace, dataset) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from . import scoring
-    from .quality import OfflineScorer, PolicyScorer, QualityModel
+    import model.benchmarks.quality as scoring
+    from model.quality.scorers import OfflineScorer, PolicyScorer, QualityModel
 
     out = Path(args.out)
 
     def fixed_scorer():
         if args.policy:
-            from .policies import make_policy
+            from model.policies import make_policy
 
             return PolicyScorer(make_policy(args.policy, adapter=args.policy_adapter))
         return OfflineScorer(QualityModel.load(args.weights) if args.weights else None)
@@ -96,8 +96,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _fit_scorer(args: argparse.Namespace) -> int:
-    from . import scoring
-    from .quality import train_quality_model
+    import model.benchmarks.quality as scoring
+    from model.quality.scorers import train_quality_model
 
     rows = []
     for folder in args.dataset:
@@ -113,8 +113,8 @@ def _fit_scorer(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_sharegpt
-    from .trajectories import TrajectoryStore
+    from model.flywheel.export import export_sharegpt
+    from model.flywheel.trajectories import TrajectoryStore
 
     store_dir = Path(args.data_dir) / "trajectories"
     if not (store_dir / "trajectories.sqlite3").exists():
@@ -125,9 +125,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .registry import scope_for
-    from .trajectories import TrajectoryStore
-    from .trajectory_sources import simulated
+    from model.flywheel.registry import scope_for
+    from model.flywheel.trajectories import TrajectoryStore
+    from model.flywheel.sources import simulated
 
     project = args.project
     scope_for(project)  # a project id, as Label Studio numbers them
@@ -148,7 +148,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _scope(args: argparse.Namespace) -> str:
-    from .registry import scope_for
+    from model.flywheel.registry import scope_for
 
     if not args.shared and not args.project:
         raise SystemExit("give --project ID (a Label Studio project) or --shared")
@@ -156,9 +156,9 @@ def _scope(args: argparse.Namespace) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .gate import GateConfig
-    from .train_job import JobSpec, run_job
-    from .training import TrainConfig
+    from model.flywheel.gate import GateConfig
+    from model.flywheel.job import JobSpec, run_job
+    from model.flywheel.finetune import TrainConfig
 
     if not args.base:
         raise SystemExit("give --base (or set SEGAGENT_POLICY): the policy the adapters are trained for")
@@ -176,7 +176,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _versions(args: argparse.Namespace) -> int:
-    from .registry import Registry
+    from model.flywheel.registry import Registry
 
     registry, scope = Registry(Path(args.data_dir) / "models"), _scope(args)
     active = registry.active(scope)
@@ -191,7 +191,7 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from .registry import Registry
+    from model.flywheel.registry import Registry
 
     registry, scope = Registry(Path(args.data_dir) / "models"), _scope(args)
     version = registry.rollback(scope, args.to)
@@ -200,8 +200,8 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _serve_policy(args: argparse.Namespace) -> int:
-    from .policies.server import create_policy_app
-    from .policies.transformers_vlm import TransformersPolicy
+    from model.policies.server import create_policy_app
+    from model.policies.transformers_vlm import TransformersPolicy
 
     policy = TransformersPolicy(args.policy, adapter=args.policy_adapter)
     app = create_policy_app(policy, args.model_id or Path(args.policy).name)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fit = commands.add_parser("fit-scorer", help="train the offline scorer's weights on corrupted masks")
     fit.add_argument("--dataset", action="append", required=True)
-    fit.add_argument("--out", default=str(Path(__file__).with_name("quality_weights.json")))
+    fit.add_argument("--out", default=str(Path(__file__).parent / "quality" / "weights.json"))
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     fit.set_defaults(run=_fit_scorer)
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .registry import RegistryError
+    from model.flywheel.registry import RegistryError
 
     try:
         return args.run(args)

@@ -17,7 +17,7 @@ import tempfile
 import threading
 
 from model.policies.openai_protocol import create_chat_app
-from model.prompts import SEGAGENT_QWEN_TURN
+from model.policies.prompts import SEGAGENT_QWEN_TURN
 
 log = logging.getLogger("segagent-qwen")
 DEFAULT_MODEL = "zzzmmz/SegAgent-Model"  # on ModelScope

@@ -1,8 +1,8 @@
 import numpy as np
 
-from model.annotator import generate_trajectory, next_click
-from model.clicks import Click
-from model.masks import disk, iou
+from model.annotator.clicker import generate_trajectory, next_click
+from model.core.clicks import Click
+from model.core.masks import disk, iou
 
 
 def box_to_mask(box, shape):

@@ -12,7 +12,7 @@ from label_studio_sdk.converter import brush
 
 from backend.app import create_app
 from backend.settings import Settings, _subnets
-from model.masks import iou
+from model.core.masks import iou
 from tests.synthetic import RecordingServer
 
 CONFIG = """<View>
@@ -394,7 +394,7 @@ def _wait_for(condition, timeout=30.0):
 
 
 def test_prediction_scores_are_the_scorers_estimates(client, image_server):
-    from model.quality import OfflineScorer
+    from model.quality.scorers import OfflineScorer
 
     region = predict(client, f"{image_server.url}/object.png", {"result": [keypoint(50, 50)]}).json[
         "results"][0]["result"][0]

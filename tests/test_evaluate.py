@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.datasets import open_dataset
-from model.evaluate import noc
-from model.masks import rle_encode
+from model.core.datasets import open_dataset
+from model.benchmarks.clicks import noc
+from model.core.masks import rle_encode
 from tests.synthetic import scene
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +110,7 @@ def test_evaluate_with_a_policy_runs_episodes_from_prompts(manifest_folder, taug
 
 
 def test_simulate_command_gives_a_project_a_head_start(manifest_folder, tmp_path):
-    from model.trajectories import TrajectoryStore
+    from model.flywheel.trajectories import TrajectoryStore
 
     command = [sys.executable, "-m", "model", "simulate", "--dataset", str(manifest_folder), "--data-dir",
                str(tmp_path), "--project", "4"]

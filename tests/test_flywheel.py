@@ -22,14 +22,14 @@ import pytest
 from backend.app import create_app
 from backend.settings import Settings, _subnets
 from model.__main__ import main as cli
-from model.gate import GateConfig, decide
-from model.masks import iou
-from model.registry import Registry, RegistryError, scope_for
+from model.flywheel.gate import GateConfig, decide
+from model.core.masks import iou
+from model.flywheel.registry import Registry, RegistryError, scope_for
 from model.tools import make_segmenter
-from model.train_job import JobSpec, run_job
-from model.training import TrainConfig, split_by_task
-from model.trajectories import TrajectoryStore, TrajectorySummary
-from model.trajectory_sources import simulated
+from model.flywheel.job import JobSpec, run_job
+from model.flywheel.finetune import TrainConfig, split_by_task
+from model.flywheel.trajectories import TrajectoryStore, TrajectorySummary
+from model.flywheel.sources import simulated
 from tests.synthetic import free_port, png_bytes, scene
 from tests.test_backend import ONE_LABEL, brush_annotation, decode
 
@@ -393,7 +393,7 @@ def test_served_versions_beyond_the_loaded_limit_load_again(trained, taught_vlm)
     """Adapters are kept loaded up to a limit; a version whose adapter was evicted still answers."""
     from model.policies.base import Observation
     from model.policies.transformers_vlm import TransformersPolicy
-    from model.prompts import instruction, observation_image
+    from model.policies.prompts import instruction, observation_image
 
     adapter = str(Registry(trained[0] / "models").adapter_path("project-3", "v1"))
     policy = TransformersPolicy(str(taught_vlm))

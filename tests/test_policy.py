@@ -15,13 +15,13 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.actions import Action, ActionParseError, Coordinates, action_for_click, format_action, parse_action
-from model.agent import Agent, AgentConfig, EpisodeTask
-from model.clicks import Click
-from model.masks import iou
+from model.policies.actions import Action, ActionParseError, Coordinates, action_for_click, format_action, parse_action
+from model.agent.loop import Agent, AgentConfig, EpisodeTask
+from model.core.clicks import Click
+from model.core.masks import iou
 from model.policies.base import Observation
-from model.prompts import INSTRUCTION, instruction, observation_image
-from model.quality import PolicyScorer, parse_quality
+from model.policies.prompts import INSTRUCTION, instruction, observation_image
+from model.quality.scorers import PolicyScorer, parse_quality
 from model.tools import ImageCache, Segmenter
 from model.tools.classical import ClassicalTool
 from tests.synthetic import free_port, scene

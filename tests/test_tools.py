@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.clicks import Click
-from model.masks import iou
+from model.core.clicks import Click
+from model.core.masks import iou
 from model.tools import ImageCache, Segmenter, make_segmenter
 from model.tools.classical import ClassicalTool
 from tests.synthetic import scene

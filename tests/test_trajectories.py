@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.clicks import Click
-from model.masks import iou
+from model.core.clicks import Click
+from model.core.masks import iou
 from model.tools import make_segmenter
-from model.trajectories import MIGRATIONS, TrajectoryStore
-from model.trajectory_sources import from_human_clicks, simulated
+from model.flywheel.trajectories import MIGRATIONS, TrajectoryStore
+from model.flywheel.sources import from_human_clicks, simulated
 from tests.synthetic import scene
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,8 +66,8 @@ def test_store_replays_updates_deletes_and_counts(tmp_path, example):
 WRITER = """
 import sys, numpy as np
 sys.path.insert(0, {root!r})
-from model.clicks import Click
-from model.trajectories import StepRecord, TrajectoryRecord, TrajectoryStore
+from model.core.clicks import Click
+from model.flywheel.trajectories import StepRecord, TrajectoryRecord, TrajectoryStore
 store = TrajectoryStore({folder!r})
 mask = np.zeros((300, 300), bool); mask[50:250, 50:250] = True
 step = StepRecord(Click(1, 1, True), mask, mask, 1.0)

@@ -70,8 +70,8 @@ def teach(folder: Path, answer: str, steps: int = 120, seed: int = 0) -> Path:
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from model.prompts import instruction
-    from model.training import answer_loss
+    from model.policies.prompts import instruction
+    from model.flywheel.finetune import answer_loss
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

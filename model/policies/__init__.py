@@ -2,7 +2,7 @@
 endpoint, and the released SegAgent-Qwen checkpoint served through that same remote protocol."""
 from __future__ import annotations
 
-from .base import Policy, PolicyError
+from model.policies.base import Policy, PolicyError
 
 
 def make_policy(spec: str, adapter: str | None = None, answer_format: str = "segagent",
@@ -10,10 +10,10 @@ def make_policy(spec: str, adapter: str | None = None, answer_format: str = "seg
     """A policy from a setting: an http(s) URL is a remote endpoint (serving `model`, or the first model
     it lists), anything else a local path or hub id."""
     if spec.startswith(("http://", "https://")):
-        from .remote import RemotePolicy
+        from model.policies.remote import RemotePolicy
 
         return RemotePolicy(spec, model=model, answer_format=answer_format)
-    from .transformers_vlm import TransformersPolicy
+    from model.policies.transformers_vlm import TransformersPolicy
 
     return TransformersPolicy(spec, adapter=adapter)
 

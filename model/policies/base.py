@@ -11,7 +11,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from ..actions import Coordinates
+from model.policies.actions import Coordinates
 
 
 class PolicyError(RuntimeError):

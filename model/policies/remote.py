@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from ..actions import Coordinates
-from .base import Observation, PolicyError
+from model.policies.actions import Coordinates
+from model.policies.base import Observation, PolicyError
 
 log = logging.getLogger(__name__)
 

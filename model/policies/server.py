@@ -2,9 +2,9 @@
 transformers VLM, so that backend replicas can share one policy process (or a pool of them)."""
 from __future__ import annotations
 
-from .base import Observation
-from .openai_protocol import create_chat_app
-from .transformers_vlm import TransformersPolicy
+from model.policies.base import Observation
+from model.policies.openai_protocol import create_chat_app
+from model.policies.transformers_vlm import TransformersPolicy
 
 
 def create_policy_app(policy: TransformersPolicy, model_id: str):

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 import torch
 
-from ..actions import Coordinates
-from .base import Observation, PolicyError
+from model.policies.actions import Coordinates
+from model.policies.base import Observation, PolicyError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Box, Encoded, ImageCache, Segmenter, Tool, ToolResult
+from model.tools.base import Box, Encoded, ImageCache, Segmenter, Tool, ToolResult
 
 TOOL_NAMES = ("classical", "sam")
 
@@ -12,13 +12,13 @@ def make_tool(name: str, sam_checkpoint: str | None = None, data_dir: str | Path
               sam_sha256: str | None = None) -> Tool:
     """Build a tool by name. SAM needs a checkpoint; the classical tool needs nothing."""
     if name == "classical":
-        from .classical import ClassicalTool
+        from model.tools.classical import ClassicalTool
 
         return ClassicalTool()
     if name == "sam":
         if not sam_checkpoint:
             raise ValueError("the sam tool needs a checkpoint (SAM_CHECKPOINT or --sam-checkpoint)")
-        from .sam import SamTool
+        from model.tools.sam import SamTool
 
         return SamTool(sam_checkpoint, data_dir=data_dir, sha256=sam_sha256)
     raise ValueError(f"unknown tool {name!r}; choose one of {', '.join(TOOL_NAMES)}")

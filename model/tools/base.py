@@ -14,8 +14,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from ..clicks import Click
-from ..imageio import as_rgb_uint8, image_digest
+from model.core.clicks import Click
+from model.core.imageio import as_rgb_uint8, image_digest
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 

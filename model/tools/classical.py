@@ -20,9 +20,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..clicks import Click
-from ..masks import components_touching, disk, fill_holes, resize_mask
-from .base import Box, Encoded, ToolResult
+from model.core.clicks import Click
+from model.core.masks import components_touching, disk, fill_holes, resize_mask
+from model.tools.base import Box, Encoded, ToolResult
 
 BGD, FGD, PR_BGD, PR_FGD = cv2.GC_BGD, cv2.GC_FGD, cv2.GC_PR_BGD, cv2.GC_PR_FGD
 

@@ -18,8 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..clicks import Click
-from .base import Box, Encoded, ToolResult
+from model.core.clicks import Click
+from model.tools.base import Box, Encoded, ToolResult
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import requests
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter import brush
 
-from model.masks import iou
+from model.core.masks import iou
 from tests.synthetic import png_bytes
 
 pytestmark = pytest.mark.e2e

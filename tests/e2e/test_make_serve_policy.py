@@ -5,7 +5,7 @@ import pytest
 import requests
 from label_studio_sdk.converter import brush
 
-from model.masks import iou
+from model.core.masks import iou
 from tests.e2e.conftest import make_serve
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ import requests
 from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter import brush
 
-from model.masks import iou
+from model.core.masks import iou
 from tests.e2e.conftest import make_serve
 from tests.synthetic import png_bytes, scene
 

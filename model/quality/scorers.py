@@ -8,7 +8,7 @@
    with superpixels at four scales; how strongly its boundary sits on image edges and separates
    colours; colour-histogram overlap inside and around it; its shape), mapped to an IoU by a small
    MLP (16 features -> 16 -> 16 -> 1) trained on masks corrupted by the protocol of
-   model/corruptions.py. Its weights ship in quality_weights.json; `python -m model fit-scorer`
+   model/corruptions.py. Its weights ship in model/quality/weights.json; `python -m model fit-scorer`
    retrains them.
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .masks import iou
+from model.core.masks import iou
 
-from .policies.base import Observation, Policy, PolicyError
-from .prompts import QUALITY_QUESTION, observation_image
+from model.policies.base import Observation, Policy, PolicyError
+from model.policies.prompts import QUALITY_QUESTION, observation_image
 
 _NUMBER = re.compile(r"(\d+(?:\.\d+)?)\s*(%?)")
 
@@ -61,7 +61,7 @@ class PolicyScorer:
 
 # ---------------------------------------------------------------- offline: image evidence + a small MLP
 
-WEIGHTS = Path(__file__).with_name("quality_weights.json")
+WEIGHTS = Path(__file__).with_name("weights.json")
 WORK_SIDE = 256
 FEATURES = ("grabcut_keeps", "histogram_overlap", "ring_histogram_overlap", "edge_ratio", "compactness",
             "log_components", "area_fraction", "superpixels_25", "superpixels_50", "superpixels_200",

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from .clicks import Click
+from model.core.clicks import Click
 
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"
 _POINT = re.compile(rf"(positive|negative)\s*point\s*[:=]?\s*[\(\[]\s*({_NUMBER})\s*,\s*({_NUMBER})\s*[\)\]]",

@@ -21,8 +21,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .clicks import Click
-from .masks import rle_decode, rle_encode
+from model.core.clicks import Click
+from model.core.masks import rle_decode, rle_encode
 
 SOURCES = ("correction", "scratch", "human")
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from .clicks import Click
+from model.core.clicks import Click
 
 
 def iou(pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None = None) -> float:

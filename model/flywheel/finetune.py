@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .export import supervised_turn
-from .trajectories import TrajectoryStore, TrajectorySummary
+from model.flywheel.export import supervised_turn
+from model.flywheel.trajectories import TrajectoryStore, TrajectorySummary
 
 if TYPE_CHECKING:
     import torch

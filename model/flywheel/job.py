@@ -15,10 +15,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .gate import GateConfig, decide, evaluate
-from .registry import BASE_VERSION, Busy, Registry, project_of, this_host
-from .training import TrainConfig, TurnReader, split_by_task, train_lora
-from .trajectories import TrajectoryStore
+from model.flywheel.gate import GateConfig, decide, measure
+from model.flywheel.registry import BASE_VERSION, Busy, Registry, project_of, this_host
+from model.flywheel.finetune import TrainConfig, TurnReader, split_by_task, train_lora
+from model.flywheel.trajectories import TrajectoryStore
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ def _run_locked(spec: JobSpec, registry: Registry, job_id: str) -> dict:
 
 def _train_gate_register(spec, registry, job_id, store, train, held_out, data, parent, parent_adapter, name,
                          folder) -> dict:
-    from .policies.transformers_vlm import TransformersPolicy
-    from .tools import make_segmenter
+    from model.policies.transformers_vlm import TransformersPolicy
+    from model.tools import make_segmenter
 
     scope, started = spec.scope, time.time()
     last_beat = [0.0]
@@ -116,9 +116,9 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
     segmenter = make_segmenter(spec.tool, sam_checkpoint=spec.sam_checkpoint, data_dir=spec.data_dir)
     policy = TransformersPolicy(spec.base, adapter=parent_adapter)
     reader = TurnReader(store, spec.train.color, spec.train.observation_side)
-    active_metrics = evaluate(policy, segmenter, store, held_out, spec.gate, reader)
+    active_metrics = measure(policy, segmenter, store, held_out, spec.gate, reader)
     candidate = policy.with_adapter("candidate", str(folder / "adapter"))
-    candidate_metrics = evaluate(candidate, segmenter, store, held_out, spec.gate, reader)
+    candidate_metrics = measure(candidate, segmenter, store, held_out, spec.gate, reader)
     promoted, reason = decide(candidate_metrics, active_metrics, spec.gate.tolerance)
     log.info("job %s: %s %s: %s", job_id, name, "promoted" if promoted else "rejected", reason)
 
@@ -138,7 +138,7 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
                               seconds=round(time.time() - started, 1), gate=meta["gate"])
 
 
-if __name__ == "__main__":  # python -m model.train_job SPEC.json: how the backend starts a job in a process of its own
+if __name__ == "__main__":  # python -m model.flywheel.job SPEC.json: how the backend starts a job in a process of its own
     import json
     import sys
 

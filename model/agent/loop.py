@@ -13,12 +13,12 @@ from typing import Callable
 
 import numpy as np
 
-from .actions import Action, ActionParseError, parse_action
-from .clicks import Click
-from .masks import iou
-from .policies.base import Observation, Policy, PolicyError
-from .prompts import instruction, observation_image
-from .tools import Segmenter, ToolResult
+from model.policies.actions import Action, ActionParseError, parse_action
+from model.core.clicks import Click
+from model.core.masks import iou
+from model.policies.base import Observation, Policy, PolicyError
+from model.policies.prompts import instruction, observation_image
+from model.tools import Segmenter, ToolResult
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from .imageio import load_image
-from .masks import polygons_to_mask, rle_decode
+from model.core.imageio import load_image
+from model.core.masks import polygons_to_mask, rle_decode
 
 UNKNOWN_BAND = 128
 

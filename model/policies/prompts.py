@@ -29,7 +29,7 @@ def observation_image(image, mask, color: str = "green", alpha: float = 0.4, max
     pixels a side."""
     from PIL import Image
 
-    from .masks import render_overlay
+    from model.core.masks import render_overlay
 
     if color not in COLORS:
         raise ValueError(f"overlay colour must be one of {sorted(COLORS)}")

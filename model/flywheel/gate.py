@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .actions import ActionParseError, parse_action
-from .agent import Agent, AgentConfig, EpisodeTask
-from .masks import iou
-from .policies.base import Observation, Policy
-from .tools import Segmenter
-from .training import TurnReader, turns_of
-from .trajectories import TrajectoryStore, TrajectorySummary
+from model.policies.actions import ActionParseError, parse_action
+from model.agent.loop import Agent, AgentConfig, EpisodeTask
+from model.core.masks import iou
+from model.policies.base import Observation, Policy
+from model.tools import Segmenter
+from model.flywheel.finetune import TurnReader, turns_of
+from model.flywheel.trajectories import TrajectoryStore, TrajectorySummary
 
 NO_CLICK_DISTANCE = 1000 * math.sqrt(2)
 
@@ -79,7 +79,7 @@ def episode_metrics(policy: Policy, segmenter: Segmenter, store: TrajectoryStore
     return {"episodes": len(ious), "episode_miou": float(np.mean(ious)) if ious else 0.0}
 
 
-def evaluate(policy: Policy, segmenter: Segmenter, store: TrajectoryStore, held_out: list[TrajectorySummary],
+def measure(policy: Policy, segmenter: Segmenter, store: TrajectoryStore, held_out: list[TrajectorySummary],
              config: GateConfig, reader: TurnReader) -> dict:
     return {**next_action_metrics(policy, reader, held_out, config),
             **episode_metrics(policy, segmenter, store, held_out, config)}

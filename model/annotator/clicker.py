@@ -13,8 +13,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .clicks import Click
-from .masks import disk, iou
+from model.core.clicks import Click
+from model.core.masks import disk, iou
 
 USELESS_CLICK_RADIUS = 5  # pixels around a dropped click that the annotator stops looking at
 

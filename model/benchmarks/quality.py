@@ -13,10 +13,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .corruptions import corruptions
-from .datasets import Dataset, read_target
-from .masks import iou
-from .quality import OfflineScorer, quality_features, train_quality_model
+from model.quality.corruptions import corruptions
+from model.core.datasets import Dataset, read_target
+from model.core.masks import iou
+from model.quality.scorers import OfflineScorer, quality_features, train_quality_model
 
 
 @dataclass
@@ -102,7 +102,7 @@ def per_kind(rows: list[Scored], estimates: np.ndarray) -> dict:
 
 def candidate_rows(folder: Path, scorer) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Each manifest entry's `candidate` mask scored against its `mask`."""
-    from .imageio import load_image
+    from model.core.imageio import load_image
 
     entries = json.loads((folder / "manifest.json").read_text())
     names, estimates, truth = [], [], []

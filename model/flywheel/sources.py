@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .annotator import generate_trajectory
-from .clicks import Click
-from .masks import iou
-from .tools import Segmenter, ToolResult
-from .trajectories import StepRecord, TrajectoryRecord
+from model.annotator.clicker import generate_trajectory
+from model.core.clicks import Click
+from model.core.masks import iou
+from model.tools import Segmenter, ToolResult
+from model.flywheel.trajectories import StepRecord, TrajectoryRecord
 
 
 def simulated(segmenter: Segmenter, image: np.ndarray, target: np.ndarray, source: str, label: str, prompt: str,
