@@ -9,15 +9,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from model.core.masks import rle_decode, rle_encode
+from model.core.sqlite import Database
 
+# The schema of the files written before versioning, which have these tables at user_version 0: hence
+# IF NOT EXISTS, so that on those migration 1 only sets the version.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotation_regions (
     project TEXT NOT NULL,
@@ -60,116 +61,105 @@ CREATE TABLE IF NOT EXISTS interactive_steps (
 CREATE INDEX IF NOT EXISTS interactive_by_task ON interactive_steps (project, task_id, label);
 """
 
+# Migrations are never edited once released: a change to the schema is a new one at the end.
+MIGRATIONS = [SCHEMA]
+
 
 class AnnotationStore:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        self._db = Database(path, MIGRATIONS)
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.user_version
 
     def replace(self, project: str, task_id: int, annotation_id: int, updated_at: str,
                 regions: list[tuple[str, str | None, str, np.ndarray]]) -> bool:
         """Keep an annotation's regions (label, prompt, source, mask); False when this version is already kept."""
-        with self._lock:
-            row = self._db.execute("SELECT updated_at FROM annotation_regions WHERE annotation_id = ? LIMIT 1",
-                                   (annotation_id,)).fetchone()
+        now = time.time()
+        rows = [(project, task_id, annotation_id, updated_at, index, label, prompt, source,
+                 json.dumps(rle_encode(mask)), now)
+                for index, (label, prompt, source, mask) in enumerate(regions)]
+        with self._db.transaction() as db:
+            row = db.execute("SELECT updated_at FROM annotation_regions WHERE annotation_id = ? LIMIT 1",
+                             (annotation_id,)).fetchone()
             if row is not None and row[0] == updated_at:
                 return False
-            now = time.time()
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?", (annotation_id,))
-                self._db.executemany(
-                    "INSERT INTO annotation_regions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                    [(project, task_id, annotation_id, updated_at, index, label, prompt, source,
-                      json.dumps(rle_encode(mask)), now)
-                     for index, (label, prompt, source, mask) in enumerate(regions)])
+            db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?", (annotation_id,))
+            db.executemany("INSERT INTO annotation_regions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)", rows)
             return True
 
     def delete(self, annotation_ids: list[int]) -> int:
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            removed = 0
-            for annotation_id in annotation_ids:
-                removed += self._db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?",
-                                            (annotation_id,)).rowcount
-            return removed
+        with self._db.transaction() as db:
+            return sum(db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?", (annotation_id,)).rowcount
+                       for annotation_id in annotation_ids)
 
     def regions(self, annotation_id: int) -> list[dict]:
-        rows = self._db.execute(
+        rows = self._db.fetchall(
             "SELECT label, prompt, source, mask_rle, quality FROM annotation_regions WHERE annotation_id = ? "
-            "ORDER BY region_index", (annotation_id,)).fetchall()
+            "ORDER BY region_index", (annotation_id,))
         return [{"label": r[0], "prompt": r[1], "source": r[2], "mask": rle_decode(json.loads(r[3])), "quality": r[4]}
                 for r in rows]
 
     def set_quality(self, annotation_id: int, updated_at: str, scores: list[float]) -> bool:
         """Store the regions' quality scores, unless the annotation changed meanwhile (False then)."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            changed = 0
-            for index, score in enumerate(scores):
-                changed += self._db.execute(
-                    "UPDATE annotation_regions SET quality = ? WHERE annotation_id = ? AND region_index = ? "
-                    "AND updated_at = ?", (score, annotation_id, index, updated_at)).rowcount
+        with self._db.transaction() as db:
+            changed = sum(db.execute(
+                "UPDATE annotation_regions SET quality = ? WHERE annotation_id = ? AND region_index = ? "
+                "AND updated_at = ?", (score, annotation_id, index, updated_at)).rowcount
+                for index, score in enumerate(scores))
             return changed == len(scores)
 
     def lowest_quality(self, project: str, limit: int) -> list[dict]:
         """Scored annotations of a project, worst first: each annotation's worst region."""
-        rows = self._db.execute(
+        rows = self._db.fetchall(
             "SELECT annotation_id, task_id, MIN(quality), COUNT(*), GROUP_CONCAT(label, ', ') FROM annotation_regions "
             "WHERE project = ? AND quality IS NOT NULL GROUP BY annotation_id ORDER BY MIN(quality) LIMIT ?",
-            (project, limit)).fetchall()
+            (project, limit))
         return [{"annotation_id": r[0], "task_id": r[1], "quality": round(r[2], 4), "regions": r[3], "labels": r[4]}
                 for r in rows]
 
     def record_episode(self, project: str, task_id: int, label: str, description: str, model_version: str,
                        steps: list[dict], mask: np.ndarray, score: float, stop_reason: str) -> None:
         """One agent episode: steps are {"action": text, "x", "y", "positive", "score"} in pixels."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.execute(
+        with self._db.transaction() as db:
+            db.execute(
                 "INSERT INTO agent_episodes (project, task_id, label, description, model_version, steps, mask_rle,"
                 " score, stop_reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (project, task_id, label, description, model_version, json.dumps(steps), json.dumps(rle_encode(mask)),
                  score, stop_reason, time.time()))
 
     def episodes(self, project: str, task_id: int) -> list[dict]:
-        rows = self._db.execute(
+        rows = self._db.fetchall(
             "SELECT label, description, model_version, steps, mask_rle, score, stop_reason FROM agent_episodes "
-            "WHERE project = ? AND task_id = ? ORDER BY id", (project, task_id)).fetchall()
+            "WHERE project = ? AND task_id = ? ORDER BY id", (project, task_id))
         return [{"label": r[0], "description": r[1], "model_version": r[2], "steps": json.loads(r[3]),
                  "mask": rle_decode(json.loads(r[4])), "score": r[5], "stop_reason": r[6]} for r in rows]
 
     def record_interactive(self, project: str, task_id: int, label: str, clicks: list[tuple[float, float, bool]],
                            mask: np.ndarray) -> None:
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.execute(
+        with self._db.transaction() as db:
+            db.execute(
                 "INSERT INTO interactive_steps (project, task_id, label, clicks, mask_rle, created) "
                 "VALUES (?, ?, ?, ?, ?, ?)", (project, task_id, label, json.dumps(clicks),
                                               json.dumps(rle_encode(mask)), time.time()))
 
     def interactive_steps(self, project: str, task_id: int, label: str) -> list[tuple[list, np.ndarray]]:
         """(clicks so far, mask) of each interactive request on one object, oldest first."""
-        rows = self._db.execute(
+        rows = self._db.fetchall(
             "SELECT clicks, mask_rle FROM interactive_steps WHERE project = ? AND task_id = ? AND label = ? "
-            "ORDER BY id", (project, task_id, label)).fetchall()
+            "ORDER BY id", (project, task_id, label))
         return [(json.loads(clicks), rle_decode(json.loads(mask))) for clicks, mask in rows]
 
     def prune(self, before: float) -> int:
         """Forget agent episodes and interactive requests older than `before` (a time): what they could
         still become, a correction or a human trajectory, needed an annotation that never came."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            removed = sum(self._db.execute(f"DELETE FROM {table} WHERE created < ?", (before,)).rowcount
-                          for table in ("agent_episodes", "interactive_steps"))
-        return removed
+        with self._db.transaction() as db:
+            return sum(db.execute(f"DELETE FROM {table} WHERE created < ?", (before,)).rowcount
+                       for table in ("agent_episodes", "interactive_steps"))
 
     def counts(self) -> dict:
-        annotations, regions = self._db.execute(
-            "SELECT COUNT(DISTINCT annotation_id), COUNT(*) FROM annotation_regions").fetchone()
-        (episodes,) = self._db.execute("SELECT COUNT(*) FROM agent_episodes").fetchone()
+        annotations, regions = self._db.fetchone(
+            "SELECT COUNT(DISTINCT annotation_id), COUNT(*) FROM annotation_regions")
+        (episodes,) = self._db.fetchone("SELECT COUNT(*) FROM agent_episodes")
         return {"annotations": annotations, "regions": regions, "episodes": episodes}

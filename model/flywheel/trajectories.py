@@ -8,24 +8,25 @@ version stores nothing new, an update replaces what the earlier version produced
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
 from model.core.clicks import Click
+from model.core.imageio import image_digest
 from model.core.masks import rle_decode, rle_encode
+from model.core.sqlite import Database
 
 SOURCES = ("correction", "scratch", "human")
 
+# Migrations are never edited once released: a change to the schema is a new one at the end.
 MIGRATIONS = [
     """
     CREATE TABLE trajectories (
@@ -95,35 +96,17 @@ class TrajectoryStore:
         self.root = Path(data_dir)
         self.images_dir = self.root / "images"
         self.images_dir.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.root / "trajectories.sqlite3"), check_same_thread=False,
-                                   isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._lock = threading.Lock()
-        self._migrate()
+        self._db = Database(self.root / "trajectories.sqlite3", MIGRATIONS)
 
     @property
     def schema_version(self) -> int:
-        return self._db.execute("PRAGMA user_version").fetchone()[0]
-
-    def _migrate(self) -> None:
-        with self._lock:
-            for version in range(self.schema_version, len(MIGRATIONS)):
-                self._db.execute("BEGIN")
-                try:
-                    for statement in MIGRATIONS[version].split(";"):
-                        if statement.strip():
-                            self._db.execute(statement)
-                    self._db.execute(f"PRAGMA user_version = {version + 1}")
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
+        return self._db.user_version
 
     # ------------------------------------------------------------ images
     def put_image(self, image: np.ndarray) -> str:
-        """Keep an RGB image once, by content; returns its hash."""
-        sha = hashlib.sha256(np.ascontiguousarray(image).tobytes() + str(image.shape).encode()).hexdigest()
+        """Keep an RGB image once, by content; returns its hash, the name to read it back by. (Images
+        kept before the store used `image_digest` are named by an older hash: rows keep the name.)"""
+        sha = image_digest(image)
         path = self.images_dir / f"{sha}.png"
         if not path.exists():
             partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
@@ -138,65 +121,55 @@ class TrajectoryStore:
     def replace_annotation(self, project: str, task_id: int, annotation_id: int, version: str,
                            records: list[TrajectoryRecord]) -> bool:
         """Keep what one version of an annotation produced; False when that version is kept already."""
-        with self._lock:
-            row = self._db.execute("SELECT annotation_version FROM trajectories WHERE annotation_id = ? LIMIT 1",
-                                   (annotation_id,)).fetchone()
+        with self._db.transaction() as db:
+            row = db.execute("SELECT annotation_version FROM trajectories WHERE annotation_id = ? LIMIT 1",
+                             (annotation_id,)).fetchone()
             if row is not None and row[0] == version:
                 return False
-            self._db.execute("BEGIN")
-            try:
-                self._db.execute("DELETE FROM trajectories WHERE annotation_id = ?", (annotation_id,))
-                for record in records:
-                    cursor = self._db.execute(
-                        "INSERT INTO trajectories (project, task_id, annotation_id, annotation_version, source, label,"
-                        " prompt, image_sha, target_rle, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (project, task_id, annotation_id, version, record.source, record.label, record.prompt,
-                         record.image_sha, json.dumps(rle_encode(record.target)), time.time()))
-                    self._db.executemany(
-                        "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(cursor.lastrowid, position, s.click.x, s.click.y, int(s.click.positive),
-                          json.dumps(rle_encode(s.mask_before)), json.dumps(rle_encode(s.mask_after)), s.iou)
-                         for position, s in enumerate(record.steps)])
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            db.execute("DELETE FROM trajectories WHERE annotation_id = ?", (annotation_id,))
+            for record in records:
+                cursor = db.execute(
+                    "INSERT INTO trajectories (project, task_id, annotation_id, annotation_version, source, label,"
+                    " prompt, image_sha, target_rle, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (project, task_id, annotation_id, version, record.source, record.label, record.prompt,
+                     record.image_sha, json.dumps(rle_encode(record.target)), time.time()))
+                db.executemany(
+                    "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(cursor.lastrowid, position, s.click.x, s.click.y, int(s.click.positive),
+                      json.dumps(rle_encode(s.mask_before)), json.dumps(rle_encode(s.mask_after)), s.iou)
+                     for position, s in enumerate(record.steps)])
             return True
 
     def delete_annotations(self, annotation_ids: list[int]) -> int:
-        with self._lock:
-            self._db.execute("BEGIN")
-            removed = sum(self._db.execute("DELETE FROM trajectories WHERE annotation_id = ?", (i,)).rowcount
-                          for i in annotation_ids)
-            self._db.execute("COMMIT")
-            return removed
+        with self._db.transaction() as db:
+            return sum(db.execute("DELETE FROM trajectories WHERE annotation_id = ?", (i,)).rowcount
+                       for i in annotation_ids)
 
     def counts(self, project: str | None = None) -> dict:
         where, args = ("WHERE project = ?", (project,)) if project else ("", ())
-        rows = self._db.execute(f"SELECT source, COUNT(*) FROM trajectories {where} GROUP BY source", args).fetchall()
+        rows = self._db.fetchall(f"SELECT source, COUNT(*) FROM trajectories {where} GROUP BY source", args)
         counts = {source: 0 for source in SOURCES} | dict(rows)
         return {"total": sum(counts.values()), **counts}
 
     def summaries(self, project: str | None = None) -> list[TrajectorySummary]:
         """What training needs to plan (split, count, order) without decoding a single mask."""
         where, args = ("WHERE t.project = ?", (project,)) if project else ("", ())
-        rows = self._db.execute(
+        rows = self._db.fetchall(
             "SELECT t.id, t.project, t.task_id, t.source, COUNT(s.position), t.label FROM trajectories t "
             f"LEFT JOIN steps s ON s.trajectory_id = t.id {where} "
-            "GROUP BY t.id ORDER BY t.id", args).fetchall()
+            "GROUP BY t.id ORDER BY t.id", args)
         return [TrajectorySummary(*row) for row in rows]
 
     def count_after(self, trajectory_id: int, project: str | None = None) -> int:
         where, args = ("AND project = ?", (project,)) if project else ("", ())
-        return self._db.execute(f"SELECT COUNT(*) FROM trajectories WHERE id > ? {where}",
-                                (trajectory_id, *args)).fetchone()[0]
+        return self._db.fetchone(f"SELECT COUNT(*) FROM trajectories WHERE id > ? {where}", (trajectory_id, *args))[0]
 
     def newest_id(self, project: str | None = None) -> int:
         where, args = ("WHERE project = ?", (project,)) if project else ("", ())
-        return self._db.execute(f"SELECT COALESCE(MAX(id), 0) FROM trajectories {where}", args).fetchone()[0]
+        return self._db.fetchone(f"SELECT COALESCE(MAX(id), 0) FROM trajectories {where}", args)[0]
 
     def projects(self) -> list[str]:
-        return [row[0] for row in self._db.execute("SELECT DISTINCT project FROM trajectories ORDER BY project")]
+        return [row[0] for row in self._db.fetchall("SELECT DISTINCT project FROM trajectories ORDER BY project")]
 
     def record(self, trajectory_id: int) -> TrajectoryRecord:
         return next(self._records("WHERE id = ?", (trajectory_id,)))
@@ -206,13 +179,13 @@ class TrajectoryStore:
         return self._records(where, args)
 
     def _records(self, where: str, args: tuple) -> Iterator[TrajectoryRecord]:
-        for row in self._db.execute(
+        for row in self._db.fetchall(
                 "SELECT id, project, task_id, annotation_id, source, label, prompt, image_sha, target_rle "
-                f"FROM trajectories {where} ORDER BY id", args).fetchall():
+                f"FROM trajectories {where} ORDER BY id", args):
             steps = [StepRecord(Click(x, y, bool(positive)), rle_decode(json.loads(before)),
                                 rle_decode(json.loads(after)), value)
-                     for x, y, positive, before, after, value in self._db.execute(
+                     for x, y, positive, before, after, value in self._db.fetchall(
                          "SELECT x, y, positive, mask_before_rle, mask_after_rle, iou FROM steps "
-                         "WHERE trajectory_id = ? ORDER BY position", (row[0],)).fetchall()]
+                         "WHERE trajectory_id = ? ORDER BY position", (row[0],))]
             yield TrajectoryRecord(row[4], row[5], row[6], row[7], rle_decode(json.loads(row[8])), steps,
                                    row[1], row[2], row[3], row[0])
