@@ -10,10 +10,11 @@ BIN = $(VENV)/bin
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-test.txt
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-test.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 # One process keeps the interactive sessions and the image caches in one place; threads serve
@@ -28,8 +29,11 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q tests --ignore=tests/e2e
 
+# ruff (style and likely bugs), mypy (types), hadolint (the Dockerfiles): all must pass with no findings.
 lint: install
-	$(BIN)/hadolint Dockerfile
+	$(BIN)/ruff check model backend policy_server tests scripts
+	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile docker/segagent-qwen.Dockerfile
 
 DATA ?= ../shared/data
 bench: install

@@ -1,66 +1,64 @@
-"""The Flask app: Label Studio's ML backend protocol (with /job_status) plus /rollback, /status,
-/quality and /metrics."""
+"""The HTTP edge: Label Studio's ML backend protocol (with /job_status) plus /rollback, /status, /quality
+and /metrics. Each route validates its body against a schema (schemas.py), parses it into the model's
+terms once (labelstudio/parsing.py), calls the component that does the work, and formats the answer;
+errors become statuses through the one table in errors.py."""
 from __future__ import annotations
 
 import hmac
 import logging
 import time
+from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
-from .errors import ApiError, BadConfig
-from .labelstudio import Schema
-from .metrics import Metrics
-from .service import Service
-from .settings import Settings
+from . import schemas, status
+from .container import Backend
+from .errors import InvalidLabelConfig, message_for, status_for
+from .labelstudio import formatting, parsing
+from .labelstudio.config import Schema
 
 log = logging.getLogger("backend")
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    settings = settings or Settings.from_env()
-    metrics = Metrics()
-    service = Service(settings, metrics)
+def create_app(backend: Backend) -> Flask:
+    settings = backend.settings
+    metrics = backend.metrics
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.extensions["segagent"] = service
 
-    def json_body() -> dict:
-        body = request.get_json(silent=True, force=True)
-        if not isinstance(body, dict):
-            raise ApiError("the request body must be a JSON object")
-        return body
+    def body(model: type[schemas.Body]) -> Any:
+        return schemas.parse(model, request.get_json(silent=True, force=True))
+
+    def query(model: type[schemas.Body]) -> Any:
+        return schemas.parse(model, request.args.to_dict())
+
+    def route() -> str:
+        return request.url_rule.rule if request.url_rule else "unmatched"
 
     @app.before_request
-    def start() -> Response | None:
+    def authenticate() -> Response | None:
         g.started = time.perf_counter()
-        if settings.basic_auth and request.path != "/health":
-            auth = request.authorization
-            user_ok = hmac.compare_digest((auth.username if auth else "") or "", settings.basic_auth_user)
-            pass_ok = hmac.compare_digest((auth.password if auth else "") or "", settings.basic_auth_pass)
-            if not (auth and user_ok and pass_ok):
-                log.warning("%s %s: refused, bad or missing basic auth", request.method, request.path)
-                response = jsonify(error="authentication required")
-                response.status_code = 401
-                response.headers["WWW-Authenticate"] = 'Basic realm="segagent"'
-                return response
-        return None
+        if not settings.basic_auth or request.path == "/health":
+            return None
+        auth = request.authorization
+        user = ((auth.username if auth else "") or "").encode()
+        password = ((auth.password if auth else "") or "").encode()
+        if hmac.compare_digest(user, settings.basic_auth_user.encode()) & hmac.compare_digest(
+                password, settings.basic_auth_pass.encode()):
+            return None
+        log.warning("%s %s: refused, bad or missing basic auth", request.method, request.path)
+        response = jsonify(error="authentication required")
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="segagent"'
+        return response
 
     @app.after_request
     def account(response: Response) -> Response:
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        metrics.requests.labels(route(), request.method, str(response.status_code)).inc()
+        metrics.latency.labels(route()).observe(time.perf_counter() - g.get("started", time.perf_counter()))
         return response
-
-    @app.errorhandler(ApiError)
-    def api_error(exc: ApiError):
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.errors.labels(route, type(exc).__name__).inc()
-        log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
-        return jsonify(error=exc.message), exc.status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -68,65 +66,90 @@ def create_app(settings: Settings | None = None) -> Flask:
         return jsonify(error=exc.description), exc.code
 
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception):
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.errors.labels(route, "internal").inc()
-        log.exception("%s %s failed", request.method, request.path)
-        return jsonify(error=f"internal error: {type(exc).__name__}"), 500
+    def error(exc: Exception):
+        code = status_for(exc)
+        if code is None:
+            metrics.errors.labels(route(), "internal").inc()
+            log.exception("%s %s failed", request.method, request.path)
+            return jsonify(error=f"internal error: {type(exc).__name__}"), 500
+        message = message_for(exc)
+        metrics.errors.labels(route(), type(exc).__name__).inc()
+        log.warning("%s %s -> %d: %s", request.method, request.path, code, message[:500].encode("unicode_escape")
+                    .decode("ascii"))
+        return jsonify(error=message), code
 
     @app.get("/")
     @app.get("/health")
     def health():
-        return jsonify(service.health())
+        return jsonify(status.health(backend))
 
     @app.post("/setup")
     def setup():
-        return jsonify(service.setup(json_body()))
+        setup = body(schemas.SetupBody)
+        backend.connection.remember_setup(setup.hostname, setup.access_token)
+        if setup.schema_:
+            backend.configs.remember(setup.project, setup.schema_)
+        return jsonify(model_version=backend.server.serving(setup.project).version)
 
     @app.post("/validate")
     def validate():
-        body = json_body()
+        config = request.get_json(silent=True, force=True)
+        config = config if isinstance(config, dict) else {}
         try:
-            Schema.from_config(body.get("config") or body.get("label_config") or "")
-        except BadConfig as exc:
-            raise ApiError(exc.message, 422) from exc
+            Schema.from_config(config.get("config") or config.get("label_config") or "")
+        except InvalidLabelConfig as exc:
+            return jsonify(error=exc.message), 422
         return jsonify(status="ok")
 
     @app.post("/predict")
     def predict():
-        return jsonify(service.predict(json_body()))
+        predict = body(schemas.PredictBody)
+        schema = backend.configs.schema(predict.project, predict.label_config)
+        serving = backend.server.serving(predict.project)
+        context = predict.params.context if predict.params else None
+        results = []
+        for task in predict.tasks:
+            task_input = parsing.task_input(task, schema, context, settings.prompt_fields, serving.agent.on,
+                                            settings.max_image_pixels)
+            regions = backend.predictor.predict(task_input, schema, serving)
+            results.append([] if regions is None else
+                           formatting.prediction(regions, schema, serving.version, settings.return_clicks))
+        return jsonify(results=results, model_version=serving.version)
 
     @app.post("/webhook")
     def webhook():
-        return jsonify(service.webhook(json_body()))
+        return jsonify(backend.webhooks.handle(body(schemas.WebhookBody)))
 
     @app.post("/train")
     def train():
-        return jsonify(service.train(json_body()))
+        """Legacy /train: the annotations it carries are kept first (those the webhook never brought become
+        trajectories too), then a job runs after them."""
+        train = body(schemas.TrainBody)
+        if train.annotations:
+            backend.webhooks.keep_exported(train.project, train.label_config, train.annotations)
+        return jsonify(backend.training.start(train.project, "request", "requested by Label Studio"))
 
     @app.post("/job_status")
     def job_status():
-        return jsonify(service.job_status(json_body()))
+        return jsonify(backend.training.job_status(body(schemas.JobStatusBody).job))
 
     @app.get("/versions")
     def versions():
-        return jsonify(service.versions(request.args.get("project")))
+        return jsonify(backend.training.versions(query(schemas.ProjectQuery).project))
 
     @app.post("/rollback")
     def rollback():
-        return jsonify(service.rollback(json_body()))
+        rollback = body(schemas.RollbackBody)
+        return jsonify(backend.training.rollback(rollback.project, rollback.version))
 
     @app.get("/status")
-    def status():
-        return jsonify(service.status(request.args.get("project")))
+    def status_route():
+        return jsonify(status.status(backend, query(schemas.ProjectQuery).project))
 
     @app.get("/quality")
     def quality():
-        try:
-            limit = min(max(int(request.args.get("limit", 50)), 1), 1000)
-        except ValueError as exc:
-            raise ApiError("limit must be an integer") from exc
-        return jsonify(service.quality(request.args.get("project"), limit))
+        wanted = query(schemas.QualityQuery)
+        return jsonify(backend.ingest.quality(wanted.project, wanted.limit))
 
     @app.get("/metrics")
     def prometheus():

@@ -1,22 +1,88 @@
-"""Errors that become a 4xx answer with a JSON body."""
+"""The errors a request can meet, and the one table that turns them into HTTP statuses.
+
+Request code raises a domain error (or lets one of model/'s typed errors through); only the edge
+(app.py) looks a status up here. An exception found in no row is a bug: a 500 and a logged traceback.
+"""
 from __future__ import annotations
 
+from model.core.imageio import ImageError, ImageTooLarge
+from model.flywheel.registry import RegistryError, UnknownVersion
+from model.policies.base import PolicyError
+from model.tools.base import ToolInputError
 
-class ApiError(Exception):
-    status = 400
 
-    def __init__(self, message: str, status: int | None = None):
+class DomainError(Exception):
+    """An error whose message is meant for the client."""
+
+    def __init__(self, message: str):
         super().__init__(message)
         self.message = message
-        if status is not None:
-            self.status = status
 
 
-class BadConfig(ApiError):
+class InvalidRequest(DomainError):
+    """The request body, a query parameter or a label config is malformed or unsupported."""
+
+
+class InvalidLabelConfig(InvalidRequest):
     """The label config lacks what the backend needs."""
 
 
-class BadImage(ApiError):
+class ImageReferenceInvalid(InvalidRequest):
+    """A task's image field names nothing the backend may fetch (a file path, ftp, ...)."""
+
+
+class ImageForbidden(DomainError):
+    """A task's image lives on a host the backend must not reach."""
+
+
+class ImageTooBig(DomainError):
+    """A task's image has more bytes or pixels than allowed."""
+
+
+class ImageUnavailable(DomainError):
     """A task's image cannot be fetched or decoded."""
 
-    status = 422
+
+class NotFound(DomainError):
+    """A project, version or job that does not exist."""
+
+
+class Gone(DomainError):
+    """A training job this backend no longer knows."""
+
+
+class CapabilityOff(DomainError):
+    """What the request needs is off on this backend (no tool, no policy); the message says why."""
+
+
+STATUS_BY_ERROR: dict[type[Exception], int] = {
+    ImageReferenceInvalid: 400,
+    InvalidLabelConfig: 400,
+    InvalidRequest: 400,
+    ToolInputError: 400,
+    ImageForbidden: 403,
+    NotFound: 404,
+    UnknownVersion: 404,
+    RegistryError: 400,
+    Gone: 410,
+    ImageTooBig: 413,
+    ImageTooLarge: 413,
+    ImageUnavailable: 422,
+    ImageError: 422,
+    CapabilityOff: 503,
+    PolicyError: 503,
+}
+
+
+def status_for(exc: Exception) -> int | None:
+    """The HTTP status of an error (its most specific row), None when it is no known error."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return None
+
+
+def message_for(exc: Exception) -> str:
+    if isinstance(exc, PolicyError):
+        return f"the policy is unavailable: {exc}"
+    return exc.message if isinstance(exc, DomainError) else str(exc)

@@ -19,71 +19,18 @@ from urllib.parse import urljoin, urlsplit
 import numpy as np
 import requests
 
-from model.core.imageio import ImageError, decode_image, image_digest
+from model.core.imageio import ImageError, ImageTooLarge, decode_image, image_digest
 
-from .errors import BadImage
-from .settings import Settings
+from model.settings import Settings
+
+from .connection import LabelStudioConnection
+from .errors import ImageForbidden, ImageReferenceInvalid, ImageTooBig, ImageUnavailable
 
 log = logging.getLogger(__name__)
 
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 URL_CACHE_SECONDS = 300
 MAX_REDIRECTS = 3
-
-
-class LabelStudioConnection:
-    """Where Label Studio is and how to authenticate: the environment first, then what /setup sent."""
-
-    def __init__(self, settings: Settings):
-        self._env_url = settings.label_studio_url
-        self._env_key = settings.label_studio_api_key
-        self._setup_url = ""
-        self._setup_key = ""
-        self._access: tuple[str, float] | None = None  # a short-lived JWT from a personal access token
-        self._lock = threading.Lock()
-
-    def remember_setup(self, hostname: str | None, access_token: str | None) -> None:
-        if isinstance(hostname, str) and hostname.startswith(("http://", "https://")):
-            self._setup_url = hostname.rstrip("/")
-        if isinstance(access_token, str) and access_token:
-            self._setup_key = access_token
-
-    @property
-    def url(self) -> str:
-        return self._env_url or self._setup_url
-
-    @property
-    def key(self) -> str:
-        return self._env_key if self._env_url or self._env_key else self._setup_key
-
-    def auth_header(self, session: requests.Session, timeout: float) -> dict:
-        key = self.key
-        if not key:
-            return {}
-        if key.count(".") != 2:  # a legacy token
-            return {"Authorization": f"Token {key}"}
-        with self._lock:  # a personal access token (a JWT refresh token): trade it for an access token
-            if self._access is None or self._access[1] < time.time():
-                response = session.post(f"{self.url}/api/token/refresh", json={"refresh": key}, timeout=timeout)
-                response.raise_for_status()
-                self._access = (response.json()["access"], time.time() + 240)
-            return {"Authorization": f"Bearer {self._access[0]}"}
-
-    def api(self, session: requests.Session, method: str, path: str, timeout: float, **kwargs) -> dict:
-        """A call to Label Studio's API; raises requests' errors."""
-        if not self.url or not self.key:
-            raise requests.ConnectionError("Label Studio is unknown: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, "
-                                           "or connect the backend from Label Studio")
-        response = session.request(method, f"{self.url}{path}", headers=self.auth_header(session, timeout),
-                                   timeout=timeout, **kwargs)
-        response.raise_for_status()
-        return response.json() if response.content else {}
-
-    def owns(self, url: str) -> bool:
-        if not self.url:
-            return False
-        mine, theirs = urlsplit(self.url), urlsplit(url)
-        return (mine.scheme, mine.hostname, mine.port) == (theirs.scheme, theirs.hostname, theirs.port)
 
 
 class ImageFetcher:
@@ -106,7 +53,7 @@ class ImageFetcher:
     def fetch(self, reference: str, task_id=None) -> np.ndarray:
         """The RGB image a task's image field refers to."""
         if not isinstance(reference, str) or not reference.strip():
-            raise BadImage("the task has no image URL in its image field", 400)
+            raise ImageReferenceInvalid("the task has no image URL in its image field")
         url = self._absolute_url(reference.strip(), task_id)
         cached = self._cached(url)
         if cached is not None:
@@ -114,8 +61,10 @@ class ImageFetcher:
         data = self._download(url)
         try:
             image = decode_image(data, self.settings.max_image_pixels)
+        except ImageTooLarge as exc:
+            raise ImageTooBig(f"{_short(reference)}: {exc}") from exc
         except ImageError as exc:
-            raise BadImage(f"{_short(reference)}: {exc}") from exc
+            raise ImageUnavailable(f"{_short(reference)}: {exc}") from exc
         self._store(url, image)
         return image
 
@@ -125,31 +74,31 @@ class ImageFetcher:
             return reference
         if scheme in CLOUD_SCHEMES:
             if not self.connection.url or task_id is None:
-                raise BadImage(f"{_short(reference)} is a cloud storage URI; resolving it needs Label Studio "
-                               "(LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or /setup) and a task id", 400)
+                raise ImageReferenceInvalid(f"{_short(reference)} is a cloud storage URI; resolving it needs Label Studio "
+                               "(LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or /setup) and a task id")
             encoded = base64.urlsafe_b64encode(reference.encode()).decode()
             return f"{self.connection.url}/tasks/{int(task_id)}/resolve/?fileuri={encoded}"
         if scheme == "" and reference.startswith("/"):
             if not self.connection.url:
-                raise BadImage(f"{_short(reference)} is a Label Studio path; set LABEL_STUDIO_URL and "
-                               "LABEL_STUDIO_API_KEY (or connect the backend from Label Studio)", 400)
+                raise ImageReferenceInvalid(f"{_short(reference)} is a Label Studio path; set LABEL_STUDIO_URL and "
+                               "LABEL_STUDIO_API_KEY (or connect the backend from Label Studio)")
             return urljoin(self.connection.url + "/", reference.lstrip("/"))
-        raise BadImage(f"{_short(reference)}: only http(s) URLs, Label Studio paths and cloud storage URIs "
-                       "are fetched", 400)
+        raise ImageReferenceInvalid(f"{_short(reference)}: only http(s) URLs, Label Studio paths and cloud storage URIs "
+                       "are fetched")
 
     def _check_host(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BadImage(f"{_short(url)}: only http(s) URLs are fetched", 400)
+            raise ImageReferenceInvalid(f"{_short(url)}: only http(s) URLs are fetched")
         try:
             infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
                                        proto=socket.IPPROTO_TCP)
         except (socket.gaierror, UnicodeError) as exc:
-            raise BadImage(f"{_short(url)}: host does not resolve ({exc})") from exc
+            raise ImageUnavailable(f"{_short(url)}: host does not resolve ({exc})") from exc
         for info in infos:
             address = ipaddress.ip_address(info[4][0].split("%")[0])
             if any(address in subnet for subnet in self.settings.banned_subnets):
-                raise BadImage(f"{_short(url)}: host {parts.hostname} is in a banned subnet", 403)
+                raise ImageForbidden(f"{_short(url)}: host {parts.hostname} is in a banned subnet")
 
     def _download(self, url: str) -> bytes:
         for _ in range(MAX_REDIRECTS + 1):
@@ -163,24 +112,24 @@ class ImageFetcher:
                         url = urljoin(url, response.headers["location"])
                         continue
                     if response.status_code != 200:
-                        raise BadImage(f"{_short(url)}: HTTP {response.status_code}")
+                        raise ImageUnavailable(f"{_short(url)}: HTTP {response.status_code}")
                     return self._read_limited(response, url)
             except requests.RequestException as exc:
-                raise BadImage(f"{_short(url)}: cannot fetch ({type(exc).__name__})") from exc
-        raise BadImage(f"{_short(url)}: too many redirects")
+                raise ImageUnavailable(f"{_short(url)}: cannot fetch ({type(exc).__name__})") from exc
+        raise ImageUnavailable(f"{_short(url)}: too many redirects")
 
     def _read_limited(self, response: requests.Response, url: str) -> bytes:
         limit = self.settings.max_image_bytes
         declared = response.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise BadImage(f"{_short(url)}: {int(declared)} bytes, more than the {limit} allowed", 413)
+            raise ImageTooBig(f"{_short(url)}: {int(declared)} bytes, more than the {limit} allowed")
         chunks, total, deadline = [], 0, time.monotonic() + self.settings.fetch_timeout * 3
         for chunk in response.iter_content(1 << 16):
             total += len(chunk)
             if total > limit:
-                raise BadImage(f"{_short(url)}: more than the {limit} bytes allowed", 413)
+                raise ImageTooBig(f"{_short(url)}: more than the {limit} bytes allowed")
             if time.monotonic() > deadline:
-                raise BadImage(f"{_short(url)}: download too slow")
+                raise ImageUnavailable(f"{_short(url)}: download too slow")
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -1,4 +1,4 @@
-"""Background work off the request path: one worker thread, with counts /status can show."""
+"""Background work off the request path, in order: one worker thread, with counts /status can show."""
 from __future__ import annotations
 
 import logging
@@ -37,6 +37,10 @@ class BackgroundJobs:
         finally:
             with self._lock:
                 self.pending -= 1
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        self._pool.shutdown(wait=True)
 
     def status(self) -> dict:
         return {"pending": self.pending, "done": self.done, "failed": self.failed, "last_error": self.last_error}

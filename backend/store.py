@@ -158,6 +158,9 @@ class AnnotationStore:
             return sum(db.execute(f"DELETE FROM {table} WHERE created < ?", (before,)).rowcount
                        for table in ("agent_episodes", "interactive_steps"))
 
+    def close(self) -> None:
+        self._db.close()
+
     def counts(self) -> dict:
         annotations, regions = self._db.fetchone(
             "SELECT COUNT(DISTINCT annotation_id), COUNT(*) FROM annotation_regions")

@@ -1,161 +1,135 @@
-"""Training jobs off the request path: a worker process of their own by default (`python -m
-model.flywheel.job`), or an RQ queue in Redis when REDIS_URL is set (the compose file's `worker` service
-runs them). Either way the job writes its state into the registry's job file, which is what /status
-and /job_status read; a job that dies without saying so is reported as failed."""
+"""Training and versions: the triggers (Label Studio's START_TRAINING and legacy /train, every
+SEGAGENT_TRAIN_EVERY new trajectories, every SEGAGENT_TRAIN_INTERVAL seconds), Label Studio's
+/job_status and /versions, rollback, and the training part of /status."""
 from __future__ import annotations
 
-import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-from model.flywheel.gate import GateConfig
-from model.flywheel.registry import Registry, this_host
-from model.flywheel.job import JobSpec
-from model.flywheel.finetune import TrainConfig
+from model.flywheel.registry import BASE_VERSION, Registry, project_of
+from model.flywheel.trajectories import TrajectoryStore
+from model.settings import Settings
 
-from .settings import Settings
+from .errors import Gone, InvalidRequest
+from .jobs import BackgroundJobs
+from .metrics import Metrics
+from .serving import VersionServer
+from .training_jobs import TrainingJobs
 
 log = logging.getLogger(__name__)
 
-QUEUE = "segagent-training"
-ACTIVE_STATES = ("queued", "running")
-LOST_AFTER = 900.0  # seconds without a heartbeat before a job on another machine counts as lost
 
-
-class TrainingLauncher:
-    def __init__(self, settings: Settings, registry: Registry):
+class Training:
+    def __init__(self, settings: Settings, registry: Registry, trajectories: TrajectoryStore, server: VersionServer,
+                 jobs: TrainingJobs, launcher: BackgroundJobs, metrics: Metrics):
         self.settings = settings
         self.registry = registry
-        self._processes: dict[str, subprocess.Popen] = {}
-        self._lock = threading.RLock()  # queue() looks at the running jobs while it holds it
-        self._queue = None
-        if settings.redis_url:
-            from redis import Redis
-            from rq import Queue
+        self.trajectories = trajectories
+        self.server = server
+        self.jobs = jobs
+        self.launcher = launcher  # starts jobs off the request path, after the annotation work queued before
+        self.metrics = metrics
+        self.last_skipped: dict | None = None
+        self._stop = threading.Event()
+        self._periodic: threading.Thread | None = None
+        if settings.train_interval > 0:
+            self._periodic = threading.Thread(target=self._train_periodically, daemon=True, name="train-interval")
+            self._periodic.start()
 
-            self._queue = Queue(QUEUE, connection=Redis.from_url(settings.redis_url))
+    def close(self) -> None:
+        self._stop.set()
+        if self._periodic is not None:
+            self._periodic.join(timeout=5)
 
-    @property
-    def runner(self) -> str:
-        return "rq" if self._queue is not None else "process"
+    def start(self, project: str, kind: str, trigger: str) -> dict:
+        """Queue a job for the project's scope (kind: request, every or interval; trigger: why, in words)."""
+        reason = self.server.trainable
+        if reason:
+            self.last_skipped = {"state": "skipped", "reason": reason, "at": time.time()}
+            log.info("training requested: skipped (%s)", reason)
+            return {"status": "skipped", "reason": reason}
+        if not project and self.settings.policy_scope != "shared":
+            raise InvalidRequest("training needs the project")
+        scope = self.server.scope(project)
+        job, new = self.jobs.queue(scope, trigger, self.trajectories.newest_id(project_of(scope)))
+        if new:
+            self.metrics.training_jobs.labels(kind).inc()
+            self.launcher.submit(self.jobs.start, job["id"])
+        return {"status": "queued" if new else "running", "job": job["id"], "scope": scope}
 
-    def spec(self, scope: str, job_id: str) -> JobSpec:
-        settings = self.settings
-        return JobSpec(
-            data_dir=str(Path(settings.data_dir).resolve()), scope=scope, base=settings.policy,
-            base_adapter=settings.policy_adapter or None, tool=settings.tool,
-            sam_checkpoint=settings.sam_checkpoint or None, job_id=job_id,
-            train=TrainConfig(epochs=settings.train_epochs, learning_rate=settings.train_learning_rate),
-            gate=GateConfig(episodes=settings.gate_episodes, steps=settings.agent_steps,
-                            tolerance=settings.gate_tolerance))
-
-    def queue(self, scope: str, trigger: str, through_id: int) -> tuple[dict, bool]:
-        """(the job, whether it is new): a scope's job already queued or running is answered instead of a second."""
-        with self._lock:
-            current = self.active_job(scope)
-            if current is not None:
-                return current, False
-            job_id = self.registry.new_job_id(scope)
-            job = self.registry.write_job(job_id, state="queued", trigger=trigger, through_id=through_id,
-                                          runner=self.runner, host=this_host(), owner=os.getpid())
-            log.info("training job %s queued (%s)", job_id, trigger)
-            return job, True
-
-    def start(self, job_id: str) -> None:
-        spec = self.spec(self.registry.job(job_id)["scope"], job_id)
-        if self._queue is not None:
-            self._queue.enqueue("model.flywheel.job.run_job", spec.to_dict(), job_id=job_id,
-                                job_timeout=int(self.settings.train_timeout), result_ttl=7 * 86400,
-                                failure_ttl=7 * 86400)
-            self.registry.write_job(job_id, enqueued=time.time())
-            log.info("training job %s sent to the RQ queue %s", job_id, QUEUE)
+    def after_new_trajectories(self, project: str) -> None:
+        """Every SEGAGENT_TRAIN_EVERY new trajectories of a scope, a job."""
+        if self.settings.train_every <= 0 or self.server.trainable or not project:
             return
-        folder = self.registry.job_path(job_id).parent
-        spec_path = folder / f"{job_id}.spec.json"
-        spec_path.write_text(json.dumps(spec.to_dict(), indent=1))
-        with open(folder / f"{job_id}.log", "w") as log_file:
-            process = subprocess.Popen([sys.executable, "-m", "model.flywheel.job", str(spec_path)],
-                                       stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                                       cwd=Path(__file__).resolve().parents[1])
-        self.registry.write_job(job_id, pid=process.pid, log=str(folder / f"{job_id}.log"))
-        with self._lock:
-            self._processes[job_id] = process
-        threading.Thread(target=self._reap, args=(job_id, process), daemon=True, name=f"reap-{job_id}").start()
-        log.info("training job %s runs in process %d", job_id, process.pid)
+        scope = self.server.scope(project)
+        fresh = self.trajectories.count_after(self.registry.trained_through(scope), project_of(scope))
+        if fresh >= self.settings.train_every:
+            self.start(project, "every", f"{fresh} new trajectories (SEGAGENT_TRAIN_EVERY={self.settings.train_every})")
 
-    def _reap(self, job_id: str, process: subprocess.Popen) -> None:
-        code = process.wait()
-        with self._lock:
-            self._processes.pop(job_id, None)
-        job = self.registry.job(job_id) or {}
-        if job.get("state") in ACTIVE_STATES:
-            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            self.fail(job_id, f"the training process {how} before it finished; the active version is unchanged")
+    def _train_periodically(self) -> None:
+        """SEGAGENT_TRAIN_INTERVAL: every so many seconds, a job for each scope with new trajectories."""
+        while not self._stop.wait(self.settings.train_interval):
+            if self.server.trainable:
+                continue
+            projects = ["shared"] if self.settings.policy_scope == "shared" else self.trajectories.projects()
+            for project in projects:
+                try:
+                    scope = self.server.scope(project)
+                    if self.trajectories.count_after(self.registry.trained_through(scope), project_of(scope)):
+                        self.start(project, "interval", f"interval of {self.settings.train_interval:g} s")
+                except Exception:  # one project's trouble does not stop the others' training
+                    log.exception("periodic training of project %s", project)
 
-    def fail(self, job_id: str, error: str) -> dict:
-        log.error("training job %s: %s", job_id, error)
-        return self.registry.write_job(job_id, state="failed", error=error, finished=time.time())
+    def job_status(self, job_id: str) -> dict:
+        """Label Studio's /job_status: queued, started, finished or failed, with our details."""
+        job = self.jobs.view(self.registry.job(job_id))
+        if job is None:
+            raise Gone(f"no training job {job_id}")
+        label = {"queued": "queued", "running": "started", "failed": "failed"}.get(job["state"], "finished")
+        return {"job_status": label, **job}
 
-    def view(self, job: dict | None) -> dict | None:
-        """The job as it stands: one that claims to run but whose process is gone is failed."""
-        if not job or job.get("state") not in ACTIVE_STATES:
-            return job
-        with self._lock:
-            ours = job["id"] in self._processes
-        if ours:
-            return job
-        if job.get("host") == this_host() and job.get("runner") == "process":
-            pid = job.get("pid")  # the training process, once started
-            if pid and not _alive(pid):
-                return self.fail(job["id"], f"the training process {pid} is gone; the active version is unchanged")
-            if not pid and not _alive(job.get("owner") or 0):
-                return self.fail(job["id"], "the backend that queued the job stopped before starting it")
-        if job.get("runner") == "rq" and job.get("enqueued") and self._queue is not None:
-            ended = self._rq_ended(job["id"])
-            if ended:
-                return self.fail(job["id"], f"{ended}; the active version is unchanged")
-        if time.time() - job.get("updated", 0) > LOST_AFTER and job.get("state") == "running":
-            return self.fail(job["id"], f"no heartbeat for {LOST_AFTER:.0f} s; the active version is unchanged")
-        return job
+    def versions(self, project: str) -> dict:
+        """Label Studio's /versions: the base version and every version promoted since, of one project or
+        (Label Studio sends no project there) of all."""
+        scopes = [self.server.scope(project)] if project else self.registry.scopes()
+        names = [self.server.base_version]
+        for scope in scopes:
+            active = self.registry.active(scope)
+            names += [self.server.version_name(scope, m["name"]) for m in self.registry.versions(scope)
+                      if m["status"] == "promoted" or m["name"] == active]
+        return {"versions": names}
 
-    def _rq_ended(self, job_id: str) -> str | None:
-        """Why RQ will never run (or finish) the job, if it will not: gone from Redis, failed, stopped."""
-        from redis.exceptions import RedisError
-        from rq.exceptions import NoSuchJobError
-        from rq.job import Job
+    def rollback(self, project: str, version: str | None) -> dict:
+        """Serve an earlier version of a project again: `version` (v0 is the base; a full model_version
+        works too), by default the active version's parent."""
+        scope = self.server.scope(project)
+        if version and version.startswith("segagent-"):
+            version = version.rsplit("-", 1)[1]
+        self.registry.rollback(scope, version or None)
+        log.warning("%s: rolled back, %s is active", scope, self.registry.active(scope))
+        return {"status": "ok", "scope": scope, "active_version": self.server.serving(project).version}
 
-        try:
-            status = Job.fetch(job_id, connection=self._queue.connection).get_status()
-        except NoSuchJobError:
-            return "the job is gone from the RQ queue"
-        except RedisError:
-            return None  # Redis unreachable: nothing can be said yet
-        return f"RQ reports the job {status.value}" if status.value in ("failed", "stopped", "canceled") else None
+    def status(self, project: str) -> dict:
+        scopes = [self.server.scope(project)] if project else self.registry.scopes()
+        by_scope = {scope: self._scope_status(scope) for scope in scopes}
+        jobs = [s["last_job"] for s in by_scope.values() if s["last_job"]]
+        last = max(jobs, key=lambda j: j["created"]) if jobs else self.last_skipped
+        return {"state": (last or {}).get("state", "idle"), "last_job": last,
+                "available": self.server.trainable is None, "reason": self.server.trainable,
+                "runner": self.jobs.runner.name, "policy_scope": self.settings.policy_scope,
+                "triggers": {"webhook": "START_TRAINING", "every_trajectories": self.settings.train_every,
+                             "interval_seconds": self.settings.train_interval},
+                "scopes": by_scope}
 
-    def active_job(self, scope: str) -> dict | None:
-        for job in reversed(self.registry.jobs(scope)):
-            viewed = self.view(job)
-            if viewed and viewed.get("state") in ACTIVE_STATES:
-                return viewed
-        return None
-
-    def last_job(self, scope: str) -> dict | None:
-        jobs = self.registry.jobs(scope)
-        return self.view(jobs[-1]) if jobs else None
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    def _scope_status(self, scope: str) -> dict:
+        active = self.registry.active(scope)
+        return {
+            "active_version": self.server.version_name(scope, active) if active != BASE_VERSION
+            else self.server.base_version,
+            "versions": len(self.registry.versions(scope)),
+            "new_trajectories": self.trajectories.count_after(self.registry.trained_through(scope),
+                                                              project_of(scope)),
+            "last_job": self.jobs.last_job(scope),
+            "serving_error": self.server.errors.get(scope),
+        }

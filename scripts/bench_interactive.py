@@ -18,10 +18,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.app import create_app  # noqa: E402
-from backend.settings import Settings  # noqa: E402
+from backend.container import Backend  # noqa: E402
 from model.annotator.clicker import next_click  # noqa: E402
 from model.core.datasets import read_target  # noqa: E402
 from model.core.masks import iou  # noqa: E402
+from model.settings import Settings  # noqa: E402
 from tests.synthetic import FileServer  # noqa: E402
 
 CONFIG = """<View><Image name="image" value="$image"/>
@@ -38,8 +39,8 @@ def main() -> None:
     from label_studio_sdk.converter import brush
 
     entries = json.loads((args.dataset / "manifest.json").read_text())[:args.limit]
-    app = create_app(Settings(data_dir=Path(tempfile.mkdtemp())))
-    client = app.test_client()
+    backend = Backend.build(Settings(data_dir=Path(tempfile.mkdtemp())))
+    client = create_app(backend).test_client()
     seconds, first_request, final_ious = [], [], []
     with FileServer(args.dataset) as server:
         for task_id, entry in enumerate(entries):

@@ -1,12 +1,14 @@
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.apps import close_all
+from tests.synthetic import FileServer, png_bytes, scene
 
-from tests.synthetic import FileServer, png_bytes, scene  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def close_backends():
+    yield
+    close_all()
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter import brush
 
-from backend.app import create_app
 from backend.settings import Settings, _subnets
 from model.core.masks import iou
+from tests.apps import App
 from tests.synthetic import RecordingServer
 
 CONFIG = """<View>
@@ -25,15 +25,22 @@ CONFIG = """<View>
 ONE_LABEL = CONFIG.replace('<Label value="Other"/>', "")
 
 
+def make_app(tmp_path: Path, **overrides) -> App:
+    return App(Settings(data_dir=tmp_path, banned_subnets=_subnets("169.254.0.0/16"), **overrides))
+
+
 def make_client(tmp_path: Path, **overrides):
-    settings = Settings(data_dir=tmp_path, banned_subnets=_subnets("169.254.0.0/16"), **overrides)
-    app = create_app(settings)
-    return app.test_client()
+    return make_app(tmp_path, **overrides).client
 
 
 @pytest.fixture
-def client(tmp_path):
-    return make_client(tmp_path)
+def app(tmp_path):
+    return make_app(tmp_path)
+
+
+@pytest.fixture
+def client(app):
+    return app.client
 
 
 def keypoint(x, y, positive=True, label="Object"):
@@ -130,8 +137,8 @@ def test_auto_mode_without_policy_gives_no_prediction(client, image_server, capl
 @pytest.mark.parametrize("body, message", [
     ("not json", "JSON object"),
     ([1, 2], "JSON object"),
-    ({"tasks": "x", "label_config": CONFIG}, "'tasks' must be a list"),
-    ({"tasks": [1], "label_config": CONFIG}, "every task must be an object"),
+    ({"tasks": "x", "label_config": CONFIG}, "tasks: Input should be a valid list"),
+    ({"tasks": [1], "label_config": CONFIG}, "tasks.0: Input should be a valid dictionary"),
     ({"tasks": [], "label_config": "<View><Image name='i' value='$i'/></View>"}, "no <BrushLabels>"),
     ({"tasks": [], "label_config": "<View><BrushLabels name='b' toName='i'/></View>"}, "no <Image>"),
     ({"tasks": [], "label_config": "<View"}, "not valid XML"),
@@ -154,7 +161,7 @@ def test_malformed_predict_requests_are_4xx(client, body, message):
     ("http://no-such-host.invalid/a.png", 422, "does not resolve"),
     ("{server}/missing.png", 422, "HTTP 404"),
     ("{server}/not_an_image.png", 422, "not a readable image"),
-    ("{server}/huge.png", 422, "more than"),
+    ("{server}/huge.png", 413, "more than"),
 ])
 def test_bad_images_are_4xx(tmp_path, image_server, name, status, message):
     client = make_client(tmp_path, max_image_pixels=50_000_000)
@@ -210,21 +217,21 @@ def brush_annotation(mask, annotation_id=11, updated="2026-01-01T00:00:00Z", **e
             "annotation": {"id": annotation_id, "updated_at": updated, "result": [result], **extra}}
 
 
-def test_webhook_keeps_replays_updates_and_deletes(client, tmp_path):
+def test_webhook_keeps_replays_updates_and_deletes(app, client):
+    backend = app.backend
     mask = np.zeros((24, 32), bool)
     mask[5:15, 8:20] = True
     assert client.post("/webhook", json=brush_annotation(mask)).json["status"] == "ok"
     assert client.post("/webhook", json=brush_annotation(mask)).json["status"] == "unchanged"
     assert client.get("/status").json["annotations"] == {"annotations": 1, "regions": 1, "episodes": 0}
-    service = client.application.extensions["segagent"]
-    [kept] = service.store.regions(11)
+    [kept] = backend.annotations.regions(11)
     assert (kept["mask"] == mask).all() and kept["label"] == "Object" and kept["prompt"] == "a red blob"
 
     moved = np.roll(mask, 3, axis=1)
     update = brush_annotation(moved, updated="2026-01-02T00:00:00Z")
     update["action"] = "ANNOTATION_UPDATED"
     assert client.post("/webhook", json=update).json["status"] == "ok"
-    assert (service.store.regions(11)[0]["mask"] == moved).all()
+    assert (backend.annotations.regions(11)[0]["mask"] == moved).all()
 
     assert client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 11}]}).json[
         "deleted_regions"] == 1
@@ -247,14 +254,15 @@ def test_webhook_bad_input(client):
     assert client.post("/webhook", json={"action": "ANNOTATION_CREATED", "annotation": 3, "task": {}}).status_code == 400
 
 
-def test_polygon_annotations_are_rasterised(client):
+def test_polygon_annotations_are_rasterised(app, client):
+    backend = app.backend
     payload = brush_annotation(np.zeros((4, 4), bool))
     payload["annotation"]["result"] = [{"type": "polygonlabels", "from_name": "poly", "to_name": "image",
                                         "original_width": 100, "original_height": 100,
                                         "value": {"points": [[10, 10], [50, 10], [50, 50], [10, 50]],
                                                   "polygonlabels": ["Object"]}}]
     assert client.post("/webhook", json=payload).json["regions"] == 1
-    mask = client.application.extensions["segagent"].store.regions(11)[0]["mask"]
+    mask = backend.annotations.regions(11)[0]["mask"]
     assert 1500 <= mask.sum() <= 1700
 
 
@@ -310,7 +318,8 @@ def test_request_size_limit(tmp_path):
 # ---------------------------------------------------------------- with a policy
 
 def test_auto_mode_with_a_policy_segments_the_centre_object(tmp_path, image_server, taught_vlm):
-    client = make_client(tmp_path, policy=str(taught_vlm), return_clicks=True)
+    app = make_app(tmp_path, policy=str(taught_vlm), return_clicks=True)
+    client, backend = app.client, app.backend
     health = client.get("/health").json
     assert health["capabilities"]["policy"]["on"] is True
     response = predict(client, f"{image_server.url}/object.png", config=ONE_LABEL)
@@ -322,7 +331,7 @@ def test_auto_mode_with_a_policy_segments_the_centre_object(tmp_path, image_serv
     assert iou(decode(brushes[0]), image_server.mask) >= 0.5
     assert points and points[0]["value"]["x"] == pytest.approx(50.0) and points[0]["is_positive"] is True
     assert prediction["model_version"] == "segagent-classical-agent-v0"
-    [episode] = client.application.extensions["segagent"].store.episodes("3", 7)
+    [episode] = backend.annotations.episodes("3", 7)
     assert episode["label"] == "Object" and episode["steps"][0]["action"] == "Positive point: (500, 500)"
     assert (episode["mask"] == decode(brushes[0])).all()
     assert client.get("/status").json["annotations"]["episodes"] == 1
@@ -354,7 +363,8 @@ def test_unreachable_remote_policy_is_503(tmp_path, image_server):
 
 
 def test_refine_mode_with_a_policy_starts_from_an_earlier_mask(tmp_path, image_server, taught_vlm):
-    client = make_client(tmp_path, policy=str(taught_vlm))
+    app = make_app(tmp_path, policy=str(taught_vlm))
+    client, backend = app.client, app.backend
     rough = np.zeros_like(image_server.mask)
     rough[100:140, 140:180] = True  # an earlier, rough mask around the centre
     earlier = {"model_version": "segagent-classical-v0", "result": [{
@@ -364,7 +374,7 @@ def test_refine_mode_with_a_policy_starts_from_an_earlier_mask(tmp_path, image_s
     response = predict(client, f"{image_server.url}/object.png", task_extra={"predictions": [earlier]})
     [region] = response.json["results"][0]["result"]
     assert iou(decode(region), image_server.mask) > iou(rough, image_server.mask)
-    [episode] = client.application.extensions["segagent"].store.episodes("3", 7)
+    [episode] = backend.annotations.episodes("3", 7)
     assert episode["steps"]  # the agent refined it
 
 
@@ -409,7 +419,7 @@ def test_submitted_annotations_are_scored_and_listed_worst_first(tmp_path, image
             payload = brush_annotation(mask, annotation_id=annotation_id)
             payload["task"] = {"id": task_id, "data": {"image": f"{image_server.url}/object.png"}}
             assert client.post("/webhook", json=payload).status_code == 200
-        assert _wait_for(lambda: client.get("/status").json["annotation_jobs"]["done"] == 2)
+        assert _wait_for(lambda: client.get("/status").json["background_jobs"]["done"] == 2)
         worst = client.get("/quality?project=3").json
         assert [row["task_id"] for row in worst["annotations"]] == [2, 1]
         assert worst["annotations"][0]["link"] == f"{label_studio.url}/projects/3/data?task=2"
@@ -425,8 +435,8 @@ def test_quality_job_failures_are_counted_not_fatal(client, image_server):
     payload = brush_annotation(image_server.mask, annotation_id=31)
     payload["task"] = {"id": 9, "data": {"image": f"{image_server.url}/object.png"}}
     client.post("/webhook", json=payload)  # no Label Studio known: the scores are kept, the push fails
-    assert _wait_for(lambda: client.get("/status").json["annotation_jobs"]["failed"] == 1)
-    assert "Label Studio is unknown" in client.get("/status").json["annotation_jobs"]["last_error"]
+    assert _wait_for(lambda: client.get("/status").json["background_jobs"]["failed"] == 1)
+    assert "Label Studio is unknown" in client.get("/status").json["background_jobs"]["last_error"]
     assert client.get("/quality?project=3").json["annotations"][0]["task_id"] == 9
 
 
@@ -439,17 +449,17 @@ def _annotation_for(image_server, annotation_id=41, updated="2026-01-01T00:00:00
     return payload
 
 
-def test_annotations_become_trajectories_with_the_real_clicks(client, image_server):
+def test_annotations_become_trajectories_with_the_real_clicks(app, client, image_server):
+    backend = app.backend
     url = f"{image_server.url}/object.png"
     predict(client, url, {"result": [keypoint(50, 50)]})
     predict(client, url, {"result": [keypoint(50, 50), keypoint(62.5, 50, positive=False)]})
-    jobs = lambda: client.get("/status").json["annotation_jobs"]  # noqa: E731
+    jobs = lambda: client.get("/status").json["background_jobs"]  # noqa: E731
     client.post("/webhook", json=_annotation_for(image_server))
     assert _wait_for(lambda: jobs()["pending"] == 0 and jobs()["done"] + jobs()["failed"] == 1)
     counts = client.get("/status").json["trajectories"]
     assert counts == {"total": 2, "correction": 0, "scratch": 1, "human": 1}
-    service = client.application.extensions["segagent"]
-    human = [r for r in service.trajectories.records() if r.source == "human"][0]
+    human = [r for r in backend.trajectories.records() if r.source == "human"][0]
     assert [s.click.positive for s in human.steps] == [True, False]
     assert human.steps[0].click.x == pytest.approx(160.0)
 

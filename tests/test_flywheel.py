@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from backend.app import create_app
 from backend.settings import Settings, _subnets
 from model.__main__ import main as cli
 from model.flywheel.gate import GateConfig, decide
@@ -30,6 +29,7 @@ from model.flywheel.job import JobSpec, run_job
 from model.flywheel.finetune import TrainConfig, split_by_task
 from model.flywheel.trajectories import TrajectoryStore, TrajectorySummary
 from model.flywheel.sources import simulated
+from tests.apps import App
 from tests.synthetic import free_port, png_bytes, scene
 from tests.test_backend import ONE_LABEL, brush_annotation, decode
 
@@ -221,7 +221,7 @@ def auto_predict(client, url, project="3.1700000000"):
 
 def test_backend_picks_up_a_promotion_without_restart_and_rolls_back(data, taught_vlm, corner_image):
     url, mask = corner_image
-    client = create_app(settings(data, taught_vlm)).test_client()
+    client = App(settings(data, taught_vlm)).client
     base = auto_predict(client, url)
     assert base["model_version"] == "segagent-classical-agent-v0"
     missed = decode(base["results"][0]["result"][0]) if base["results"][0]["result"] else mask & False
@@ -255,7 +255,7 @@ def test_backend_picks_up_a_promotion_without_restart_and_rolls_back(data, taugh
 
 
 def test_start_training_runs_a_worker_process_and_promotes(data, taught_vlm):
-    client = create_app(settings(data, taught_vlm)).test_client()
+    client = App(settings(data, taught_vlm)).client
     assert client.get("/health").json["capabilities"]["training"] == {"on": True, "runner": "process", "reason": None}
     answer = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3, "title": "p"}}).json
     assert answer["status"] == "queued" and answer["job"].startswith("project-3_")
@@ -273,7 +273,7 @@ def test_start_training_runs_a_worker_process_and_promotes(data, taught_vlm):
 
 
 def test_a_killed_job_is_reported_and_the_active_version_serves_on(data, taught_vlm):
-    client = create_app(settings(data, taught_vlm, train_epochs=100000)).test_client()
+    client = App(settings(data, taught_vlm, train_epochs=100000)).client
     job_id = client.post("/train", json={"project": "3.1700000000", "annotations": []}).json["job"]
     pid = wait_for(lambda: (lambda j: j.get("pid") if j["state"] == "running" else None)(
         client.post("/job_status", json={"job": job_id}).json))
@@ -299,7 +299,7 @@ def finished_job(registry: Registry, scope: str):
 
 
 def test_every_n_new_trajectories_start_a_job(taught_vlm, image_server, tmp_path):
-    client = create_app(settings(tmp_path, taught_vlm, train_every=2)).test_client()
+    client = App(settings(tmp_path, taught_vlm, train_every=2)).client
     url = f"{image_server.url}/object.png"
     annotate(client, url, image_server.mask, task_id=1)
     time.sleep(1)
@@ -312,7 +312,7 @@ def test_every_n_new_trajectories_start_a_job(taught_vlm, image_server, tmp_path
 
 
 def test_the_interval_trigger_trains_projects_with_new_trajectories(data, taught_vlm):
-    create_app(settings(data, taught_vlm, train_interval=0.5))
+    App(settings(data, taught_vlm, train_interval=0.5))
     job = wait_for(lambda: finished_job(Registry(data / "models"), "project-3"))
     assert job["trigger"].startswith("interval") and job["state"] == "promoted", job
 
@@ -344,7 +344,7 @@ def _pings(client) -> bool:
 
 
 def test_with_redis_an_rq_worker_runs_the_job(data, taught_vlm, redis_url):
-    client = create_app(settings(data, taught_vlm, redis_url=redis_url)).test_client()
+    client = App(settings(data, taught_vlm, redis_url=redis_url)).client
     assert client.get("/status").json["training"]["runner"] == "rq"
     job_id = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json["job"]
     wait_for(lambda: _queued(redis_url))
@@ -377,7 +377,7 @@ def _queued(redis_url: str) -> int:
 def test_legacy_train_keeps_the_annotations_it_carries_before_the_job(taught_vlm, image_server, tmp_path):
     """Label Studio without the START_TRAINING flag posts /train with every annotated task: those the
     webhook never brought become trajectories first, then the job runs on them."""
-    client = create_app(settings(tmp_path, taught_vlm)).test_client()
+    client = App(settings(tmp_path, taught_vlm)).client
     event = brush_annotation(image_server.mask, annotation_id=77)
     task = {"id": 9, "data": {"image": f"{image_server.url}/object.png"}, "annotations": [event["annotation"]]}
     answer = client.post("/train", json={"annotations": [task], "project": "6.1700000000",
@@ -408,7 +408,7 @@ def test_served_versions_beyond_the_loaded_limit_load_again(trained, taught_vlm)
 def test_a_shared_policy_serves_every_project(data, taught_vlm, corner_image):
     """SEGAGENT_POLICY_SCOPE=shared: one policy trained on all projects' trajectories, served to all."""
     add_trajectories(data, [21, 22], project="8")
-    client = create_app(settings(data, taught_vlm, policy_scope="shared")).test_client()
+    client = App(settings(data, taught_vlm, policy_scope="shared")).client
     assert cli(["train", "--data-dir", str(data), "--shared", "--base", str(taught_vlm), "--epochs", "5",
                 "--learning-rate", "0.01", "--accumulation", "1", "--gate-episodes", "4"]) == 0
     meta = Registry(data / "models").version("shared", "v1")

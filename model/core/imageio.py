@@ -15,6 +15,10 @@ class ImageError(ValueError):
     """The image cannot be used (not an image, empty, or too large)."""
 
 
+class ImageTooLarge(ImageError):
+    """The image has more pixels than allowed."""
+
+
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """Return a contiguous (H, W, 3) uint8 array for a gray, gray+alpha, RGB or RGBA array of any depth."""
     array = np.asarray(image)
@@ -30,7 +34,7 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise ImageError("the image is empty")
     if array.shape[0] * array.shape[1] > MAX_PIXELS:
-        raise ImageError(f"the image has {array.shape[0] * array.shape[1]} pixels, more than {MAX_PIXELS}")
+        raise ImageTooLarge(f"the image has {array.shape[0] * array.shape[1]} pixels, more than {MAX_PIXELS}")
     if array.dtype == np.uint8:
         return np.ascontiguousarray(array)
     if array.dtype == np.bool_:
@@ -49,7 +53,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(f"the image is {width} x {height} pixels, more than {max_pixels} in all")
+                raise ImageTooLarge(f"the image is {width} x {height} pixels, more than {max_pixels} in all")
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 return as_rgb_uint8(np.array(img))

@@ -36,6 +36,10 @@ class RegistryError(ValueError):
     """A scope, version or job that does not exist or is not well-formed."""
 
 
+class UnknownVersion(RegistryError):
+    """A well-formed version that the scope does not have."""
+
+
 class Busy(RuntimeError):
     """Another training job of the scope holds its lock."""
 
@@ -99,7 +103,7 @@ class Registry:
     def version(self, scope: str, name: str) -> dict:
         meta = _read_json(self.version_dir(scope, name) / "meta.json")
         if meta is None:
-            raise RegistryError(f"{scope} has no version {name}")
+            raise UnknownVersion(f"{scope} has no version {name}")
         return meta
 
     def allocate(self, scope: str) -> tuple[str, Path]:

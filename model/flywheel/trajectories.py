@@ -145,6 +145,9 @@ class TrajectoryStore:
             return sum(db.execute("DELETE FROM trajectories WHERE annotation_id = ?", (i,)).rowcount
                        for i in annotation_ids)
 
+    def close(self) -> None:
+        self._db.close()
+
     def counts(self, project: str | None = None) -> dict:
         where, args = ("WHERE project = ?", (project,)) if project else ("", ())
         rows = self._db.fetchall(f"SELECT source, COUNT(*) FROM trajectories {where} GROUP BY source", args)

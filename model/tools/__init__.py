@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.tools.base import Box, Encoded, ImageCache, Segmenter, Tool, ToolResult
+from model.tools.base import Box, Encoded, ImageCache, Segmenter, Tool, ToolInputError, ToolResult
 
 TOOL_NAMES = ("classical", "sam")
 

@@ -86,12 +86,16 @@ class ImageCache:
         return encoded
 
 
+class ToolInputError(ValueError):
+    """What the tool was asked cannot be done: clicks outside the image, nothing to start from."""
+
+
 def validate_clicks(clicks: Sequence[Click], shape: tuple[int, int]) -> list[Click]:
     """Refuse clicks outside the image: a click there is a bug upstream, not something to guess at."""
     height, width = shape
     outside = [c for c in clicks if not c.inside(width, height)]
     if outside:
-        raise ValueError(f"clicks outside the {width} x {height} image: {outside}")
+        raise ToolInputError(f"clicks outside the {width} x {height} image: {outside}")
     return list(clicks)
 
 
@@ -120,7 +124,7 @@ class Segmenter:
         encoded = image if isinstance(image, Encoded) else self.encode(image)
         clicks = validate_clicks(clicks, encoded.shape)
         if not clicks and box is None:
-            raise ValueError("a prediction needs at least one click or a box")
+            raise ToolInputError("a prediction needs at least one click or a box")
         if isinstance(previous, np.ndarray) and previous.shape != encoded.shape:
-            raise ValueError(f"previous mask is {previous.shape}, image is {encoded.shape}")
+            raise ToolInputError(f"previous mask is {previous.shape}, image is {encoded.shape}")
         return self.tool.predict(encoded, clicks, box, previous)

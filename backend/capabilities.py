@@ -1,0 +1,109 @@
+"""What this backend can do, built once from the settings: the interactive tool, the policy, the quality
+scorer and the agent. A capability that is off is still an object: it says why, and asking it for its
+component raises CapabilityOff (a 503 that carries the reason), so request code never checks for None.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
+
+import numpy as np
+
+from model.agent.loop import Agent, AgentConfig
+from model.policies import Policy, PolicyError, make_policy
+from model.quality.scorers import OfflineScorer, PolicyScorer
+from model.settings import Settings
+from model.tools import Segmenter, make_segmenter
+
+from .errors import CapabilityOff
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Capability(Generic[T]):
+    """A component, or the reason it is off."""
+
+    what: str
+    component: T | None
+    reason: str | None = None
+
+    @property
+    def on(self) -> bool:
+        return self.component is not None
+
+    def get(self) -> T:
+        if self.component is None:
+            raise CapabilityOff(f"the {self.what} is off: {self.reason}")
+        return self.component
+
+    @classmethod
+    def build(cls, what: str, make: Callable[[], T]) -> "Capability[T]":
+        """Build a component; any failure turns the capability off (logged), not the server."""
+        try:
+            component = make()
+        except Exception as exc:
+            log.error("the %s is off: %s: %s", what, type(exc).__name__, exc)
+            return cls(what, None, f"{type(exc).__name__}: {exc}")
+        log.info("%s: %s", what, getattr(component, "name", type(component).__name__))
+        return cls(what, component)
+
+
+Scorer = Callable[[np.ndarray, np.ndarray, str], float]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    tool: Capability[Segmenter]
+    policy: Capability[Policy]
+    scorer: Capability[Scorer]
+    agent: Capability[Agent]
+
+    @classmethod
+    def build(cls, settings: Settings) -> "Capabilities":
+        tool: Capability[Segmenter] = Capability.build("interactive tool", lambda: make_segmenter(
+            settings.tool, cache_bytes=settings.tool_cache_bytes, sam_checkpoint=settings.sam_checkpoint or None,
+            data_dir=settings.data_dir, sam_sha256=settings.sam_sha256 or None))
+        if settings.policy:
+            policy: Capability[Policy] = Capability.build("policy", lambda: make_policy(
+                settings.policy, adapter=settings.policy_adapter or None, answer_format=settings.policy_format,
+                model=settings.policy_model or None))
+        else:
+            log.info("auto mode is off: no policy configured (SEGAGENT_POLICY)")
+            policy = Capability("policy", None, "no policy configured")
+        if policy.on and settings.prm == "policy":
+            scorer: Capability[Scorer] = Capability("quality scorer", PolicyScorer(policy.get()))
+        else:
+            scorer = Capability.build("quality scorer", OfflineScorer)
+        return cls(tool, policy, scorer, _agent(settings, tool, policy, scorer))
+
+    @property
+    def tool_name(self) -> str:
+        return self.tool.get().name if self.tool.on else "none"
+
+    def estimate(self, image: np.ndarray, mask: np.ndarray, description: str, fallback: float) -> float:
+        """A mask's estimated IoU: the score of every prediction and of every submitted region."""
+        if not self.scorer.on:
+            return fallback
+        try:
+            return float(self.scorer.get()(image, mask, description))
+        except (PolicyError, ValueError) as exc:
+            log.warning("quality scorer failed, using the tool's score: %s", exc)
+            return fallback
+
+
+def _agent(settings: Settings, tool: Capability[Segmenter], policy: Capability[Policy],
+           scorer: Capability[Scorer]) -> Capability[Agent]:
+    if not policy.on:
+        return Capability("agent", None, policy.reason)
+    if not tool.on:
+        return Capability("agent", None, f"the interactive tool is off ({tool.reason})")
+    prm = scorer.component if settings.prm == "policy" else None
+    return Capability("agent", make_agent(settings, tool.get(), policy.get(), prm))
+
+
+def make_agent(settings: Settings, segmenter: Segmenter, policy: Policy, prm: Scorer | None) -> Agent:
+    config = AgentConfig(max_steps=settings.agent_steps, samples=settings.agent_samples)
+    return Agent(segmenter, policy, config, prm)

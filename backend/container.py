@@ -1,0 +1,84 @@
+"""The composition root: every component built once from the settings, wired together, and closed
+with the app (background threads stop, executors shut down)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from model.flywheel.registry import Registry
+from model.flywheel.trajectories import TrajectoryStore
+from model.settings import Settings
+
+from .capabilities import Capabilities
+from .connection import LabelStudioConnection
+from .images import ImageFetcher
+from .ingest import AnnotationIngest
+from .jobs import BackgroundJobs
+from .metrics import Metrics
+from .prediction import Predictor
+from .projects import ProjectConfigs
+from .serving import VersionServer
+from .sessions import Sessions
+from .store import AnnotationStore
+from .training import Training
+from .training_jobs import TrainingJobs
+from .webhooks import Webhooks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backend:
+    settings: Settings
+    metrics: Metrics
+    capabilities: Capabilities
+    connection: LabelStudioConnection
+    fetcher: ImageFetcher
+    configs: ProjectConfigs
+    annotations: AnnotationStore
+    trajectories: TrajectoryStore
+    registry: Registry
+    server: VersionServer
+    predictor: Predictor
+    ingest: AnnotationIngest
+    training: Training
+    webhooks: Webhooks
+    background: BackgroundJobs
+    started: float = field(default_factory=time.time)
+
+    @classmethod
+    def build(cls, settings: Settings) -> "Backend":
+        metrics = Metrics()
+        capabilities = Capabilities.build(settings)
+        connection = LabelStudioConnection(settings)
+        fetcher = ImageFetcher(settings, connection)
+        annotations = AnnotationStore(settings.data_dir / "annotations.sqlite3")
+        trajectories = TrajectoryStore(settings.data_dir / "trajectories")
+        registry = Registry(settings.data_dir / "models")
+        server = VersionServer(settings, capabilities, registry)
+        background = BackgroundJobs("background")
+        training = Training(settings, registry, trajectories, server, TrainingJobs(settings, registry), background,
+                            metrics)
+        ingest = AnnotationIngest(settings, capabilities, annotations, trajectories, fetcher, connection, background,
+                                  training.after_new_trajectories)
+        configs = ProjectConfigs()
+        caches: dict[str, object] = {"images": fetcher}
+        if capabilities.tool.on:
+            caches["tool"] = capabilities.tool.get().cache
+        metrics.watch_caches(caches)
+        return cls(settings=settings, metrics=metrics, capabilities=capabilities, connection=connection,
+                   fetcher=fetcher, configs=configs, annotations=annotations, trajectories=trajectories,
+                   registry=registry, server=server,
+                   predictor=Predictor(settings, capabilities, fetcher, Sessions(settings.interactive_ttl),
+                                       annotations, metrics),
+                   ingest=ingest, training=training,
+                   webhooks=Webhooks(settings, ingest, training, configs, metrics), background=background)
+
+    def close(self) -> None:
+        """Stop the periodic training thread, finish the background work already queued, close the stores."""
+        self.training.close()
+        self.background.close()
+        self.annotations.close()
+        self.trajectories.close()
+        log.info("backend closed")

@@ -1,0 +1,64 @@
+"""The model's answers as Label Studio results: brush regions in its RLE, the agent's clicks as keypoints."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+from label_studio_sdk.converter import brush
+
+from model.core.clicks import Click
+
+from .config import Schema
+
+
+@dataclass
+class RegionPrediction:
+    """One predicted object: its brush label, mask and estimated IoU, and the clicks that made it."""
+
+    label: str
+    mask: np.ndarray
+    score: float
+    clicks: list[Click] = field(default_factory=list)
+
+
+def brush_result(region: RegionPrediction, schema: Schema) -> dict:
+    height, width = region.mask.shape
+    return {
+        "id": uuid.uuid4().hex[:10],
+        "from_name": schema.brush_name,
+        "to_name": schema.image_name,
+        "type": "brushlabels",
+        "origin": "prediction",
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": brush.mask2rle(region.mask.astype(np.uint8) * 255),
+                  "brushlabels": [region.label]},
+        "score": round(float(region.score), 4),
+        "readonly": False,
+    }
+
+
+def keypoint_results(region: RegionPrediction, schema: Schema) -> list[dict]:
+    """The agent's clicks as keypoint regions, so annotators see why the mask is what it is."""
+    height, width = region.mask.shape
+    return [{
+        "id": uuid.uuid4().hex[:10], "from_name": schema.keypoint_names[0], "to_name": schema.image_name,
+        "type": "keypointlabels", "origin": "prediction", "original_width": int(width),
+        "original_height": int(height), "image_rotation": 0, "is_positive": bool(click.positive),
+        "value": {"x": 100.0 * click.x / width, "y": 100.0 * click.y / height, "width": 0.5,
+                  "keypointlabels": [region.label]},
+        "readonly": True,
+    } for click in region.clicks]
+
+
+def prediction(regions: list[RegionPrediction], schema: Schema, version: str, with_clicks: bool) -> dict:
+    """One task's prediction: its regions, their mean score (what active learning sorts by), the version."""
+    results = []
+    for region in regions:
+        results.append(brush_result(region, schema))
+        if with_clicks and schema.keypoint_names:
+            results += keypoint_results(region, schema)
+    score = float(np.mean([r.score for r in regions])) if regions else 0.0
+    return {"result": results, "score": round(score, 4), "model_version": version}

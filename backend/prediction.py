@@ -1,0 +1,122 @@
+"""Predictions, per task, in one of three modes:
+- interactive: the context holds smart keypoints and/or a rectangle -> the tool makes the mask;
+- refine: the task already has rectangles (imported predictions, annotations) -> box -> mask, which
+  the policy's episode then refines when a policy is configured (which can start from masks too);
+- auto: nothing to start from -> the policy's episode, one per object prompt (off without a policy).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from model.agent.loop import Agent, Episode, EpisodeTask
+from model.settings import Settings
+
+from .capabilities import Capabilities
+from .images import ImageFetcher
+from .inputs import TaskInput
+from .labelstudio.config import Schema
+from .labelstudio.formatting import RegionPrediction
+from .metrics import Metrics
+from .serving import Serving
+from .sessions import Sessions
+from .store import AnnotationStore
+
+log = logging.getLogger(__name__)
+
+
+class Predictor:
+    def __init__(self, settings: Settings, capabilities: Capabilities, fetcher: ImageFetcher, sessions: Sessions,
+                 store: AnnotationStore, metrics: Metrics):
+        self.settings = settings
+        self.capabilities = capabilities
+        self.fetcher = fetcher
+        self.sessions = sessions
+        self.store = store
+        self.metrics = metrics
+
+    def predict(self, task: TaskInput, schema: Schema, serving: Serving) -> list[RegionPrediction] | None:
+        """The task's regions; None when there is nothing to predict from (the reason is logged)."""
+        agent_on = serving.agent.on
+        if not task.interaction.has_geometry and not task.starts and not agent_on:
+            log.info("task %s: no prediction: %s, and no clicks or boxes to start from", task.id, serving.agent.reason)
+            return None
+        self.capabilities.tool.get()  # off: a 503 that says why, before the image is fetched
+        image = self.fetcher.fetch(task.image, task.id)
+        if task.interaction.has_geometry:
+            return [self._interactive(task, schema, image, serving)]
+        if task.starts:
+            return self._refine(task, image, serving)
+        return self._auto(task, schema, image, serving)
+
+    def _interactive(self, task: TaskInput, schema: Schema, image: np.ndarray, serving: Serving) -> RegionPrediction:
+        height, width = image.shape[:2]
+        interaction = task.interaction
+        label = schema.choose_label(interaction.label)
+        box = interaction.box.to_pixels(width, height) if interaction.box else None
+        key = (serving.project, task.id, schema.brush_name, label)
+        clicks, previous = self.sessions.resolve(key, [c.to_pixels(width, height) for c in interaction.clicks], box)
+        result = self.capabilities.tool.get().predict(image, clicks, box=box, previous=previous)
+        self.sessions.remember(key, clicks, box, result)
+        self.store.record_interactive(serving.project, task.id or 0, label,
+                                      [(c.x, c.y, c.positive) for c in clicks], result.mask)
+        self.metrics.predictions.labels("interactive").inc()
+        log.info("task %s: interactive mask for %r from %d clicks%s, %d pixels", task.id, label, len(clicks),
+                 " and a box" if box else "", int(result.mask.sum()))
+        score = self.capabilities.estimate(image, result.mask, interaction.text or label, result.score)
+        return RegionPrediction(label, result.mask, score)
+
+    def _refine(self, task: TaskInput, image: np.ndarray, serving: Serving) -> list[RegionPrediction]:
+        """Each rectangle (or, with a policy, mask) the task has becomes a refined mask: a box through the
+        tool, then the agent's episode when there is a policy."""
+        height, width = image.shape[:2]
+        starts = [s for s in task.starts if s.mask is None or s.mask.shape == (height, width)]
+        if len(starts) < len(task.starts):
+            log.warning("task %s: skipping masks of another size than its %d x %d image", task.id, width, height)
+        self.metrics.predictions.labels("refine").inc(len(starts))
+        labels = [start.label for start in starts]
+        if serving.agent.on:
+            episodes = serving.agent.get().run_many([
+                EpisodeTask(image, task.prompt or start.label, initial_mask=start.mask,
+                            box=start.box.to_pixels(width, height) if start.box else None) for start in starts])
+            return self._episode_regions(serving, task, image, labels, episodes)
+        regions = []
+        for start in starts:
+            assert start.box is not None  # without an agent, only boxes are parsed as starts
+            result = self.capabilities.tool.get().predict(image, box=start.box.to_pixels(width, height))
+            score = self.capabilities.estimate(image, result.mask, task.prompt or start.label, result.score)
+            regions.append(RegionPrediction(start.label, result.mask, score))
+        return regions
+
+    def _auto(self, task: TaskInput, schema: Schema, image: np.ndarray, serving: Serving) -> list[RegionPrediction]:
+        """One episode per object prompt: the task's description (or the TextArea's text), else one per
+        label (the label is the prompt)."""
+        prompt = task.interaction.text or task.prompt
+        if prompt:
+            named = [label for label in schema.labels if label.lower() in prompt.lower()]
+            objects = [(named[0] if named else schema.labels[0], prompt)]
+        else:
+            objects = [(label, label) for label in schema.labels]
+        agent: Agent = serving.agent.get()
+        episodes = agent.run_many([EpisodeTask(image, description) for _, description in objects])
+        for episode in episodes:
+            log.info("task %s: episode for %r: %d steps, stopped by %s, score %.3f", task.id, episode.description,
+                     len(episode.steps), episode.stop_reason, episode.score)
+        self.metrics.predictions.labels("auto").inc(len(objects))
+        return self._episode_regions(serving, task, image, [label for label, _ in objects], episodes)
+
+    def _episode_regions(self, serving: Serving, task: TaskInput, image: np.ndarray, labels: list[str],
+                         episodes: list[Episode]) -> list[RegionPrediction]:
+        """The episodes' regions, each episode recorded for the flywheel (a later annotation makes it a
+        correction trajectory)."""
+        regions = []
+        for label, episode in zip(labels, episodes):
+            self.store.record_episode(
+                serving.project, task.id or 0, label, episode.description, serving.version,
+                [{"action": s.text, "x": s.click.x, "y": s.click.y, "positive": s.click.positive, "score": s.score}
+                 for s in episode.steps], episode.mask, episode.score, episode.stop_reason)
+            if episode.mask.any():
+                score = self.capabilities.estimate(image, episode.mask, episode.description, episode.score)
+                regions.append(RegionPrediction(label, episode.mask, score, episode.clicks))
+        return regions

@@ -1,0 +1,28 @@
+"""The label config of each project, as /setup sent it, for the requests that come without one."""
+from __future__ import annotations
+
+import threading
+
+from .errors import InvalidLabelConfig
+from .labelstudio.config import Schema
+
+
+class ProjectConfigs:
+    def __init__(self) -> None:
+        self._schemas: dict[str, Schema] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, project: str, label_config: str) -> None:
+        schema = Schema.from_config(label_config)
+        with self._lock:
+            self._schemas[project] = schema
+
+    def schema(self, project: str, label_config: str | None) -> Schema:
+        """The request's own label config, else the one its project was set up with."""
+        if label_config:
+            return Schema.from_config(label_config)
+        with self._lock:
+            known = self._schemas.get(project)
+        if known is None:
+            raise InvalidLabelConfig("the request has no label_config and its project was not set up")
+        return known

@@ -1,0 +1,130 @@
+"""The request bodies, validated at the edge: a body that does not match is a 400 that names the field.
+Label Studio sends more than the backend reads, so unknown fields are allowed and ignored."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+
+from .errors import InvalidRequest
+
+MAX_ID = 2**63 - 1  # Label Studio's ids are 64-bit integers
+Id = Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]
+Text = Annotated[str, Field(max_length=1_000_000)]
+
+
+def _project_id(value: Any) -> str:
+    """Label Studio names a project as "id.timestamp", a number, or an object with an id."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("a project is a number, \"id.timestamp\" or an object with an id")
+    text = str(value).split(".")[0]
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise ValueError(f"{str(value)[:40]!r} is not a project id")
+    return str(int(text))
+
+
+ProjectId = Annotated[str, BeforeValidator(_project_id)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class TaskBody(Body):
+    id: Id | None = None
+    data: dict[str, Any]
+    annotations: list[Any] | None = None
+    predictions: list[Any] | None = None
+
+
+class PredictParams(Body):
+    context: dict[str, Any] | None = None
+
+
+class PredictBody(Body):
+    tasks: list[TaskBody] = Field(max_length=10_000)
+    project: ProjectId = ""
+    label_config: Text | None = None
+    params: PredictParams | None = None
+
+
+class ProjectRef(Body):
+    id: ProjectId = ""
+    label_config: Text | None = None
+
+
+def _project_ref(value: Any) -> Any:
+    return value if isinstance(value, dict) else {"id": value}
+
+
+class AnnotationBody(Body):
+    id: Id
+    result: list[dict[str, Any]] | None = None
+    updated_at: str | None = None
+    created_at: str | None = None
+    was_cancelled: bool = False
+
+
+class AnnotationRef(Body):
+    id: Id
+
+
+def _annotation_ref(value: Any) -> Any:
+    return value if isinstance(value, dict) else {"id": value}
+
+
+class WebhookBody(Body):
+    action: Annotated[str, Field(min_length=1, max_length=200)]
+    project: Annotated[ProjectRef, BeforeValidator(_project_ref)] = ProjectRef()
+    annotation: AnnotationBody | None = None
+    task: TaskBody | None = None
+    annotations: list[Annotated[AnnotationRef, BeforeValidator(_annotation_ref)]] | None = None
+
+
+class SetupBody(Body):
+    project: ProjectId = ""
+    schema_: Text | None = Field(None, alias="schema")
+    hostname: Annotated[str, Field(max_length=2000)] | None = None
+    access_token: Annotated[str, Field(max_length=4000)] | None = None
+
+
+class TrainBody(Body):
+    project: ProjectId = ""
+    label_config: Text | None = None
+    annotations: list[Any] | None = None
+
+
+class JobStatusBody(Body):
+    job: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class RollbackBody(Body):
+    project: ProjectId
+    version: Annotated[str, Field(max_length=200)] | None = None
+
+
+class ProjectQuery(Body):
+    project: ProjectId = ""
+
+
+class QualityQuery(Body):
+    project: ProjectId
+    limit: Annotated[int, Field(ge=1, le=1000)] = 50
+
+
+def parse(model: type[Body], data: Any) -> Any:
+    """The body as `model`, or InvalidRequest naming what is wrong (never echoing more than a little)."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors()[:5]:
+            where = ".".join(str(part) for part in error["loc"]) or "body"
+            problems.append(f"{where}: {error['msg']}")
+        raise InvalidRequest("; ".join(problems)) from None

@@ -1,0 +1,43 @@
+"""/health (what Label Studio and a container's health check read) and /status (what an operator reads)."""
+from __future__ import annotations
+
+import time
+
+from .container import Backend
+
+
+def health(backend: Backend) -> dict:
+    caps = backend.capabilities
+    return {
+        "status": "UP",
+        "model_class": "SegAgentBackend",
+        "model_version": backend.server.base_version,
+        "capabilities": {
+            "tool": {"on": caps.tool.on, "name": caps.tool_name if caps.tool.on else None, "error": caps.tool.reason},
+            "policy": {"on": caps.policy.on, "name": caps.policy.get().name if caps.policy.on else None,
+                       "reason": caps.policy.reason},
+            "quality": {"on": caps.scorer.on,
+                        "name": type(caps.scorer.get()).__name__ if caps.scorer.on else None,
+                        "error": caps.scorer.reason},
+            "training": {"on": backend.server.trainable is None, "runner": backend.training.jobs.runner.name,
+                         "reason": backend.server.trainable},
+        },
+    }
+
+
+def status(backend: Backend, project: str) -> dict:
+    caps = backend.capabilities
+    return {
+        "policy": caps.policy.get().name if caps.policy.on else None,
+        "policy_reason": caps.policy.reason,
+        "tool": caps.tool_name if caps.tool.on else None,
+        "active_version": backend.server.serving(project).version,
+        "annotations": backend.annotations.counts(),
+        "trajectories": backend.trajectories.counts(project or None),
+        "webhook_events": dict(backend.webhooks.events),
+        "training": backend.training.status(project),
+        "quality": {"scorer": type(caps.scorer.get()).__name__ if caps.scorer.on else None},
+        "background_jobs": backend.background.status(),
+        "label_studio": {"url": backend.connection.url or None, "token": bool(backend.connection.key)},
+        "uptime_seconds": round(time.time() - backend.started, 1),
+    }

@@ -1,0 +1,76 @@
+"""Label Studio's webhook events: annotations kept, updated and deleted; training started; the rest
+counted and ignored. Unknown actions are counted as one "other", never by the name a request made up."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from model.settings import Settings
+
+from .errors import InvalidRequest
+from .ingest import AnnotationIngest
+from .labelstudio.parsing import annotation_input
+from .metrics import Metrics
+from .projects import ProjectConfigs
+from .schemas import AnnotationBody, TaskBody, WebhookBody
+from .training import Training
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+DELETE_EVENTS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
+TRAINING_EVENTS = ("START_TRAINING",)
+OTHER_KNOWN = ("ANNOTATIONS_CREATED", "TASKS_CREATED", "TASKS_DELETED", "PROJECT_CREATED", "PROJECT_UPDATED",
+               "PROJECT_DELETED", "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED",
+               "REVIEW_CREATED", "REVIEW_UPDATED", "REVIEWS_DELETED")
+KNOWN_ACTIONS = ANNOTATION_EVENTS + DELETE_EVENTS + TRAINING_EVENTS + OTHER_KNOWN
+
+
+class Webhooks:
+    def __init__(self, settings: Settings, ingest: AnnotationIngest, training: Training, configs: ProjectConfigs,
+                 metrics: Metrics):
+        self.settings = settings
+        self.ingest = ingest
+        self.training = training
+        self.configs = configs
+        self.metrics = metrics
+        self.events: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def handle(self, body: WebhookBody) -> dict:
+        action = body.action if body.action in KNOWN_ACTIONS else "other"
+        with self._lock:
+            self.events[action] = self.events.get(action, 0) + 1
+        self.metrics.events.labels(action).inc()
+        if action in ANNOTATION_EVENTS:
+            if body.annotation is None or body.task is None:
+                raise InvalidRequest("an annotation event needs 'annotation' and 'task' objects")
+            return self.keep(body.project.id, body.project.label_config, body.task, body.annotation)
+        if action in DELETE_EVENTS:
+            ids = [ref.id for ref in body.annotations or []] + ([body.annotation.id] if body.annotation else [])
+            return {"status": "ok", "deleted_regions": self.ingest.delete(ids)}
+        if action in TRAINING_EVENTS:
+            return self.training.start(body.project.id, "request", "requested by Label Studio")
+        log.info("webhook %s ignored", action)
+        return {"status": "ignored", "action": action}
+
+    def keep(self, project: str, label_config: str | None, task: TaskBody, annotation: AnnotationBody) -> dict:
+        schema = self.configs.schema(project, label_config)
+        return self.ingest.keep(annotation_input(project, task, annotation, schema, self.settings.prompt_fields,
+                                                 self.settings.max_image_pixels))
+
+    def keep_exported(self, project: str, label_config: str | None, tasks: list) -> int:
+        """Legacy /train carries the project's tasks with their annotations: keep those not seen before."""
+        kept = 0
+        for raw in tasks:
+            if not isinstance(raw, dict):
+                continue
+            for annotation in raw.get("annotations") or []:
+                try:
+                    task, body = TaskBody.model_validate(raw), AnnotationBody.model_validate(annotation)
+                    kept += self.keep(project, label_config, task, body)["status"] == "ok"
+                except (InvalidRequest, ValueError) as exc:
+                    log.warning("training request: an annotation of task %s not kept: %s", raw.get("id"),
+                                str(exc)[:200])
+        log.info("training request: %d annotations not seen before are kept", kept)
+        return kept
