@@ -10,17 +10,18 @@ from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from model.settings import Settings
+
 from .errors import ApiError, BadConfig
 from .labelstudio import Schema
 from .metrics import Metrics
 from .service import Service
-from .settings import Settings
 
 log = logging.getLogger("backend")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    settings = settings or Settings.from_env()
+    settings = settings or Settings()
     metrics = Metrics()
     service = Service(settings, metrics)
     app = Flask(__name__)

@@ -20,9 +20,9 @@ import numpy as np
 import requests
 
 from model.core.imageio import ImageError, decode_image, image_digest
+from model.settings import Settings
 
 from .errors import BadImage
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 

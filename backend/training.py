@@ -13,12 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-from model.flywheel.gate import GateConfig
-from model.flywheel.registry import Registry, this_host
 from model.flywheel.job import JobSpec
-from model.flywheel.finetune import TrainConfig
-
-from .settings import Settings
+from model.flywheel.registry import Registry, this_host
+from model.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +42,7 @@ class TrainingLauncher:
         return "rq" if self._queue is not None else "process"
 
     def spec(self, scope: str, job_id: str) -> JobSpec:
-        settings = self.settings
-        return JobSpec(
-            data_dir=str(Path(settings.data_dir).resolve()), scope=scope, base=settings.policy,
-            base_adapter=settings.policy_adapter or None, tool=settings.tool,
-            sam_checkpoint=settings.sam_checkpoint or None, job_id=job_id,
-            train=TrainConfig(epochs=settings.train_epochs, learning_rate=settings.train_learning_rate),
-            gate=GateConfig(episodes=settings.gate_episodes, steps=settings.agent_steps,
-                            tolerance=settings.gate_tolerance))
+        return JobSpec(scope=scope, job_id=job_id, settings=self.settings)
 
     def queue(self, scope: str, trigger: str, through_id: int) -> tuple[dict, bool]:
         """(the job, whether it is new): a scope's job already queued or running is answered instead of a second."""

@@ -18,10 +18,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.app import create_app  # noqa: E402
-from backend.settings import Settings  # noqa: E402
 from model.annotator.clicker import next_click  # noqa: E402
 from model.core.datasets import read_target  # noqa: E402
 from model.core.masks import iou  # noqa: E402
+from model.settings import Settings  # noqa: E402
 from tests.synthetic import FileServer  # noqa: E402
 
 CONFIG = """<View><Image name="image" value="$image"/>
