@@ -19,6 +19,7 @@ from model.agent.loop import Agent, AgentConfig, Episode, EpisodeTask
 from model.core.clicks import Click
 from model.policies import Policy, PolicyError, make_policy
 from model.quality.scorers import OfflineScorer, PolicyScorer
+from model.settings import Settings
 from model.flywheel.registry import BASE_VERSION, Registry, RegistryError, project_of, scope_for
 from model.tools import Segmenter, make_segmenter
 from model.flywheel.trajectories import TrajectoryStore
@@ -30,7 +31,6 @@ from .images import ImageFetcher, LabelStudioConnection
 from .jobs import BackgroundJobs
 from .metrics import Metrics
 from .sessions import Sessions
-from .settings import Settings
 from .store import AnnotationStore
 from .training import TrainingLauncher
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter import brush
 
-from backend.settings import Settings, _subnets
 from model.core.masks import iou
+from model.settings import Settings
 from tests.apps import App
 from tests.synthetic import RecordingServer
 
@@ -26,7 +26,7 @@ ONE_LABEL = CONFIG.replace('<Label value="Other"/>', "")
 
 
 def make_app(tmp_path: Path, **overrides) -> App:
-    return App(Settings(data_dir=tmp_path, banned_subnets=_subnets("169.254.0.0/16"), **overrides))
+    return App(Settings(data_dir=tmp_path, banned_subnets="169.254.0.0/16", **overrides))
 
 
 def make_client(tmp_path: Path, **overrides):
@@ -172,7 +172,7 @@ def test_bad_images_are_4xx(tmp_path, image_server, name, status, message):
 
 
 def test_image_byte_limit(tmp_path, image_server):
-    client = make_client(tmp_path, max_image_bytes=1000)
+    client = make_client(tmp_path, max_image_mb=1000 / (1 << 20))
     response = predict(client, f"{image_server.url}/object.png", {"result": [keypoint(50, 50)]})
     assert response.status_code == 413 and "bytes" in response.json["error"]
 
@@ -310,7 +310,7 @@ def test_one_label_config_needs_no_selection(client, image_server):
 
 
 def test_request_size_limit(tmp_path):
-    client = make_client(tmp_path, max_request_bytes=1000)
+    client = make_client(tmp_path, max_request_mb=1000 / (1 << 20))
     response = client.post("/predict", data="x" * 5000, content_type="application/json")
     assert response.status_code == 413 and "error" in response.json
 

@@ -19,24 +19,24 @@ from pathlib import Path
 
 import pytest
 
-from backend.settings import Settings, _subnets
-from model.__main__ import main as cli
-from model.flywheel.gate import GateConfig, decide
+from model.cli import main as cli
+from model.flywheel.gate import decide
 from model.core.masks import iou
 from model.flywheel.registry import Registry, RegistryError, scope_for
 from model.tools import make_segmenter
 from model.flywheel.job import JobSpec, run_job
-from model.flywheel.finetune import TrainConfig, split_by_task
+from model.flywheel.finetune import split_by_task
 from model.flywheel.trajectories import TrajectoryStore, TrajectorySummary
 from model.flywheel.sources import simulated
+from model.settings import Settings
 from tests.apps import App
 from tests.synthetic import free_port, png_bytes, scene
 from tests.test_backend import ONE_LABEL, brush_annotation, decode
 
 ROOT = Path(__file__).resolve().parent.parent
 CORNER = {"center": (40, 30), "axes": (30, 22)}
-QUICK = TrainConfig(epochs=5, learning_rate=1e-2, accumulation=1)
-GATE = GateConfig(episodes=4, steps=2)
+QUICK = {"train_epochs": 5, "train_learning_rate": 1e-2, "train_accumulation": 1, "gate_episodes": 4,
+         "agent_steps": 2}
 
 
 def add_trajectories(data: Path, tasks, project: str = "3") -> None:
@@ -68,16 +68,18 @@ def trained(trajectories, taught_vlm, tmp_path_factory):
     """One promoted version, v1, trained in-process as `python -m model train` does."""
     data = tmp_path_factory.mktemp("trained") / "data"
     shutil.copytree(trajectories, data)
-    result = run_job(JobSpec(str(data), "project-3", str(taught_vlm), train=QUICK, gate=GATE))
+    result = run_job(spec(data, taught_vlm))
     return data, result
 
 
-def spec(data: Path, base, **changes) -> JobSpec:
-    return JobSpec(str(data), "project-3", str(base), train=changes.pop("train", QUICK), gate=GATE, **changes)
+def spec(data: Path, base, job_id: str | None = None, **changes) -> JobSpec:
+    """A job of project 3 as `python -m model train` runs it, with QUICK changed by `changes`."""
+    return JobSpec(scope="project-3", job_id=job_id,
+                   settings=Settings(data_dir=data, policy=str(base), **{**QUICK, **changes}))
 
 
 def settings(data: Path, base, **overrides) -> Settings:
-    return Settings(**{"data_dir": data, "policy": str(base), "banned_subnets": _subnets("169.254.0.0/16"),
+    return Settings(**{"data_dir": data, "policy": str(base), "banned_subnets": "169.254.0.0/16",
                        "agent_steps": 2, "train_epochs": 20, "train_learning_rate": 1e-2, "gate_episodes": 4,
                        **overrides})
 
@@ -174,8 +176,8 @@ def test_a_failing_job_leaves_the_active_version(trained, tmp_path):
 def test_a_worse_candidate_is_kept_but_not_promoted(trained, taught_vlm, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(trained[0], data)
-    wrecked = TrainConfig(epochs=2, learning_rate=5.0, accumulation=1)  # a learning rate that destroys the model
-    result = run_job(spec(data, taught_vlm, train=wrecked))
+    # a learning rate that destroys the model
+    result = run_job(spec(data, taught_vlm, train_epochs=2, train_learning_rate=5.0))
     assert result["state"] == "rejected" and result["version"] == "v2" and "worse" in result["reason"]
     registry = Registry(data / "models")
     assert registry.active("project-3") == "v1"

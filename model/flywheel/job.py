@@ -12,44 +12,61 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
+
+from model.flywheel.finetune import TrainConfig, TurnReader, split_by_task, train_lora
 from model.flywheel.gate import GateConfig, decide, measure
 from model.flywheel.registry import BASE_VERSION, Busy, Registry, project_of, this_host
-from model.flywheel.finetune import TrainConfig, TurnReader, split_by_task, train_lora
 from model.flywheel.trajectories import TrajectoryStore
+from model.settings import SECRETS, Settings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class JobSpec:
-    data_dir: str
+class JobSpec(BaseModel):
+    """What a job trains (the scope) with which settings; `job_id` None: the job allocates one."""
+
+    model_config = ConfigDict(frozen=True)
+
     scope: str
-    base: str  # the base policy: a local path or hub id (SEGAGENT_POLICY)
-    base_adapter: str | None = None  # SEGAGENT_POLICY_ADAPTER: what v0 serves on top of the base
-    tool: str = "classical"
-    sam_checkpoint: str | None = None
     job_id: str | None = None
-    train: TrainConfig = field(default_factory=TrainConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
+    settings: Settings
+
+    @field_validator("settings")
+    @classmethod
+    def _absolute_data_dir(cls, settings: Settings) -> Settings:
+        # the job may run in another working directory (a worker process, an RQ worker)
+        return settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+
+    @field_serializer("settings")
+    def _without_secrets(self, settings: Settings) -> dict:
+        return settings.model_dump(mode="json", exclude=set(SECRETS))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "JobSpec":
-        train = TrainConfig(**{**data.get("train", {}), "lora_targets": tuple(
-            data.get("train", {}).get("lora_targets", TrainConfig.lora_targets))})
-        return cls(**{**data, "train": train, "gate": GateConfig(**data.get("gate", {}))})
+    @property
+    def train(self) -> TrainConfig:
+        s = self.settings
+        return TrainConfig(epochs=s.train_epochs, learning_rate=s.train_learning_rate, lora_rank=s.train_lora_rank,
+                           lora_alpha=2 * s.train_lora_rank, accumulation=s.train_accumulation,
+                           max_turns=s.train_max_turns, held_out=s.train_held_out, seed=s.train_seed)
+
+    @property
+    def gate(self) -> GateConfig:
+        s = self.settings
+        return GateConfig(max_turns=s.gate_turns, episodes=s.gate_episodes, steps=s.agent_steps,
+                          tolerance=s.gate_tolerance)
 
 
 def run_job(spec: JobSpec | dict) -> dict:
     """Run one job; returns its final state (also written to its job file). Raises on failure, after
     recording it, so that a worker marks the job failed too."""
-    spec = JobSpec.from_dict(spec) if isinstance(spec, dict) else spec
-    registry = Registry(Path(spec.data_dir) / "models")
+    spec = JobSpec.model_validate(spec)
+    registry = Registry(spec.settings.data_dir / "models")
     job_id = spec.job_id or registry.new_job_id(spec.scope)
     try:
         with registry.lock(spec.scope), registry.heartbeat(job_id):
@@ -63,10 +80,10 @@ def run_job(spec: JobSpec | dict) -> dict:
 
 
 def _run_locked(spec: JobSpec, registry: Registry, job_id: str) -> dict:
-    scope = spec.scope
+    scope, base = spec.scope, spec.settings.policy
     registry.write_job(job_id, state="running", stage="data", pid=os.getpid(), host=this_host(),
                        started=time.time(), progress=0.0)
-    store = TrajectoryStore(Path(spec.data_dir) / "trajectories")
+    store = TrajectoryStore(spec.settings.data_dir / "trajectories")
     summaries = store.summaries(project_of(scope))
     through = max((s.id for s in summaries), default=0)
     train, held_out = split_by_task(summaries, spec.train.held_out, spec.train.seed)
@@ -83,10 +100,11 @@ def _run_locked(spec: JobSpec, registry: Registry, job_id: str) -> dict:
         return registry.write_job(job_id, state="skipped", reason=reason, finished=time.time())
 
     parent = registry.active(scope)
-    if parent != BASE_VERSION and registry.version(scope, parent).get("base") != spec.base:
+    if parent != BASE_VERSION and registry.version(scope, parent).get("base") != base:
         log.warning("the active version %s of %s was trained on another base; training from the base", parent, scope)
         parent = BASE_VERSION
-    parent_adapter = str(registry.adapter_path(scope, parent)) if parent != BASE_VERSION else spec.base_adapter
+    parent_adapter = str(registry.adapter_path(scope, parent)) if parent != BASE_VERSION else (
+        spec.settings.policy_adapter or None)
     name, folder = registry.allocate(scope)
     registry.write_job(job_id, stage="training", version=name, parent=parent)
     try:
@@ -102,7 +120,7 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
     from model.policies.transformers_vlm import TransformersPolicy
     from model.tools import make_segmenter
 
-    scope, started = spec.scope, time.time()
+    scope, settings, started = spec.scope, spec.settings, time.time()
     last_beat = [0.0]
 
     def progress(fraction: float, loss: float) -> None:
@@ -110,11 +128,13 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
             last_beat[0] = time.time()
             registry.write_job(job_id, progress=round(fraction, 3), loss=round(loss, 4))
 
-    training = train_lora(spec.base, store, train, folder / "adapter", spec.train, parent_adapter, progress)
+    training = train_lora(settings.policy, store, train, folder / "adapter", spec.train, parent_adapter, progress)
     registry.write_job(job_id, stage="gate", progress=1.0, training=training)
 
-    segmenter = make_segmenter(spec.tool, sam_checkpoint=spec.sam_checkpoint, data_dir=spec.data_dir)
-    policy = TransformersPolicy(spec.base, adapter=parent_adapter)
+    segmenter = make_segmenter(settings.tool, cache_bytes=settings.tool_cache_bytes,
+                               sam_checkpoint=settings.sam_checkpoint or None, data_dir=settings.data_dir,
+                               sam_sha256=settings.sam_sha256 or None)
+    policy = TransformersPolicy(settings.policy, adapter=parent_adapter)
     reader = TurnReader(store, spec.train.color, spec.train.observation_side)
     active_metrics = measure(policy, segmenter, store, held_out, spec.gate, reader)
     candidate = policy.with_adapter("candidate", str(folder / "adapter"))
@@ -123,11 +143,11 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
     log.info("job %s: %s %s: %s", job_id, name, "promoted" if promoted else "rejected", reason)
 
     meta = registry.register(scope, name, {
-        "base": spec.base, "base_adapter": spec.base_adapter, "parent": parent, "created": time.time(),
+        "base": settings.policy, "base_adapter": settings.policy_adapter or None, "parent": parent, "created": time.time(),
         "status": "promoted" if promoted else "rejected", "reason": reason, "job": job_id, "data": data,
         "training": {**training, "config": asdict(spec.train)},
         "gate": {"candidate": candidate_metrics, "active": active_metrics, "tolerance": spec.gate.tolerance,
-                 "tool": spec.tool}})
+                 "tool": settings.tool}})
     if promoted and registry.active(scope) != parent:  # rolled back (or on) while this job trained
         promoted, reason = False, f"the active version became {registry.active(scope)} while {name} trained from {parent}"
         meta = registry.register(scope, name, {**meta, "status": "rejected", "reason": reason})

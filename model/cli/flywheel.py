@@ -1,0 +1,161 @@
+"""python -m model export | simulate | train | versions | rollback: the flywheel's data, training jobs
+and versions, on the backend's data folder."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from model.core.datasets import open_dataset
+from model.settings import Settings
+from model.tools import TOOL_NAMES, make_segmenter
+
+
+def add_commands(commands: argparse._SubParsersAction, settings: Settings) -> None:
+    export = commands.add_parser("export", help="trajectories as supervised turns (ShareGPT, LLaMA-Factory)")
+    export.add_argument("--data-dir", type=Path, default=settings.data_dir,
+                        help="the backend's data folder (SEGAGENT_DATA_DIR)")
+    export.add_argument("--out", required=True)
+    export.add_argument("--format", choices=("sharegpt",), default="sharegpt")
+    export.add_argument("--project", help="only this Label Studio project's trajectories")
+    export.add_argument("--color", default="green", help="overlay colour of the observations")
+    export.set_defaults(run=_export)
+
+    simulate = commands.add_parser("simulate", help="the simulated annotator's trajectories toward a dataset's "
+                                                    "masks, into a project's training data (a head start)")
+    simulate.add_argument("--dataset", required=True)
+    simulate.add_argument("--images", help="image folder for a JSON dataset")
+    simulate.add_argument("--data-dir", type=Path, default=settings.data_dir)
+    simulate.add_argument("--project", required=True, help="the Label Studio project id they belong to")
+    simulate.add_argument("--label", default="Object", help="the label (and the description when a sample has none)")
+    simulate.add_argument("--tool", choices=TOOL_NAMES, default=settings.tool)
+    simulate.add_argument("--sam-checkpoint", default=settings.sam_checkpoint or None)
+    simulate.add_argument("--limit", type=int)
+    simulate.set_defaults(run=_simulate)
+
+    _add_train(commands, settings)
+
+    versions = commands.add_parser("versions", help="the policy versions of a project, and which one is active")
+    _add_scope(versions, settings)
+    versions.set_defaults(run=_versions)
+
+    rollback = commands.add_parser("rollback", help="serve an earlier version again (default: the active one's parent)")
+    _add_scope(rollback, settings)
+    rollback.add_argument("--to", help="the version to serve: v0 (the base), v1, ...")
+    rollback.set_defaults(run=_rollback)
+
+
+def _add_scope(command: argparse.ArgumentParser, settings: Settings) -> None:
+    command.add_argument("--data-dir", type=Path, default=settings.data_dir,
+                         help="the backend's data folder (SEGAGENT_DATA_DIR)")
+    command.add_argument("--project", help="the Label Studio project whose policy this is")
+    command.add_argument("--shared", action="store_true", help="the policy all projects share")
+
+
+def _add_train(commands: argparse._SubParsersAction, settings: Settings) -> None:
+    """Every flag of `train` but the scope's stands for a setting, named by its dest."""
+    train = commands.add_parser("train", help="LoRA fine-tuning on the trajectories, gated, into the registry")
+    _add_scope(train, settings)
+
+    def setting(flag: str, dest: str, **options) -> None:
+        train.add_argument(flag, dest=dest, default=getattr(settings, dest),
+                           metavar=flag.lstrip("-").upper().replace("-", "_"), **options)
+
+    setting("--base", "policy", help="the base policy, a local path or hub id (default: SEGAGENT_POLICY)")
+    setting("--base-adapter", "policy_adapter",
+            help="the adapter the base version serves with (default: SEGAGENT_POLICY_ADAPTER)")
+    train.add_argument("--tool", choices=TOOL_NAMES, default=settings.tool, help="the tool of the gate's episodes")
+    setting("--sam-checkpoint", "sam_checkpoint")
+    setting("--epochs", "train_epochs", type=int)
+    setting("--learning-rate", "train_learning_rate", type=float)
+    setting("--lora-rank", "train_lora_rank", type=int)
+    setting("--accumulation", "train_accumulation", type=int, help="turns per optimizer step")
+    setting("--max-turns", "train_max_turns", type=int, help="turns per epoch, newest first")
+    setting("--held-out", "train_held_out", type=float, help="fraction of tasks held out for the gate")
+    setting("--seed", "train_seed", type=int)
+    setting("--gate-turns", "gate_turns", type=int, help="held-out steps asked for their next action")
+    setting("--gate-episodes", "gate_episodes", type=int, help="held-out objects segmented from scratch")
+    setting("--gate-steps", "agent_steps", type=int, help="agent steps per gate episode")
+    setting("--tolerance", "gate_tolerance", type=float, help="how much worse a candidate may be")
+    train.set_defaults(run=_train)
+
+
+def _scope(args: argparse.Namespace) -> str:
+    from model.flywheel.registry import scope_for
+
+    if not args.shared and not args.project:
+        raise SystemExit("give --project ID (a Label Studio project) or --shared")
+    return scope_for(args.project or "", shared=args.shared)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from model.flywheel.export import export_sharegpt
+    from model.flywheel.trajectories import TrajectoryStore
+
+    store_dir = args.data_dir / "trajectories"
+    if not (store_dir / "trajectories.sqlite3").exists():
+        raise SystemExit(f"no trajectory store under {store_dir}")
+    count = export_sharegpt(TrajectoryStore(store_dir), args.out, project=args.project, color=args.color)
+    print(f"{count} supervised turns -> {args.out}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from model.flywheel.registry import scope_for
+    from model.flywheel.sources import simulated
+    from model.flywheel.trajectories import TrajectoryStore
+
+    project = args.project
+    scope_for(project)  # a project id, as Label Studio numbers them
+    store = TrajectoryStore(args.data_dir / "trajectories")
+    segmenter = make_segmenter(args.tool, sam_checkpoint=args.sam_checkpoint, data_dir=args.data_dir,
+                               sam_sha256=args.settings.sam_sha256 or None)
+    dataset = open_dataset(args.dataset, args.images).limit(args.limit)
+    steps = 0
+    for index, sample in enumerate(dataset, start=1):
+        description = sample.prompt or args.label
+        record = simulated(segmenter, sample.image, sample.target, "scratch", args.label, description,
+                           store.put_image(sample.image))
+        # negative annotation ids: never one of Label Studio's, so its deletes leave these alone
+        store.replace_annotation(project, index, -index, sample.name, [record])
+        steps += len(record.steps)
+    print(f"{len(dataset)} scratch trajectories ({steps} steps) of {dataset.name} -> project {project} in "
+          f"{store.root}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model.flywheel.job import JobSpec, run_job
+
+    if not args.policy:
+        raise SystemExit("give --base (or set SEGAGENT_POLICY): the policy the adapters are trained for")
+    flags = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
+    settings = Settings.model_validate({**args.settings.model_dump(), **flags})
+    result = run_job(JobSpec(scope=_scope(args), settings=settings))
+    print(json.dumps(result, indent=2))
+    return 0 if result["state"] in ("promoted", "rejected", "skipped") else 1
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from model.flywheel.registry import Registry
+
+    registry, scope = Registry(args.data_dir / "models"), _scope(args)
+    active = registry.active(scope)
+    print(f"{scope}: active {active}")
+    for meta in registry.versions(scope):
+        gate = meta.get("gate", {}).get("candidate", {})
+        print(f"{'*' if meta['name'] == active else ' '} {meta['name']:>5}  {meta['status']:<9} parent "
+              f"{meta.get('parent')}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(meta['created']))}  "
+              f"episode mIoU {gate.get('episode_miou', float('nan')):.3f}  next-action accuracy "
+              f"{gate.get('action_accuracy', float('nan')):.3f}  trained on {meta['data']['train_steps']} steps")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from model.flywheel.registry import Registry
+
+    registry, scope = Registry(args.data_dir / "models"), _scope(args)
+    version = registry.rollback(scope, args.to)
+    print(f"{scope}: {version} is active")
+    return 0
