@@ -23,19 +23,29 @@ log = logging.getLogger("backend")
 
 
 def create_app(backend: Backend) -> Flask:
-    settings = backend.settings
-    metrics = backend.metrics
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["MAX_CONTENT_LENGTH"] = backend.settings.max_request_bytes
+    _guard_and_account(app, backend)
+    _label_studio_protocol(app, backend)
+    _operations(app, backend)
+    return app
 
-    def body(model: type[schemas.Body]) -> Any:
-        return schemas.parse(model, request.get_json(silent=True, force=True))
 
-    def query(model: type[schemas.Body]) -> Any:
-        return schemas.parse(model, request.args.to_dict())
+def body(model: type[schemas.Body]) -> Any:
+    return schemas.parse(model, request.get_json(silent=True, force=True))
 
-    def route() -> str:
-        return request.url_rule.rule if request.url_rule else "unmatched"
+
+def query(model: type[schemas.Body]) -> Any:
+    return schemas.parse(model, request.args.to_dict())
+
+
+def route() -> str:
+    return request.url_rule.rule if request.url_rule else "unmatched"
+
+
+def _guard_and_account(app: Flask, backend: Backend) -> None:
+    """Basic auth on every route but /health, metrics of every answer, errors as statuses."""
+    settings, metrics = backend.settings, backend.metrics
 
     @app.before_request
     def authenticate() -> Response | None:
@@ -77,6 +87,10 @@ def create_app(backend: Backend) -> Flask:
         log.warning("%s %s -> %d: %s", request.method, request.path, code, message[:500].encode("unicode_escape")
                     .decode("ascii"))
         return jsonify(error=message), code
+
+
+def _label_studio_protocol(app: Flask, backend: Backend) -> None:
+    settings = backend.settings
 
     @app.get("/")
     @app.get("/health")
@@ -133,6 +147,10 @@ def create_app(backend: Backend) -> Flask:
     def job_status():
         return jsonify(backend.training.job_status(body(schemas.JobStatusBody).job))
 
+
+def _operations(app: Flask, backend: Backend) -> None:
+    """What an operator uses beside Label Studio: versions, rollback, status, quality, metrics."""
+
     @app.get("/versions")
     def versions():
         return jsonify(backend.training.versions(query(schemas.ProjectQuery).project))
@@ -153,6 +171,4 @@ def create_app(backend: Backend) -> Flask:
 
     @app.get("/metrics")
     def prometheus():
-        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
-
-    return app
+        return Response(generate_latest(backend.metrics.registry), mimetype=CONTENT_TYPE_LATEST)

@@ -5,8 +5,9 @@ component raises CapabilityOff (a 503 that carries the reason), so request code 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class Capability(Generic[T]):
         return self.component
 
     @classmethod
-    def build(cls, what: str, make: Callable[[], T]) -> "Capability[T]":
+    def build(cls, what: str, make: Callable[[], T]) -> Capability[T]:
         """Build a component; any failure turns the capability off (logged), not the server."""
         try:
             component = make()
@@ -62,7 +63,7 @@ class Capabilities:
     agent: Capability[Agent]
 
     @classmethod
-    def build(cls, settings: Settings) -> "Capabilities":
+    def build(cls, settings: Settings) -> Capabilities:
         tool: Capability[Segmenter] = Capability.build("interactive tool", lambda: make_segmenter(
             settings.tool, cache_bytes=settings.tool_cache_bytes, sam_checkpoint=settings.sam_checkpoint or None,
             data_dir=settings.data_dir, sam_sha256=settings.sam_sha256 or None))

@@ -48,7 +48,7 @@ class Backend:
     started: float = field(default_factory=time.time)
 
     @classmethod
-    def build(cls, settings: Settings) -> "Backend":
+    def build(cls, settings: Settings) -> Backend:
         metrics = Metrics()
         capabilities = Capabilities.build(settings)
         connection = LabelStudioConnection(settings)

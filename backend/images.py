@@ -20,7 +20,6 @@ import numpy as np
 import requests
 
 from model.core.imageio import ImageError, ImageTooLarge, decode_image, image_digest
-
 from model.settings import Settings
 
 from .connection import LabelStudioConnection

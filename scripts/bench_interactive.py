@@ -17,13 +17,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.app import create_app  # noqa: E402
-from backend.container import Backend  # noqa: E402
-from model.annotator.clicker import next_click  # noqa: E402
-from model.core.datasets import read_target  # noqa: E402
-from model.core.masks import iou  # noqa: E402
-from model.settings import Settings  # noqa: E402
-from tests.synthetic import FileServer  # noqa: E402
+from backend.app import create_app
+from backend.container import Backend
+from model.annotator.clicker import next_click
+from model.core.datasets import read_target
+from model.core.masks import iou
+from model.settings import Settings
+from tests.synthetic import FileServer
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <BrushLabels name="tag" toName="image"><Label value="Object"/></BrushLabels>

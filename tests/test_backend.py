@@ -292,7 +292,7 @@ def test_metrics_count_requests_errors_and_cache(client, image_server):
     client.post("/predict", data="x", content_type="application/json")
     text = client.get("/metrics").data.decode()
     assert 'segagent_requests_total{method="POST",route="/predict",status="200"} 2.0' in text
-    assert 'segagent_errors_total{kind="ApiError",route="/predict"} 1.0' in text
+    assert 'segagent_errors_total{kind="InvalidRequest",route="/predict"} 1.0' in text
     assert 'segagent_cache_hits_total{cache="tool"} 1.0' in text
     assert "segagent_request_seconds_bucket" in text
 
@@ -459,7 +459,7 @@ def test_annotations_become_trajectories_with_the_real_clicks(app, client, image
     assert _wait_for(lambda: jobs()["pending"] == 0 and jobs()["done"] + jobs()["failed"] == 1)
     counts = client.get("/status").json["trajectories"]
     assert counts == {"total": 2, "correction": 0, "scratch": 1, "human": 1}
-    human = [r for r in backend.trajectories.records() if r.source == "human"][0]
+    human = next(r for r in backend.trajectories.records() if r.source == "human")
     assert [s.click.positive for s in human.steps] == [True, False]
     assert human.steps[0].click.x == pytest.approx(160.0)
 

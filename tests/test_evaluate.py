@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.core.datasets import open_dataset
 from model.benchmarks.clicks import noc
+from model.core.datasets import open_dataset
 from model.core.masks import rle_encode
 from tests.synthetic import scene
 
@@ -122,5 +122,5 @@ def test_simulate_command_gives_a_project_a_head_start(manifest_folder, tmp_path
     assert all(r.annotation_id < 0 and r.steps for r in records)  # never one of Label Studio's annotation ids
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)  # a replay adds nothing
     assert store.counts("4")["total"] == len(records)
-    bad = subprocess.run(command[:-1] + ["../4"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([*command[:-1], "../4"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "project id" in bad.stderr

@@ -8,7 +8,6 @@ the objects, which the gate sees as a better episode mIoU.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,15 +19,15 @@ from pathlib import Path
 import pytest
 
 from model.cli import main as cli
-from model.flywheel.gate import decide
 from model.core.masks import iou
-from model.flywheel.registry import Registry, RegistryError, scope_for
-from model.tools import make_segmenter
-from model.flywheel.job import JobSpec, run_job
 from model.flywheel.finetune import split_by_task
-from model.flywheel.trajectories import TrajectoryStore, TrajectorySummary
+from model.flywheel.gate import decide
+from model.flywheel.job import JobSpec, run_job
+from model.flywheel.registry import Registry, RegistryError, scope_for
 from model.flywheel.sources import simulated
+from model.flywheel.trajectories import TrajectoryStore, TrajectorySummary
 from model.settings import Settings
+from model.tools import make_segmenter
 from tests.apps import App
 from tests.synthetic import free_port, png_bytes, scene
 from tests.test_backend import ONE_LABEL, brush_annotation, decode
@@ -394,8 +393,8 @@ def test_legacy_train_keeps_the_annotations_it_carries_before_the_job(taught_vlm
 def test_served_versions_beyond_the_loaded_limit_load_again(trained, taught_vlm):
     """Adapters are kept loaded up to a limit; a version whose adapter was evicted still answers."""
     from model.policies.base import Observation
-    from model.policies.transformers_vlm import TransformersPolicy
     from model.policies.prompts import instruction, observation_image
+    from model.policies.transformers_vlm import TransformersPolicy
 
     adapter = str(Registry(trained[0] / "models").adapter_path("project-3", "v1"))
     policy = TransformersPolicy(str(taught_vlm))

@@ -3,7 +3,15 @@ import pytest
 
 from model.core.clicks import Click
 from model.core.imageio import ImageError, as_rgb_uint8, decode_image, image_digest
-from model.core.masks import components_touching, fill_holes, iou, polygons_to_mask, render_overlay, rle_decode, rle_encode
+from model.core.masks import (
+    components_touching,
+    fill_holes,
+    iou,
+    polygons_to_mask,
+    render_overlay,
+    rle_decode,
+    rle_encode,
+)
 from tests.synthetic import png_bytes
 
 

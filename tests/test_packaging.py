@@ -32,7 +32,7 @@ def test_compose_wires_label_studio_and_the_backend():
     assert backend_env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
     assert services["backend"]["build"]["dockerfile"] == "Dockerfile"
     assert services["policy"]["profiles"] == ["gpu"]
-    from backend.training import QUEUE
+    from backend.runners import QUEUE
 
     assert backend_env["REDIS_URL"] == "redis://redis:6379/0" and services["redis"]["image"].startswith("redis:")
     assert services["worker"]["command"][:2] == ["rq", "worker"] and services["worker"]["command"][-1] == QUEUE

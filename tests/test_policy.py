@@ -3,7 +3,6 @@ server process), SegAgent-Qwen's prompt and answers, and the agent with greedy a
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
 import sys
 import time
@@ -15,10 +14,10 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.policies.actions import Action, ActionParseError, Coordinates, action_for_click, format_action, parse_action
 from model.agent.loop import Agent, AgentConfig, EpisodeTask
 from model.core.clicks import Click
 from model.core.masks import iou
+from model.policies.actions import Action, ActionParseError, Coordinates, action_for_click, format_action, parse_action
 from model.policies.base import Observation
 from model.policies.prompts import INSTRUCTION, instruction, observation_image
 from model.quality.scorers import PolicyScorer, parse_quality
@@ -177,7 +176,7 @@ class ScriptedPolicy:
 
 
 def test_tree_search_keeps_the_candidate_the_scorer_prefers(classical):
-    image, target = scene(320, 240, seed=3)
+    image, _target = scene(320, 240, seed=3)
     # two candidates: a click on the background (top-left) and one on the object (centre)
     policy = ScriptedPolicy([["Positive point: (50, 50)", "Positive point: (500, 500)"], ["Finish", "Finish"]])
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.quality.corruptions import KINDS, corrupt, corruptions
-from model.core.masks import iou
-from model.quality.scorers import FEATURES, OfflineScorer, QualityModel, quality_features, train_quality_model
 from model.benchmarks.quality import metrics
+from model.core.masks import iou
+from model.quality.corruptions import KINDS, corrupt, corruptions
+from model.quality.scorers import FEATURES, OfflineScorer, QualityModel, quality_features, train_quality_model
 from tests.synthetic import scene
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,9 +13,9 @@ import pytest
 
 from model.core.clicks import Click
 from model.core.masks import iou
-from model.tools import make_segmenter
-from model.flywheel.trajectories import MIGRATIONS, TrajectoryStore
 from model.flywheel.sources import from_human_clicks, simulated
+from model.flywheel.trajectories import MIGRATIONS, TrajectoryStore
+from model.tools import make_segmenter
 from tests.synthetic import scene
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ def build_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     characters = list(string.printable)
-    vocab = {token: index for index, token in enumerate(SPECIAL + ["<unk>"] + characters)}
+    vocab = {token: index for index, token in enumerate([*SPECIAL, "<unk>", *characters])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
@@ -33,8 +33,13 @@ def build_tokenizer():
 
 
 def build_tiny_vlm(folder: Path, seed: int = 0) -> Path:
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
@@ -70,8 +75,8 @@ def teach(folder: Path, answer: str, steps: int = 120, seed: int = 0) -> Path:
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from model.policies.prompts import instruction
     from model.flywheel.finetune import answer_loss
+    from model.policies.prompts import instruction
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -22,7 +22,7 @@ class Schema:
     polygon_names: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, config: object) -> "Schema":
+    def from_config(cls, config: object) -> Schema:
         if not isinstance(config, str) or not config.strip():
             raise InvalidLabelConfig("the request has no label_config, and no project was set up with one")
         try:

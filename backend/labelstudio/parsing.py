@@ -3,7 +3,8 @@ context, and a submitted annotation's regions as masks."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from label_studio_sdk.converter import brush

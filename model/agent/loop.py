@@ -7,15 +7,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from model.policies.actions import Action, ActionParseError, parse_action
 from model.core.clicks import Click
 from model.core.masks import iou
+from model.policies.actions import Action, ActionParseError, parse_action
 from model.policies.base import Observation, Policy, PolicyError
 from model.policies.prompts import instruction, observation_image
 from model.tools import Segmenter, ToolResult
@@ -144,7 +144,7 @@ class Agent:
         temperature = 0.0 if samples == 1 else self.config.temperature
         parsed: list[list[tuple[str, Action]]] = [[] for _ in states]
         pending = list(range(len(states)))
-        for attempt in range(self.config.max_retries + 1):
+        for _attempt in range(self.config.max_retries + 1):
             observations = [self._observation(states[i]) for i in pending]
             with self._timed("policy"):
                 answers = self.policy.act(observations, samples, temperature)
@@ -181,7 +181,7 @@ class Agent:
                 continue
             box = state.box or action.pixel_box(width, height)
             with self._timed("tool"):
-                result = self.segmenter.predict(state.encoded, episode.clicks + [click], box=box,
+                result = self.segmenter.predict(state.encoded, [*episode.clicks, click], box=box,
                                                 previous=state.previous)
             score = self._score(state.task, result.mask, result) if len(candidates) > 1 else result.score
             tried.append((score, text, action, click, result))

@@ -7,8 +7,8 @@ when that pixel is missed object, negative when it is wrongly included.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -98,7 +98,7 @@ def generate_trajectory(
         click = next_click(mask, target, skipped)
         if click is None:
             break
-        new_mask = segment(clicks + [click], previous)
+        new_mask = segment([*clicks, click], previous)
         new_iou = iou(new_mask, target, ignore)
         if drop_useless_clicks and new_iou <= current_iou:
             # Leave this error for good: a human would not keep a click that makes nothing better.

@@ -14,6 +14,7 @@ from model.agent.loop import EpisodeTask
 from model.core.datasets import Dataset, Sample
 from model.core.masks import iou
 
+
 def benchmark_agent(agent, dataset: Dataset, batch_size: int = 1, progress: bool = True) -> tuple[list[dict], dict]:
     """Episodes from each sample's text prompt; per-sample IoU and totals for cIoU, and the agent's timings."""
     rows: list[dict] = []

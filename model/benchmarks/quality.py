@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from model.quality.corruptions import corruptions
 from model.core.datasets import Dataset, read_target
 from model.core.masks import iou
+from model.quality.corruptions import corruptions
 from model.quality.scorers import OfflineScorer, quality_features, train_quality_model
 
 
@@ -87,7 +87,7 @@ def metrics(estimates: np.ndarray, truth: np.ndarray, bins: int = 10) -> dict:
     which = np.clip(np.digitize(estimates, edges) - 1, 0, bins - 1)
     ece = sum(abs(estimates[which == b].mean() - truth[which == b].mean()) * np.mean(which == b)
               for b in range(bins) if np.any(which == b))
-    return {"n": int(len(truth)), "pearson": float(pearsonr(estimates, truth)[0]),
+    return {"n": len(truth), "pearson": float(pearsonr(estimates, truth)[0]),
             "spearman": float(spearmanr(estimates, truth)[0]), "mae": float(np.abs(error).mean()),
             "mse": float((error ** 2).mean()), "ece": float(ece * 100)}
 

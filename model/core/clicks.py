@@ -12,7 +12,7 @@ class Click:
     y: float
     positive: bool
 
-    def clipped(self, width: int, height: int) -> "Click":
+    def clipped(self, width: int, height: int) -> Click:
         """The same click moved inside an image of the given size."""
         return Click(min(max(self.x, 0.0), width - 1.0), min(max(self.y, 0.0), height - 1.0), self.positive)
 

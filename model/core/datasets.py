@@ -6,9 +6,9 @@ unknown band, value 128) and the object's text prompt.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -51,7 +51,7 @@ class Dataset:
         for entry in self.entries:
             yield self._loader(entry)
 
-    def limit(self, count: int | None) -> "Dataset":
+    def limit(self, count: int | None) -> Dataset:
         return self if count is None else Dataset(self.name, self.entries[:count], self._loader)
 
 

@@ -5,7 +5,7 @@ which IoU leaves out.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -84,7 +84,7 @@ def fill_holes(mask: np.ndarray, max_area: int | None = None, keep_open: Iterabl
 def disk(shape: tuple[int, int], click: Click, radius: float) -> np.ndarray:
     """The pixels within `radius` of a click."""
     mask = np.zeros(shape, np.uint8)
-    cv2.circle(mask, (int(round(click.x)), int(round(click.y))), max(int(round(radius)), 0), 1, -1)
+    cv2.circle(mask, (round(click.x), round(click.y)), max(round(radius), 0), 1, -1)
     return mask.astype(bool)
 
 

@@ -1,1 +1,2 @@
-"""The flywheel: trajectories from annotations, export, LoRA fine-tuning, the gate, the version registry and the job that ties them."""
+"""The flywheel: trajectories from annotations, export, LoRA fine-tuning, the gate, the version registry,
+and the job that ties them."""

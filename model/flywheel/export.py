@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from model.flywheel.trajectories import StepRecord, TrajectoryRecord, TrajectoryStore
 from model.policies.actions import action_for_click, format_action
 from model.policies.prompts import instruction, observation_image
-from model.flywheel.trajectories import StepRecord, TrajectoryRecord, TrajectoryStore
 
 
 def supervised_turn(image, record: TrajectoryRecord, step: StepRecord, color: str = "green", max_side: int = 448):

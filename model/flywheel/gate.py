@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.policies.actions import ActionParseError, parse_action
 from model.agent.loop import Agent, AgentConfig, EpisodeTask
 from model.core.masks import iou
-from model.policies.base import Observation, Policy
-from model.tools import Segmenter
 from model.flywheel.finetune import TurnReader, turns_of
 from model.flywheel.trajectories import TrajectoryStore, TrajectorySummary
+from model.policies.actions import ActionParseError, parse_action
+from model.policies.base import Observation, Policy
+from model.tools import Segmenter
 
 NO_CLICK_DISTANCE = 1000 * math.sqrt(2)
 

@@ -7,8 +7,8 @@ import numpy as np
 from model.annotator.clicker import generate_trajectory
 from model.core.clicks import Click
 from model.core.masks import iou
-from model.tools import Segmenter, ToolResult
 from model.flywheel.trajectories import StepRecord, TrajectoryRecord
+from model.tools import Segmenter, ToolResult
 
 
 def simulated(segmenter: Segmenter, image: np.ndarray, target: np.ndarray, source: str, label: str, prompt: str,

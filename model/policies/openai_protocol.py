@@ -7,7 +7,7 @@ import io
 import logging
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 

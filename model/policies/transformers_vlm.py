@@ -18,11 +18,12 @@ from model.policies.actions import Coordinates
 from model.policies.base import Observation, PolicyError
 
 log = logging.getLogger(__name__)
+PIXEL_GRID = Coordinates()  # [0, 1000) integers, (x, y)
 
 
 class TransformersPolicy:
     def __init__(self, path: str, adapter: str | None = None, device: str | None = None,
-                 max_new_tokens: int = 32, coordinates: Coordinates = Coordinates()):
+                 max_new_tokens: int = 32, coordinates: Coordinates = PIXEL_GRID):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.name = path if adapter is None else f"{path}+{adapter}"
@@ -46,7 +47,7 @@ class TransformersPolicy:
         self._versions: OrderedDict[str, str] = OrderedDict()  # adapter name -> path, least recently used first
         self.max_adapters = 8
 
-    def with_adapter(self, name: str, path: str) -> "AdapterPolicy":
+    def with_adapter(self, name: str, path: str) -> AdapterPolicy:
         """This policy acting through the LoRA adapter at `path`, loaded under `name`."""
         with self._lock:
             self._load(name, path)

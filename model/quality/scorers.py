@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 
 from model.core.masks import iou
-
 from model.policies.base import Observation, Policy, PolicyError
 from model.policies.prompts import QUALITY_QUESTION, observation_image
 
@@ -195,7 +194,7 @@ class QualityModel:
             "trained_on": self.trained_on}))
 
     @classmethod
-    def load(cls, path: Path = WEIGHTS) -> "QualityModel":
+    def load(cls, path: Path = WEIGHTS) -> QualityModel:
         data = json.loads(Path(path).read_text())
         if tuple(data["features"]) != FEATURES:
             raise ValueError(f"{path} was trained on other features; retrain it with python -m model fit-scorer")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.tools.base import Box, Encoded, ImageCache, Segmenter, Tool, ToolInputError, ToolResult
+from model.tools.base import Box, Encoded, ImageCache, Segmenter, Tool, ToolResult
 
 TOOL_NAMES = ("classical", "sam")
 
@@ -28,5 +28,14 @@ def make_segmenter(name: str, cache_bytes: int = 512 << 20, **kwargs) -> Segment
     return Segmenter(make_tool(name, **kwargs), ImageCache(cache_bytes))
 
 
-__all__ = ["Box", "Encoded", "ImageCache", "Segmenter", "Tool", "ToolResult", "TOOL_NAMES", "make_tool",
-           "make_segmenter"]
+__all__ = [
+    "TOOL_NAMES",
+    "Box",
+    "Encoded",
+    "ImageCache",
+    "Segmenter",
+    "Tool",
+    "ToolResult",
+    "make_segmenter",
+    "make_tool",
+]

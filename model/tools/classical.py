@@ -14,8 +14,8 @@ How a prediction is made, at a working resolution of at most `work_size` pixels 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -74,7 +74,7 @@ class ClassicalTool:
         if current.any():
             labels[current] = PR_FGD
         elif box is not None:
-            x1, y1, x2, y2 = (int(round(v * scale)) for v in box)
+            x1, y1, x2, y2 = (round(v * scale) for v in box)
             labels[:] = BGD
             labels[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = PR_FGD
 

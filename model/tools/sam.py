@@ -11,9 +11,9 @@ import hashlib
 import logging
 import threading
 import urllib.request
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
