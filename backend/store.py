@@ -162,7 +162,7 @@ class AnnotationStore:
         self._db.close()
 
     def counts(self) -> dict:
-        annotations, regions = self._db.fetchone(
-            "SELECT COUNT(DISTINCT annotation_id), COUNT(*) FROM annotation_regions")
-        (episodes,) = self._db.fetchone("SELECT COUNT(*) FROM agent_episodes")
+        annotations, regions = self._db.fetchall(
+            "SELECT COUNT(DISTINCT annotation_id), COUNT(*) FROM annotation_regions")[0]
+        (episodes,) = self._db.fetchall("SELECT COUNT(*) FROM agent_episodes")[0]
         return {"annotations": annotations, "regions": regions, "episodes": episodes}

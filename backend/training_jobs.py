@@ -42,7 +42,9 @@ class TrainingJobs:
 
     def start(self, job_id: str) -> None:
         """Hand a queued job to the runner; a job that cannot start is failed (the active version serves on)."""
-        spec = JobSpec(scope=self.registry.job(job_id)["scope"], job_id=job_id, settings=self.settings)
+        job = self.registry.job(job_id)
+        assert job is not None  # queue() wrote it
+        spec = JobSpec(scope=job["scope"], job_id=job_id, settings=self.settings)
         try:
             self.runner.start(job_id, spec)
         except Exception as exc:  # Redis down, no process: the job is failed and the caller's queue counts it

@@ -39,6 +39,11 @@ def task_prompt(data: dict, prompt_fields: tuple[str, ...]) -> str | None:
     return None
 
 
+def _value(result: dict) -> dict:
+    value = result.get("value")
+    return value if isinstance(value, dict) else {}
+
+
 def _labels(value: dict, kind: str) -> list[str]:
     labels = value.get(kind)
     if labels is None:
@@ -92,7 +97,7 @@ def task_starts(task: TaskBody, schema: Schema, with_masks: bool, max_pixels: in
     kinds = ("rectanglelabels", "brushlabels") if with_masks else ("rectanglelabels",)
     found: dict[str, list[Start]] = {"annotations": [], "predictions": []}
     for origin, result in _task_results(task, schema, kinds):
-        value = result.get("value") if isinstance(result.get("value"), dict) else {}
+        value = _value(result)
         kind = str(result["type"]).lower()
         try:
             label = schema.choose_label(next(iter(_labels(value, kind)), None))
@@ -110,7 +115,7 @@ def task_starts(task: TaskBody, schema: Schema, with_masks: bool, max_pixels: in
 
 def decode_brush(result: dict, max_pixels: int) -> np.ndarray:
     """The bool mask of a brushlabels result; InvalidRequest when the RLE is malformed or oversized."""
-    value = result.get("value") if isinstance(result.get("value"), dict) else {}
+    value = _value(result)
     rle = value.get("rle", result.get("rle"))
     width, height = image_size(result, max_pixels)
     if not isinstance(rle, list) or len(rle) < 8 or len(rle) > MAX_RLE_ITEMS:
@@ -148,7 +153,7 @@ def annotation_regions(results: list[dict[str, Any]], schema: Schema, max_pixels
         kind = str(result.get("type", "")).lower()
         if result.get("to_name") not in (None, schema.image_name) or kind not in ("brushlabels", "polygonlabels"):
             continue
-        value = result.get("value") if isinstance(result.get("value"), dict) else {}
+        value = _value(result)
         mask = decode_brush(result, max_pixels) if kind == "brushlabels" else decode_polygon(result, max_pixels)
         label = next(iter(_labels(value, kind)), "unlabelled")
         key = str(result.get("id") or index)
