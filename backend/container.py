@@ -63,14 +63,15 @@ class Backend:
         ingest = AnnotationIngest(settings, capabilities, annotations, trajectories, fetcher, connection, background,
                                   training.after_new_trajectories)
         configs = ProjectConfigs()
-        caches: dict[str, object] = {"images": fetcher}
+        sessions = Sessions(settings.interactive_ttl, settings.session_cache_bytes)
+        caches: dict[str, object] = {"images": fetcher, "sessions": sessions}
         if capabilities.tool.on:
             caches["tool"] = capabilities.tool.get().cache
         metrics.watch_caches(caches)
         return cls(settings=settings, metrics=metrics, capabilities=capabilities, connection=connection,
                    fetcher=fetcher, configs=configs, annotations=annotations, trajectories=trajectories,
                    registry=registry, server=server,
-                   predictor=Predictor(settings, capabilities, fetcher, Sessions(settings.interactive_ttl),
+                   predictor=Predictor(settings, capabilities, fetcher, sessions,
                                        annotations, metrics),
                    ingest=ingest, training=training,
                    webhooks=Webhooks(settings, ingest, training, configs, metrics), background=background)

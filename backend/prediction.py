@@ -45,10 +45,16 @@ class Predictor:
         self.capabilities.tool.get()  # off: a 503 that says why, before the image is fetched
         image = self.fetcher.fetch(task.image, task.id)
         if task.interaction.has_geometry:
-            return [self._interactive(task, schema, image, serving)]
-        if task.starts:
-            return self._refine(task, image, serving)
-        return self._auto(task, schema, image, serving)
+            regions = [self._interactive(task, schema, image, serving)]
+        elif task.starts:
+            regions = self._refine(task, image, serving)
+        else:
+            regions = self._auto(task, schema, image, serving)
+        found = [region for region in regions if region.mask.any()]
+        if len(found) < len(regions):
+            log.info("task %s: %d of %d regions left out: the tool found no object there", task.id,
+                     len(regions) - len(found), len(regions))
+        return found
 
     def _interactive(self, task: TaskInput, schema: Schema, image: np.ndarray, serving: Serving) -> RegionPrediction:
         height, width = image.shape[:2]

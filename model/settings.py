@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -23,7 +23,8 @@ DEFAULT_BANNED_SUBNETS = "169.254.0.0/16,0.0.0.0/8,fe80::/10,fd00:ec2::254/128,1
 # Credentials are compared byte for byte: their spaces are kept.
 VERBATIM = frozenset({"BASIC_AUTH_USER", "BASIC_AUTH_PASS"})
 # Credentials (a Redis URL may carry a password) stay out of job specs, which go to disk and to Redis.
-SECRETS = frozenset({"label_studio_api_key", "basic_auth_pass", "redis_url"})
+# The basic auth user goes too: a job needs no credentials, and half of them would not validate.
+SECRETS = frozenset({"label_studio_api_key", "basic_auth_user", "basic_auth_pass", "redis_url"})
 
 
 class Settings(BaseSettings):
@@ -77,6 +78,8 @@ class Settings(BaseSettings):
     tool_cache_mb: float = Field(1024, ge=0, alias="SEGAGENT_TOOL_CACHE_MB", description="encoded images, LRU")
     interactive_ttl: float = Field(600.0, ge=0, alias="SEGAGENT_INTERACTIVE_TTL",
                                    description="seconds an object's clicks are remembered between requests")
+    session_cache_mb: float = Field(256, ge=0, alias="SEGAGENT_SESSION_CACHE_MB",
+                                    description="interactive sessions (each keeps its last mask), oldest evicted")
     retention_days: float = Field(30.0, ge=0, alias="SEGAGENT_RETENTION_DAYS",
                                   description="days unannotated episodes and requests are kept")
     max_request_mb: float = Field(64, gt=0, alias="SEGAGENT_MAX_REQUEST_MB", description="larger request bodies get 413")
@@ -134,6 +137,13 @@ class Settings(BaseSettings):
         items = _items(value) if isinstance(value, str) else value
         return tuple(ipaddress.ip_network(item, strict=False) for item in items)
 
+    @model_validator(mode="after")
+    def _basic_auth_whole(self) -> Settings:
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither: with only one of them basic "
+                             "auth would be off and every route open")
+        return self
+
     @property
     def basic_auth(self) -> bool:
         return bool(self.basic_auth_user and self.basic_auth_pass)
@@ -149,6 +159,10 @@ class Settings(BaseSettings):
     @property
     def tool_cache_bytes(self) -> int:
         return _bytes(self.tool_cache_mb)
+
+    @property
+    def session_cache_bytes(self) -> int:
+        return _bytes(self.session_cache_mb)
 
     @property
     def max_request_bytes(self) -> int:
