@@ -55,7 +55,12 @@ class QwenVLChat:
                     input_ids, stop_words_ids=stop_words_ids, generation_config=self.model.generation_config,
                     do_sample=sampling, num_return_sequences=samples,
                     **({"temperature": max(temperature, 0.7), "top_p": 0.95} if sampling else {}))
-        return [self.tokenizer.decode(row[input_ids.shape[1]:], skip_special_tokens=True).strip() for row in output]
+        answers = []
+        for row in output:
+            answer = self.tokenizer.decode(row[input_ids.shape[1]:], skip_special_tokens=True)
+            assert isinstance(answer, str)  # one sequence of ids decodes to one string
+            answers.append(answer.strip())
+        return answers
 
 
 def _download(model_id: str, cache_dir: str | None) -> str:

@@ -18,7 +18,7 @@ from model.core.masks import iou
 from model.policies.actions import Action, ActionParseError, parse_action
 from model.policies.base import Observation, Policy, PolicyError
 from model.policies.prompts import instruction, observation_image
-from model.tools import Segmenter, ToolResult
+from model.tools import Encoded, Segmenter, ToolResult
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class EpisodeTask:
 class _State:
     task: EpisodeTask
     episode: Episode
-    encoded: object
+    encoded: Encoded
     previous: ToolResult | np.ndarray | None
     box: tuple | None
     active: bool = True
@@ -170,7 +170,9 @@ class Agent:
             state.active, episode.stop_reason = False, "parse_failure"
             return
         height, width = state.task.image.shape[:2]
-        tried: list[tuple[float, str, Action, Click, ToolResult | None]] = []
+        tried: list[tuple[float, str, Action, Click | None, ToolResult | None]] = []
+        click: Click | None
+        result: ToolResult | None
         for text, action in candidates:
             if action.kind == "finish":
                 tried.append((self._score(state.task, episode.mask, state.previous), text, action, None, None))
@@ -194,6 +196,7 @@ class Agent:
         if result is None:
             state.active, episode.stop_reason = False, "repeated_click"
             return
+        assert click is not None  # a tool result is only ever tried with its click
         if state.box is None and action.box is not None:
             state.box = action.pixel_box(width, height)
         changed = iou(result.mask, episode.mask) < self.config.converged_iou

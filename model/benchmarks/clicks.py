@@ -77,6 +77,7 @@ def _init_worker(make_segmenter: Callable[[], Segmenter]) -> None:
 
 def _run_in_worker(args) -> ClickRun:
     sample, max_clicks, stop_iou = args
+    assert _worker_segmenter is not None  # set by _init_worker, the pool's initializer, before any task runs
     return run_clicks(_worker_segmenter, sample, max_clicks, stop_iou)
 
 

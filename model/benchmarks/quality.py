@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +57,11 @@ def corrupted_features(dataset: Dataset, seed: int = 0, workers: int = 1, progre
 
 
 def _matrix(rows: list[Scored]) -> tuple[np.ndarray, np.ndarray]:
-    usable = [r for r in rows if r.features is not None]
-    return np.stack([r.features for r in usable]), np.array([r.iou for r in usable])
+    usable = [(r.features, r.iou) for r in rows if r.features is not None]
+    return np.stack([features for features, _ in usable]), np.array([value for _, value in usable])
 
 
-def cross_validated(rows: list[Scored], folds: int = 5, extra: list[Scored] = (), seed: int = 0) -> np.ndarray:
+def cross_validated(rows: list[Scored], folds: int = 5, extra: Sequence[Scored] = (), seed: int = 0) -> np.ndarray:
     """Out-of-fold estimates: each object's masks scored by a model trained on the other folds (split by
     object, so no object is both trained and measured on) plus the `extra` rows."""
     estimates = np.zeros(len(rows))

@@ -49,7 +49,9 @@ class Database:
 
     @property
     def user_version(self) -> int:
-        return self.fetchone("PRAGMA user_version")[0]
+        row = self.fetchone("PRAGMA user_version")
+        assert row is not None  # PRAGMA user_version always answers one row
+        return row[0]
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

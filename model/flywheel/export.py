@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.flywheel.trajectories import StepRecord, TrajectoryRecord, TrajectoryStore
 from model.policies.actions import action_for_click, format_action
 from model.policies.prompts import instruction, observation_image
 
+if TYPE_CHECKING:
+    from PIL import Image
 
-def supervised_turn(image, record: TrajectoryRecord, step: StepRecord, color: str = "green", max_side: int = 448):
+
+def supervised_turn(image, record: TrajectoryRecord, step: StepRecord, color: str = "green",
+                    max_side: int = 448) -> tuple[Image.Image, str, str]:
     """One step as the policy is taught it: (observation picture, instruction, action text)."""
     height, width = image.shape[:2]
     picture = observation_image(image, step.mask_before, color, max_side=max_side)

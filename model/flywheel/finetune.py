@@ -22,6 +22,7 @@ from model.flywheel.trajectories import TrajectoryStore, TrajectorySummary
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class TurnReader:
         self._record = lru_cache(maxsize=8)(store.record)
         self._image = lru_cache(maxsize=4)(store.image)
 
-    def __call__(self, turn: Turn):
+    def __call__(self, turn: Turn) -> tuple[Image.Image, str, str]:
         record = self._record(turn.trajectory_id)
         return supervised_turn(self._image(record.image_sha), record, record.steps[turn.position], self.color,
                                self.side)
@@ -128,13 +129,15 @@ def train_lora(base: str, store: TrajectoryStore, train: list[TrajectorySummary]
     seed_everything(config.seed)
     device, dtype = device_and_dtype()
     processor = AutoProcessor.from_pretrained(base)
-    model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
+    base_model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
+    model: PeftModel
     if parent_adapter:
-        model = PeftModel.from_pretrained(model, parent_adapter, is_trainable=True)
+        model = PeftModel.from_pretrained(base_model, parent_adapter, is_trainable=True)
     else:
-        model = get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                                                 lora_dropout=config.lora_dropout,
-                                                 target_modules=list(config.lora_targets)))
+        model = get_peft_model(base_model, LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                                                      lora_dropout=config.lora_dropout,
+                                                      target_modules=list(config.lora_targets)))
+    del base_model  # the peft model holds it: `del model` below must free it all
     model.to(device).train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate)
@@ -160,7 +163,7 @@ def train_lora(base: str, store: TrajectoryStore, train: list[TrajectorySummary]
             epoch_losses.append(float(np.mean(losses)))
             log.info("epoch %d/%d: mean loss %.4f over %d turns", epoch + 1, config.epochs, epoch_losses[-1],
                      len(order))
-    model.save_pretrained(out)
+    model.save_pretrained(str(out))
     del model, optimizer
     if device == "cuda":
         torch.cuda.empty_cache()  # the gate loads the policy again in this process

@@ -56,6 +56,7 @@ def next_action_metrics(policy: Policy, reader: TurnReader, held_out: list[Traje
             if action.point is None:
                 distances.append(NO_CLICK_DISTANCE)
             else:
+                assert expected.point is not None  # the truth is a recorded click (supervised_turn), never Finish
                 distances.append(1000 * math.dist(action.point, expected.point))
     count = max(len(turns), 1)
     return {"turns": len(turns), "action_accuracy": correct / count, "parse_rate": parsed / count,

@@ -165,11 +165,15 @@ class TrajectoryStore:
 
     def count_after(self, trajectory_id: int, project: str | None = None) -> int:
         where, args = ("AND project = ?", (project,)) if project else ("", ())
-        return self._db.fetchone(f"SELECT COUNT(*) FROM trajectories WHERE id > ? {where}", (trajectory_id, *args))[0]
+        row = self._db.fetchone(f"SELECT COUNT(*) FROM trajectories WHERE id > ? {where}", (trajectory_id, *args))
+        assert row is not None  # an aggregate without GROUP BY always answers one row
+        return row[0]
 
     def newest_id(self, project: str | None = None) -> int:
         where, args = ("WHERE project = ?", (project,)) if project else ("", ())
-        return self._db.fetchone(f"SELECT COALESCE(MAX(id), 0) FROM trajectories {where}", args)[0]
+        row = self._db.fetchone(f"SELECT COALESCE(MAX(id), 0) FROM trajectories {where}", args)
+        assert row is not None  # an aggregate without GROUP BY always answers one row
+        return row[0]
 
     def projects(self) -> list[str]:
         return [row[0] for row in self._db.fetchall("SELECT DISTINCT project FROM trajectories ORDER BY project")]

@@ -48,15 +48,15 @@ class Coordinates:
             if self.scale == "int1000":
                 if not re.fullmatch(r"[-+]?\d+", text):
                     raise ActionParseError(f"{text!r} is not an integer coordinate")
-                value = int(text)
-                if not 0 <= value < 1000:
-                    raise ActionParseError(f"coordinate {value} is outside [0, 1000)")
-                values.append(value / 1000.0)
+                integer = int(text)
+                if not 0 <= integer < 1000:
+                    raise ActionParseError(f"coordinate {integer} is outside [0, 1000)")
+                values.append(integer / 1000.0)
             else:
-                value = float(text)
-                if not 0 <= value < 1:
-                    raise ActionParseError(f"coordinate {value} is outside [0, 1)")
-                values.append(value)
+                fraction = float(text)
+                if not 0 <= fraction < 1:
+                    raise ActionParseError(f"coordinate {fraction} is outside [0, 1)")
+                values.append(fraction)
         fa, fb = values
         return (fa, fb) if self.order == "xy" else (fb, fa)
 
@@ -107,6 +107,7 @@ def format_action(action: Action, coords: Coordinates = Coordinates()) -> str:
     """The text of an action, as a policy should write it (training targets use this)."""
     if action.kind == "finish":
         return "Finish"
+    assert action.point is not None, "a positive or negative action has a point"  # as parse_action makes them
     a, b = coords.to_text(*action.point)
     text = f"{'Positive' if action.kind == 'positive' else 'Negative'} point: ({a}, {b})"
     if action.box is not None:

@@ -37,5 +37,5 @@ def observation_image(image, mask, color: str = "green", alpha: float = 0.4, max
     if max_side and max(picture.size) > max_side:
         scale = max_side / max(picture.size)
         picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
-                                 Image.BILINEAR)
+                                 Image.Resampling.BILINEAR)
     return picture

@@ -11,11 +11,16 @@ import logging
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 
 from model.policies.actions import Coordinates
 from model.policies.base import Observation, PolicyError
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 PIXEL_GRID = Coordinates()  # [0, 1000) integers, (x, y)
@@ -32,14 +37,16 @@ class TransformersPolicy:
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         try:
             self.processor = AutoProcessor.from_pretrained(path)
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+            model: PreTrainedModel | PeftModel = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
             if adapter:
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, adapter)
         except Exception as exc:
             raise PolicyError(f"cannot load policy {self.name}: {exc}") from exc
-        self.model = model.to(self.device).eval()
+        # PreTrainedModel.to is @wraps(nn.Module.to), typed as typeshed's _Wrapped, which has no __get__: the
+        # checker passes the device as `self`
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
         self.startup_adapter = "default" if adapter else None  # peft's name for the first adapter loaded
         self.processor.tokenizer.padding_side = "left"  # generation continues on the right
         self.max_new_tokens = max_new_tokens

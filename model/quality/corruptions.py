@@ -60,7 +60,7 @@ def corrupt(mask: np.ndarray, kind: str, rng: np.random.Generator, other: np.nda
         size = max(xs.max() - xs.min(), ys.max() - ys.min(), 1)
         angle = rng.uniform(0, 2 * np.pi)
         distance = rng.uniform(0.05, 0.5) * size
-        matrix = np.float32([[1, 0, distance * np.cos(angle)], [0, 1, distance * np.sin(angle)]])
+        matrix = np.array([[1, 0, distance * np.cos(angle)], [0, 1, distance * np.sin(angle)]], dtype=np.float32)
         return cv2.warpAffine(m8, matrix, (width, height), flags=cv2.INTER_NEAREST) > 0
     if kind == "wrong_object":
         if other is None:

@@ -113,7 +113,8 @@ def quality_features(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     ring_overlap = float(np.sum(np.sqrt(histogram(band) * histogram(ring)))) if ring.any() and band.any() else 1.0
 
     gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    gradient = cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1))
+    gradient = np.asarray(cv2.magnitude(cv2.Sobel(gray, cv2.CV_32F, 1, 0), cv2.Sobel(gray, cv2.CV_32F, 0, 1)),
+                          dtype=np.float32)
     on_boundary = _mean(gradient[_boundary(m)], 0.0)
     step = max(2, radius // 2)
     outside = _mean(gradient[_boundary(cv2.dilate(m8, _disk(step)) > 0)], on_boundary)
@@ -165,8 +166,9 @@ def _grabcut_keeps(image: np.ndarray, mask: np.ndarray, around: np.ndarray) -> f
     if not (roi == cv2.GC_PR_BGD).any() or min(roi.shape) < 2:
         return 1.0
     cv2.setRNGSeed(0)
-    cv2.grabCut(np.ascontiguousarray(image[y1:y2, x1:x2]), roi, None, np.zeros((1, 65)), np.zeros((1, 65)), 2,
-                cv2.GC_INIT_WITH_MASK)
+    # the rect is unused with GC_INIT_WITH_MASK: (0, 0, 0, 0) is the empty Rect that None stood for
+    cv2.grabCut(np.ascontiguousarray(image[y1:y2, x1:x2]), roi, (0, 0, 0, 0), np.zeros((1, 65)), np.zeros((1, 65)),
+                2, cv2.GC_INIT_WITH_MASK)
     kept = np.zeros_like(mask)
     kept[y1:y2, x1:x2] = (roi == cv2.GC_FGD) | (roi == cv2.GC_PR_FGD)
     return iou(kept, mask)

@@ -89,7 +89,7 @@ class ClassicalTool:
         for region in regions:
             labels[disk(shape, region.click, region.hard_radius)] = FGD if region.click.positive else BGD
 
-        restrict = current.any() or box is not None
+        restrict = bool(current.any()) or box is not None
         mask = self._grabcut(small, labels, restrict)
         anchors = [c for c in scaled if c.positive and mask[c.pixel]]
         if anchors:
@@ -133,7 +133,9 @@ class ClassicalTool:
             cv2.setRNGSeed(0)  # GrabCut's GMM initialisation is random: keep results reproducible
             bgd_model = np.zeros((1, 65), np.float64)
             fgd_model = np.zeros((1, 65), np.float64)
-            cv2.grabCut(roi_image, roi_labels, None, bgd_model, fgd_model, self.iterations, cv2.GC_INIT_WITH_MASK)
+            # the rect is unused with GC_INIT_WITH_MASK: (0, 0, 0, 0) is the empty Rect that None stood for
+            cv2.grabCut(roi_image, roi_labels, (0, 0, 0, 0), bgd_model, fgd_model, self.iterations,
+                        cv2.GC_INIT_WITH_MASK)
         mask = np.zeros(labels.shape, bool)
         mask[y1:y2, x1:x2] = (roi_labels == FGD) | (roi_labels == PR_FGD)
         return mask
@@ -145,7 +147,7 @@ def _distance_to(region: np.ndarray, click: Click) -> float:
     return float(np.sqrt(np.min((xs - click.x) ** 2 + (ys - click.y) ** 2)))
 
 
-def _expand(rect: tuple[int, int, int, int], margin: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def _expand(rect: Sequence[int], margin: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     x, y, w, h = rect
     pad = int(margin * max(w, h)) + 8
     return max(0, x - pad), max(0, y - pad), min(shape[1], x + w + pad), min(shape[0], y + h + pad)
