@@ -3,6 +3,7 @@
 How a prediction is made, at a working resolution of at most `work_size` pixels a side:
 1. Every pixel starts as probable background, or as probable object where the previous mask (or the
    box) says so.
+   A box given alone counts as a positive click at its centre too.
 2. Each click claims a region around itself: for a click that corrects the mask, a disk whose radius is
    a fraction of the click's distance to the mask's other side (the error the annotator saw is at least
    that thick); for a first click, a disk the size of a typical object. The inner part of the disk is
@@ -67,6 +68,11 @@ class ClassicalTool:
         shape = small.shape[:2]
         diagonal = float(np.hypot(*shape))
         scaled = [Click(c.x * scale, c.y * scale, c.positive).clipped(shape[1], shape[0]) for c in clicks]
+        if box is not None and not scaled and previous is None:
+            # a box alone: the object is what lies at its centre (GrabCut alone empties a box drawn inside
+            # an object, whose colours are those outside it too)
+            x1, y1, x2, y2 = box
+            scaled = [Click((x1 + x2) / 2 * scale, (y1 + y2) / 2 * scale, True).clipped(shape[1], shape[0])]
 
         previous_mask = previous.mask if isinstance(previous, ToolResult) else previous
         current = resize_mask(previous_mask, shape) if previous_mask is not None else np.zeros(shape, bool)
