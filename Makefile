@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 # One process keeps the interactive sessions and the image caches in one place; threads serve
 # requests concurrently (OpenCV and torch release the GIL while they compute).
 serve: install
-	SEGAGENT_DATA_DIR=$${SEGAGENT_DATA_DIR:-./data} $(BIN)/gunicorn --bind $(HOST):$(PORT) \
+	HOST=$(HOST) SEGAGENT_DATA_DIR=$${SEGAGENT_DATA_DIR:-./data} $(BIN)/gunicorn --bind $(HOST):$(PORT) \
 		--workers 1 --threads $(THREADS) --timeout 300 --access-logfile - backend.wsgi:app
 
 test: install

@@ -52,7 +52,12 @@ def _guard_and_account(app: Flask, backend: Backend) -> None:
         g.started = time.perf_counter()
         if not settings.basic_auth or request.path == "/health":
             return None
-        auth = request.authorization
+        try:
+            auth = request.authorization
+        except ValueError:  # werkzeug: a Basic header with non-ASCII characters
+            auth = None
+        if auth is not None and auth.type != "basic":
+            auth = None
         user = ((auth.username if auth else "") or "").encode()
         password = ((auth.password if auth else "") or "").encode()
         if hmac.compare_digest(user, settings.basic_auth_user.encode()) & hmac.compare_digest(
@@ -100,7 +105,7 @@ def _label_studio_protocol(app: Flask, backend: Backend) -> None:
     @app.post("/setup")
     def setup():
         setup = body(schemas.SetupBody)
-        backend.connection.remember_setup(setup.hostname, setup.access_token)
+        backend.connection.remember_setup(setup.project, setup.hostname, setup.access_token)
         if setup.schema_:
             backend.configs.remember(setup.project, setup.schema_)
         return jsonify(model_version=backend.server.serving(setup.project).version)

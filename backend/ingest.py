@@ -62,7 +62,7 @@ class AnnotationIngest:
 
     def _learn(self, annotation: AnnotationInput) -> None:
         self._prune_hourly()
-        image = self.fetcher.fetch(annotation.image, annotation.task_id)
+        image = self.fetcher.fetch(annotation.image, annotation.task_id, project=annotation.project)
         for region in annotation.regions:
             if region.mask.shape != image.shape[:2]:
                 raise ValueError(f"annotation {annotation.annotation_id}: a region of {region.mask.shape} on an "
@@ -78,8 +78,9 @@ class AnnotationIngest:
         if not self.capabilities.scorer.on:
             return
         data = {**annotation.task_data, QUALITY_FIELD: min(scores)}
-        self.connection.api(self.fetcher.session, "PATCH", f"/api/tasks/{annotation.task_id}",
-                            self.settings.fetch_timeout, json={"data": data})
+        label_studio = self.connection.for_project(annotation.project)
+        label_studio.api(self.fetcher.session, "PATCH", f"/api/tasks/{annotation.task_id}", self.settings.fetch_timeout,
+                         json={"data": data})
         log.info("annotation %s of task %s: quality %s", annotation.annotation_id, annotation.task_id, scores)
 
     def _record_trajectories(self, annotation: AnnotationInput, image: np.ndarray) -> None:
@@ -119,7 +120,7 @@ class AnnotationIngest:
     def quality(self, project: str, limit: int) -> dict:
         """The lowest-scored annotations of a project, with links to their tasks."""
         rows = self.store.lowest_quality(project, limit)
+        url = self.connection.for_project(project).url
         for row in rows:
-            row["link"] = f"{self.connection.url}/projects/{project}/data?task={row['task_id']}" \
-                if self.connection.url else None
+            row["link"] = f"{url}/projects/{project}/data?task={row['task_id']}" if url else None
         return {"project": project, "field": QUALITY_FIELD, "annotations": rows}

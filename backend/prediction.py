@@ -43,7 +43,7 @@ class Predictor:
             log.info("task %s: no prediction: %s, and no clicks or boxes to start from", task.id, serving.agent.reason)
             return None
         self.capabilities.tool.get()  # off: a 503 that says why, before the image is fetched
-        image = self.fetcher.fetch(task.image, task.id)
+        image = self.fetcher.fetch(task.image, task.id, project=serving.project)
         if task.interaction.has_geometry:
             regions = [self._interactive(task, schema, image, serving)]
         elif task.starts:

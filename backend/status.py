@@ -27,6 +27,7 @@ def health(backend: Backend) -> dict:
 
 def status(backend: Backend, project: str) -> dict:
     caps = backend.capabilities
+    label_studio = backend.connection.for_project(project)
     return {
         "policy": caps.policy.get().name if caps.policy.on else None,
         "policy_reason": caps.policy.reason,
@@ -38,6 +39,6 @@ def status(backend: Backend, project: str) -> dict:
         "training": backend.training.status(project),
         "quality": {"scorer": type(caps.scorer.get()).__name__ if caps.scorer.on else None},
         "background_jobs": backend.background.status(),
-        "label_studio": {"url": backend.connection.url or None, "token": bool(backend.connection.key)},
+        "label_studio": {"url": label_studio.url or None, "token": bool(label_studio.key)},
         "uptime_seconds": round(time.time() - backend.started, 1),
     }

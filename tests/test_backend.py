@@ -86,7 +86,7 @@ def test_setup_answers_the_version_and_keeps_label_studio(client):
     body = client.post("/setup", json={"project": "3.1700000000", "schema": CONFIG,
                                        "hostname": "http://ls.example:8080", "access_token": "abc"}).json
     assert body["model_version"] == client.get("/health").json["model_version"]
-    assert client.get("/status").json["label_studio"] == {"url": "http://ls.example:8080", "token": True}
+    assert client.get("/status?project=3").json["label_studio"] == {"url": "http://ls.example:8080", "token": True}
 
 
 def test_interactive_click_gives_the_object(client, image_server):
