@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(80_000_000, gt=0, alias="SEGAGENT_MAX_IMAGE_PIXELS",
                                   description="larger task images are refused before decoding")
     fetch_timeout: float = Field(20.0, gt=0, alias="SEGAGENT_FETCH_TIMEOUT",
-                                 description="seconds to connect to / read from an image host")
+                                 description="seconds a whole image fetch may take, redirects included")
     banned_subnets: tuple[Network, ...] = Field(DEFAULT_BANNED_SUBNETS, alias="SEGAGENT_BANNED_SUBNETS",
                                                 validate_default=True,
                                                 description="image hosts in these subnets are never fetched")

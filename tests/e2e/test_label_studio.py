@@ -89,8 +89,9 @@ def _keypoint(x_percent, y_percent, positive=True, label="Object"):
 
 
 def test_backend_was_set_up_by_label_studio(connected, backend_server, label_studio):
-    status = requests.get(f"{backend_server['url']}/status", timeout=10).json()
-    assert status["label_studio"]["token"] is True
+    project = connected["project"].id
+    status = requests.get(f"{backend_server['url']}/status?project={project}", timeout=10).json()
+    assert status["label_studio"]["token"] is True  # the pair this project's /setup sent
     assert status["label_studio"]["url"].startswith("http://localhost:")
 
 
