@@ -93,6 +93,8 @@ def test_wrong_query_parameters_are_400(client, path):
 def test_rollback_checks_its_body(client, tmp_path):
     assert client.post("/rollback", json={"project": "²"}).status_code == 400
     assert client.post("/rollback", json={"project": 3, "version": 5}).status_code == 400
+    assert client.post("/rollback", json={"project": 77, "version": "v0"}).status_code == 404
+    assert not (tmp_path / "models" / "project-77").exists()  # no folders for a project that never trained
 
 
 def test_a_label_given_as_a_string_is_refused_not_cut_to_its_first_letter(client):

@@ -142,6 +142,8 @@ class Registry:
 
     def rollback(self, scope: str, to: str | None = None) -> str:
         """Serve `to` (any registered version, or v0: the base) again; by default the active version's parent."""
+        if not self.scope_dir(scope).is_dir():
+            raise UnknownVersion(f"{scope} has never trained a version; there is nothing to roll back")
         current = self.active(scope)
         if to is None:
             if current == BASE_VERSION:
