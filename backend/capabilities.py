@@ -35,6 +35,13 @@ class Capability(Generic[T]):
     def on(self) -> bool:
         return self.component is not None
 
+    @property
+    def name(self) -> str | None:
+        """The component's name (a scorer has none: its class's), None when off."""
+        if self.component is None:
+            return None
+        return getattr(self.component, "name", type(self.component).__name__)
+
     def get(self) -> T:
         if self.component is None:
             raise CapabilityOff(f"the {self.what} is off: {self.reason}")
@@ -48,8 +55,9 @@ class Capability(Generic[T]):
         except Exception as exc:
             log.error("the %s is off: %s: %s", what, type(exc).__name__, exc)
             return cls(what, None, f"{type(exc).__name__}: {exc}")
-        log.info("%s: %s", what, getattr(component, "name", type(component).__name__))
-        return cls(what, component)
+        capability = cls(what, component)
+        log.info("%s: %s", what, capability.name)
+        return capability
 
 
 Scorer = Callable[[np.ndarray, np.ndarray, str], float]
@@ -79,10 +87,6 @@ class Capabilities:
         else:
             scorer = Capability.build("quality scorer", OfflineScorer)
         return cls(tool, policy, scorer, _agent(settings, tool, policy, scorer))
-
-    @property
-    def tool_name(self) -> str:
-        return self.tool.get().name if self.tool.on else "none"
 
     def estimate(self, image: np.ndarray, mask: np.ndarray, description: str, fallback: float) -> float:
         """A mask's estimated IoU: the score of every prediction and of every submitted region."""

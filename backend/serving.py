@@ -55,7 +55,7 @@ class VersionServer:
     def version_name(self, scope: str, version: str) -> str:
         agent = "-agent" if self.capabilities.policy.on else ""
         scoped = f"{scope}-" if scope and version != BASE_VERSION else ""
-        return f"segagent-{self.capabilities.tool_name}{agent}-{scoped}{version}"
+        return f"segagent-{self.capabilities.tool.name or 'none'}{agent}-{scoped}{version}"
 
     @property
     def base_version(self) -> str:
