@@ -68,6 +68,7 @@ class Backend:
         if capabilities.tool.on:
             caches["tool"] = capabilities.tool.get().cache
         metrics.watch_caches(caches)
+        ingest.resume()
         return cls(settings=settings, metrics=metrics, capabilities=capabilities, connection=connection,
                    fetcher=fetcher, configs=configs, annotations=annotations, trajectories=trajectories,
                    registry=registry, server=server,

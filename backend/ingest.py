@@ -1,10 +1,13 @@
-"""What the backend learns from submitted annotations. Keeping an annotation is synchronous (it is in
-the store when the webhook is answered); the derived work runs in the background: each region's
-quality score, the task's worst score written back into its data (QUALITY_FIELD, which the Data
-Manager sorts by), and the region's click trajectories for the flywheel."""
+"""What the backend learns from submitted annotations. Keeping an annotation is synchronous: it is in
+the store, with the derived work it owes, when the webhook is answered. The derived work runs in the
+background: each region's quality score, the task's worst score written back into its data
+(QUALITY_FIELD, which the Data Manager sorts by), and the region's click trajectories for the flywheel.
+Work owed is struck off only when done, so a crash loses none of it: the next start resumes it, and a
+replayed annotation whose work is still owed has it queued again."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -18,14 +21,15 @@ from model.settings import Settings
 from .capabilities import Capabilities
 from .connection import LabelStudioConnection
 from .images import ImageFetcher
-from .inputs import AnnotationInput
+from .inputs import AnnotationInput, Region
 from .jobs import BackgroundJobs
-from .store import AnnotationStore
+from .store import AnnotationStore, PendingWork
 
 log = logging.getLogger(__name__)
 
 QUALITY_FIELD = "segagent_quality"  # the task data field reviewers sort and filter by in the Data Manager
 PRUNE_EVERY = 3600.0
+MAX_ATTEMPTS = 3  # a derived job that failed this often (an image gone for good) is no longer resumed
 
 
 class AnnotationIngest:
@@ -41,19 +45,63 @@ class AnnotationIngest:
         self.jobs = jobs
         self.on_trajectories = on_trajectories  # the training triggers count new trajectories
         self._pruned = 0.0
+        self._queued: set[int] = set()  # annotations whose derived work is in the background queue
+        self._lock = threading.Lock()
 
     def keep(self, annotation: AnnotationInput) -> dict:
         if annotation.cancelled:
             self.delete([annotation.annotation_id])
             return {"status": "skipped", "reason": "the annotation was cancelled"}
+        work = PendingWork(annotation.annotation_id, annotation.version, annotation.project, annotation.task_id,
+                           annotation.image, annotation.task_data) if annotation.regions else None
         changed = self.store.replace(annotation.project, annotation.task_id, annotation.annotation_id,
                                      annotation.version,
-                                     [(r.label, annotation.prompt, r.source, r.mask) for r in annotation.regions])
+                                     [(r.label, annotation.prompt, r.source, r.mask) for r in annotation.regions], work)
         log.info("annotation %s of task %s: %d regions %s", annotation.annotation_id, annotation.task_id,
                  len(annotation.regions), "kept" if changed else "already kept")
-        if changed and annotation.regions:
-            self.jobs.submit(self._learn, annotation)
+        owed = changed or bool(self.store.pending_work(annotation.annotation_id, MAX_ATTEMPTS))
+        if owed and annotation.regions:
+            self._queue(annotation.annotation_id)
         return {"status": "ok" if changed else "unchanged", "regions": len(annotation.regions)}
+
+    def resume(self) -> int:
+        """Queue the derived work a previous run acknowledged but did not finish."""
+        owed = self.store.pending_work(max_attempts=MAX_ATTEMPTS)
+        for work in owed:
+            self._queue(work.annotation_id)
+        if owed:
+            log.info("resuming the derived work of %d annotations", len(owed))
+        return len(owed)
+
+    def _queue(self, annotation_id: int) -> None:
+        with self._lock:
+            if annotation_id in self._queued:
+                return
+            self._queued.add(annotation_id)
+        self.jobs.submit(self._do_owed_work, annotation_id)
+
+    def _do_owed_work(self, annotation_id: int) -> None:
+        """The work the store says the annotation owes, for its newest version; struck off when done."""
+        with self._lock:
+            self._queued.discard(annotation_id)
+        owed = self.store.pending_work(annotation_id)
+        if not owed:
+            return  # deleted, or done by an earlier run of this job
+        work = owed[0]
+        stored = self.store.regions(annotation_id)
+        annotation = AnnotationInput(
+            project=work.project, task_id=work.task_id, annotation_id=annotation_id, version=work.updated_at,
+            image=work.image, prompt=stored[0]["prompt"] if stored else None,
+            regions=[Region(r["label"], r["mask"], r["source"]) for r in stored], task_data=work.task_data)
+        try:
+            self._learn(annotation)
+        except Exception as exc:
+            self.store.work_failed(annotation_id, work.updated_at, f"{type(exc).__name__}: {exc}")
+            raise  # counted and logged by the background queue
+        self.store.finish_work(annotation_id, work.updated_at)
+
+    def work_status(self) -> dict:
+        return {**self.store.work_counts(MAX_ATTEMPTS), "max_attempts": MAX_ATTEMPTS}
 
     def delete(self, annotation_ids: list[int]) -> int:
         removed = self.store.delete(annotation_ids)
@@ -77,8 +125,13 @@ class AnnotationIngest:
             self._record_trajectories(annotation, image)
         if not self.capabilities.scorer.on:
             return
-        data = {**annotation.task_data, QUALITY_FIELD: min(scores)}
         label_studio = self.connection.for_project(annotation.project)
+        if not (label_studio.url and label_studio.key):  # nothing to retry until Label Studio is known
+            log.warning("annotation %s of task %s: quality %s kept, not written to the task: no Label Studio is "
+                        "known for project %s (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or /setup)",
+                        annotation.annotation_id, annotation.task_id, scores, annotation.project)
+            return
+        data = {**annotation.task_data, QUALITY_FIELD: min(scores)}
         label_studio.api(self.fetcher.session, "PATCH", f"/api/tasks/{annotation.task_id}", self.settings.fetch_timeout,
                          json={"data": data})
         log.info("annotation %s of task %s: quality %s", annotation.annotation_id, annotation.task_id, scores)

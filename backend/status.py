@@ -36,6 +36,7 @@ def status(backend: Backend, project: str) -> dict:
         "training": backend.training.status(project),
         "quality": {"scorer": caps.scorer.name},
         "background_jobs": backend.background.status(),
+        "derived_work": backend.ingest.work_status(),
         "label_studio": {"url": label_studio.url or None, "token": bool(label_studio.key)},
         "uptime_seconds": round(time.time() - backend.started, 1),
     }

@@ -4,12 +4,16 @@
   a delete removes them;
 - the agent's episodes (its own predictions: clicks, final mask, score), for the flywheel;
 - the interactive requests (the clicks an annotator placed so far and the mask they gave), so that the
-  real human clicks can be joined to the annotation finally submitted.
+  real human clicks can be joined to the annotation finally submitted;
+- the derived work an annotation still owes (its quality scores, the write-back, its trajectories),
+  written in the same transaction as the annotation, so that work acknowledged with a 2xx survives a
+  crash and is resumed at the next start.
 """
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +65,35 @@ CREATE TABLE IF NOT EXISTS interactive_steps (
 CREATE INDEX IF NOT EXISTS interactive_by_task ON interactive_steps (project, task_id, label);
 """
 
+DERIVED_WORK = """
+CREATE TABLE derived_work (
+    annotation_id INTEGER PRIMARY KEY,
+    updated_at TEXT NOT NULL,
+    project TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    image TEXT NOT NULL,
+    task_data TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    queued REAL NOT NULL
+);
+"""
+
 # Migrations are never edited once released: a change to the schema is a new one at the end.
-MIGRATIONS = [SCHEMA]
+MIGRATIONS = [SCHEMA, DERIVED_WORK]
+
+
+@dataclass(frozen=True)
+class PendingWork:
+    """What an annotation's derived work needs beyond its stored regions."""
+
+    annotation_id: int
+    updated_at: str
+    project: str
+    task_id: int
+    image: str  # the task's image reference
+    task_data: dict  # written back with the quality score
+    attempts: int = 0
 
 
 class AnnotationStore:
@@ -74,8 +105,9 @@ class AnnotationStore:
         return self._db.user_version
 
     def replace(self, project: str, task_id: int, annotation_id: int, updated_at: str,
-                regions: list[tuple[str, str | None, str, np.ndarray]]) -> bool:
-        """Keep an annotation's regions (label, prompt, source, mask); False when this version is already kept."""
+                regions: list[tuple[str, str | None, str, np.ndarray]], work: PendingWork | None = None) -> bool:
+        """Keep an annotation's regions (label, prompt, source, mask) and the derived work it owes, in one
+        transaction; False when this version is already kept."""
         now = time.time()
         rows = [(project, task_id, annotation_id, updated_at, index, label, prompt, source,
                  json.dumps(rle_encode(mask)), now)
@@ -86,13 +118,45 @@ class AnnotationStore:
             if row is not None and row[0] == updated_at:
                 return False
             db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?", (annotation_id,))
+            db.execute("DELETE FROM derived_work WHERE annotation_id = ?", (annotation_id,))
             db.executemany("INSERT INTO annotation_regions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)", rows)
+            if work is not None:
+                db.execute("INSERT INTO derived_work (annotation_id, updated_at, project, task_id, image, task_data, "
+                           "queued) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (annotation_id, updated_at, project, task_id, work.image, json.dumps(work.task_data), now))
             return True
 
     def delete(self, annotation_ids: list[int]) -> int:
         with self._db.transaction() as db:
+            for annotation_id in annotation_ids:
+                db.execute("DELETE FROM derived_work WHERE annotation_id = ?", (annotation_id,))
             return sum(db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?", (annotation_id,)).rowcount
                        for annotation_id in annotation_ids)
+
+    def pending_work(self, annotation_id: int | None = None, max_attempts: int | None = None) -> list[PendingWork]:
+        """The derived work still owed: of one annotation, or of all, oldest first (those that failed
+        max_attempts times or more left out)."""
+        rows = self._db.fetchall(
+            "SELECT annotation_id, updated_at, project, task_id, image, task_data, attempts FROM derived_work "
+            "WHERE (? IS NULL OR annotation_id = ?) AND (? IS NULL OR attempts < ?) ORDER BY queued",
+            (annotation_id, annotation_id, max_attempts, max_attempts))
+        return [PendingWork(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows]
+
+    def finish_work(self, annotation_id: int, updated_at: str) -> None:
+        """The work of this version is done (a newer version's stays owed)."""
+        with self._db.transaction() as db:
+            db.execute("DELETE FROM derived_work WHERE annotation_id = ? AND updated_at = ?", (annotation_id, updated_at))
+
+    def work_failed(self, annotation_id: int, updated_at: str, error: str) -> None:
+        with self._db.transaction() as db:
+            db.execute("UPDATE derived_work SET attempts = attempts + 1, last_error = ? WHERE annotation_id = ? "
+                       "AND updated_at = ?", (error[:500], annotation_id, updated_at))
+
+    def work_counts(self, max_attempts: int) -> dict:
+        pending, failed = self._db.fetchall(
+            "SELECT COUNT(*) FILTER (WHERE attempts < ?), COUNT(*) FILTER (WHERE attempts >= ?) FROM derived_work",
+            (max_attempts, max_attempts))[0]
+        return {"pending": pending, "failed": failed}
 
     def regions(self, annotation_id: int) -> list[dict]:
         rows = self._db.fetchall(

@@ -13,7 +13,7 @@ from label_studio_sdk.converter import brush
 from model.core.masks import iou
 from model.settings import Settings
 from tests.apps import App
-from tests.synthetic import RecordingServer
+from tests.synthetic import RecordingServer, free_port
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -355,8 +355,6 @@ def test_policy_that_does_not_load_leaves_the_server_up(tmp_path, image_server):
 
 
 def test_unreachable_remote_policy_is_503(tmp_path, image_server):
-    from tests.synthetic import free_port
-
     client = make_client(tmp_path, policy=f"http://127.0.0.1:{free_port()}/v1", policy_model="m")
     response = predict(client, f"{image_server.url}/object.png")
     assert response.status_code == 503 and "policy is unavailable" in response.json["error"]
@@ -431,13 +429,25 @@ def test_submitted_annotations_are_scored_and_listed_worst_first(tmp_path, image
     assert client.get("/quality?project=3&limit=x").status_code == 400
 
 
-def test_quality_job_failures_are_counted_not_fatal(client, image_server):
+def test_without_label_studio_the_scores_are_kept_and_the_write_back_skipped(client, image_server, caplog):
     payload = brush_annotation(image_server.mask, annotation_id=31)
     payload["task"] = {"id": 9, "data": {"image": f"{image_server.url}/object.png"}}
-    client.post("/webhook", json=payload)  # no Label Studio known: the scores are kept, the push fails
-    assert _wait_for(lambda: client.get("/status").json["background_jobs"]["failed"] == 1)
-    assert "Label Studio is unknown" in client.get("/status").json["background_jobs"]["last_error"]
+    client.post("/webhook", json=payload)
+    assert _wait_for(lambda: client.get("/status").json["background_jobs"]["done"] == 1)
     assert client.get("/quality?project=3").json["annotations"][0]["task_id"] == 9
+    assert "not written to the task: no Label Studio is known for project 3" in caplog.text
+    assert client.get("/status").json["derived_work"]["pending"] == 0
+
+
+def test_write_back_failures_are_counted_not_fatal_and_stay_owed(tmp_path, image_server):
+    client = make_client(tmp_path, label_studio_url=f"http://127.0.0.1:{free_port()}", label_studio_api_key="key")
+    payload = brush_annotation(image_server.mask, annotation_id=32)
+    payload["task"] = {"id": 9, "data": {"image": f"{image_server.url}/object.png"}}
+    client.post("/webhook", json=payload)  # Label Studio is down: the scores are kept, the push fails
+    assert _wait_for(lambda: client.get("/status").json["background_jobs"]["failed"] == 1)
+    assert "ConnectionError" in client.get("/status").json["background_jobs"]["last_error"]
+    assert client.get("/quality?project=3").json["annotations"][0]["task_id"] == 9
+    assert client.get("/status").json["derived_work"]["pending"] == 1  # owed: retried at the next start
 
 
 # ---------------------------------------------------------------- trajectories from annotations
