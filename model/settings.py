@@ -53,6 +53,11 @@ class Settings(BaseSettings):
                                            description="what scores candidates in the search")
     return_clicks: bool = Field(False, alias="SEGAGENT_RETURN_CLICKS",
                                 description="return the agent's clicks as keypoint regions")
+    output: Literal["auto", "brush", "polygon"] = Field(
+        "auto", alias="SEGAGENT_OUTPUT",
+        description="predicted regions: brush masks or polygons (auto: brushes when the config has BrushLabels)")
+    polygon_tolerance: float = Field(1.0, ge=0, alias="SEGAGENT_POLYGON_TOLERANCE",
+                                     description="pixels a polygon's outline may move from the mask")
     data_dir: Path = Field(Path("data"), alias="SEGAGENT_DATA_DIR",
                            description="the annotation store, the trajectories, checkpoints, the registry")
     label_studio_url: str = Field("", alias="LABEL_STUDIO_URL",
@@ -116,7 +121,7 @@ class Settings(BaseSettings):
         """Keyword arguments first, then the environment by variable name only: no .env or secrets files."""
         return init_settings, Environment(settings_cls)
 
-    @field_validator("policy_format", "prm", "policy_scope", "tool", mode="before")
+    @field_validator("policy_format", "prm", "policy_scope", "tool", "output", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
