@@ -115,7 +115,7 @@ def _label_studio_protocol(app: Flask, backend: Backend) -> None:
         config = request.get_json(silent=True, force=True)
         config = config if isinstance(config, dict) else {}
         try:
-            Schema.from_config(config.get("config") or config.get("label_config") or "")
+            Schema.from_config(config.get("config") or config.get("label_config") or "", settings.output)
         except InvalidLabelConfig as exc:
             return jsonify(error=exc.message), 422
         return jsonify(status="ok")
@@ -132,7 +132,8 @@ def _label_studio_protocol(app: Flask, backend: Backend) -> None:
                                             settings.max_image_pixels)
             regions = backend.predictor.predict(task_input, schema, serving)
             results.append([] if regions is None else
-                           formatting.prediction(regions, schema, serving.version, settings.return_clicks))
+                           formatting.prediction(regions, schema, serving.version, settings.return_clicks,
+                                                 settings.polygon_tolerance))
         return jsonify(results=results, model_version=serving.version)
 
     @app.post("/webhook")

@@ -62,7 +62,7 @@ class Backend:
                             metrics)
         ingest = AnnotationIngest(settings, capabilities, annotations, trajectories, fetcher, connection, background,
                                   training.after_new_trajectories)
-        configs = ProjectConfigs()
+        configs = ProjectConfigs(settings.output)
         sessions = Sessions(settings.interactive_ttl, settings.session_cache_bytes)
         caches: dict[str, object] = {"images": fetcher, "sessions": sessions}
         if capabilities.tool.on:

@@ -61,7 +61,7 @@ class Predictor:
         interaction = task.interaction
         label = schema.choose_label(interaction.label)
         box = interaction.box.to_pixels(width, height) if interaction.box else None
-        key = (serving.project, task.id, schema.brush_name, label)
+        key = (serving.project, task.id, schema.region_name, label)
         clicks, previous = self.sessions.resolve(key, [c.to_pixels(width, height) for c in interaction.clicks], box)
         result = self.capabilities.tool.get().predict(image, clicks, box=box, previous=previous)
         self.sessions.remember(key, clicks, box, result)

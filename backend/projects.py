@@ -8,19 +8,20 @@ from .labelstudio.config import Schema
 
 
 class ProjectConfigs:
-    def __init__(self) -> None:
+    def __init__(self, output: str) -> None:
+        self.output = output  # SEGAGENT_OUTPUT: brush, polygon or auto
         self._schemas: dict[str, Schema] = {}
         self._lock = threading.Lock()
 
     def remember(self, project: str, label_config: str) -> None:
-        schema = Schema.from_config(label_config)
+        schema = Schema.from_config(label_config, self.output)
         with self._lock:
             self._schemas[project] = schema
 
     def schema(self, project: str, label_config: str | None) -> Schema:
         """The request's own label config, else the one its project was set up with."""
         if label_config:
-            return Schema.from_config(label_config)
+            return Schema.from_config(label_config, self.output)
         with self._lock:
             known = self._schemas.get(project)
         if known is None:

@@ -1,4 +1,5 @@
-"""The model's answers as Label Studio results: brush regions in its RLE, the agent's clicks as keypoints."""
+"""The model's answers as Label Studio results: brush regions in its RLE or polygons (one per connected
+part, vertices in percent), and the agent's clicks as keypoints."""
 from __future__ import annotations
 
 import uuid
@@ -8,6 +9,7 @@ import numpy as np
 from label_studio_sdk.converter import brush
 
 from model.core.clicks import Click
+from model.core.polygons import mask_to_polygons
 
 from .config import Schema
 
@@ -26,7 +28,7 @@ def brush_result(region: RegionPrediction, schema: Schema) -> dict:
     height, width = region.mask.shape
     return {
         "id": uuid.uuid4().hex[:10],
-        "from_name": schema.brush_name,
+        "from_name": schema.region_name,
         "to_name": schema.image_name,
         "type": "brushlabels",
         "origin": "prediction",
@@ -38,6 +40,19 @@ def brush_result(region: RegionPrediction, schema: Schema) -> dict:
         "score": round(float(region.score), 4),
         "readonly": False,
     }
+
+
+def polygon_results(region: RegionPrediction, schema: Schema, tolerance: float) -> list[dict]:
+    """A polygonlabels result per connected part of the mask (holes through keyhole cuts)."""
+    height, width = region.mask.shape
+    return [{
+        "id": uuid.uuid4().hex[:10], "from_name": schema.region_name, "to_name": schema.image_name,
+        "type": "polygonlabels", "origin": "prediction", "original_width": int(width),
+        "original_height": int(height), "image_rotation": 0,
+        "value": {"points": [[round(100.0 * x / width, 4), round(100.0 * y / height, 4)] for x, y in polygon],
+                  "closed": True, "polygonlabels": [region.label]},
+        "score": round(float(region.score), 4), "readonly": False,
+    } for polygon in mask_to_polygons(region.mask, tolerance)]
 
 
 def keypoint_results(region: RegionPrediction, schema: Schema) -> list[dict]:
@@ -53,11 +68,15 @@ def keypoint_results(region: RegionPrediction, schema: Schema) -> list[dict]:
     } for click in region.clicks]
 
 
-def prediction(regions: list[RegionPrediction], schema: Schema, version: str, with_clicks: bool) -> dict:
+def prediction(regions: list[RegionPrediction], schema: Schema, version: str, with_clicks: bool,
+               polygon_tolerance: float) -> dict:
     """One task's prediction: its regions, their mean score (what active learning sorts by), the version."""
     results = []
     for region in regions:
-        results.append(brush_result(region, schema))
+        if schema.region_type == "polygonlabels":
+            results += polygon_results(region, schema, polygon_tolerance)
+        else:
+            results.append(brush_result(region, schema))
         if with_clicks and schema.keypoint_names:
             results += keypoint_results(region, schema)
     score = float(np.mean([r.score for r in regions])) if regions else 0.0
