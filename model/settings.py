@@ -33,10 +33,20 @@ class Settings(BaseSettings):
     sam_checkpoint: str = Field("", alias="SAM_CHECKPOINT", description="SAM checkpoint: a path or an http(s) URL")
     sam_sha256: str = Field("", alias="SAM_CHECKPOINT_SHA256",
                             description="the SHA-256 a downloaded checkpoint must have")
-    # its default reads sam_checkpoint; ahead of the fields that can fail, so their errors come alone
-    tool: Literal["classical", "sam"] = Field(
-        default_factory=lambda data: "sam" if data["sam_checkpoint"] else "classical", alias="SEGAGENT_TOOL",
-        description="the interactive tool: sam when SAM_CHECKPOINT is set, else classical")
+    sam2_checkpoint: str = Field("", alias="SAM2_CHECKPOINT",
+                                 description="SAM 2 checkpoint: a path or an http(s) URL")
+    sam2_sha256: str = Field("", alias="SAM2_CHECKPOINT_SHA256",
+                             description="the SHA-256 a downloaded SAM 2 checkpoint must have")
+    sam2_config: str = Field("", alias="SAM2_CONFIG", description=(
+        "the SAM 2 model config: one shipped in the sam2 package (configs/sam2.1/sam2.1_hiera_t.yaml, ...) or a "
+        "YAML file; empty: the one of Meta's checkpoint file name"))
+    # its default reads the checkpoints; ahead of the fields that can fail, so their errors come alone
+    tool: Literal["classical", "sam", "sam2"] = Field(
+        default_factory=lambda data: "sam" if data["sam_checkpoint"] else "sam2" if data["sam2_checkpoint"]
+        else "classical", alias="SEGAGENT_TOOL",
+        description="the interactive tool: sam when SAM_CHECKPOINT is set, sam2 when SAM2_CHECKPOINT is, else classical")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", alias="SEGAGENT_DEVICE", description="where the SAM tools run: auto (CUDA when usable), cuda or cpu")
     policy: str = Field("", alias="SEGAGENT_POLICY", description=(
         "the policy: a local folder or hub id of a transformers VLM, or an OpenAI-compatible endpoint"))
     policy_adapter: str = Field("", alias="SEGAGENT_POLICY_ADAPTER",
@@ -121,7 +131,7 @@ class Settings(BaseSettings):
         """Keyword arguments first, then the environment by variable name only: no .env or secrets files."""
         return init_settings, Environment(settings_cls)
 
-    @field_validator("policy_format", "prm", "policy_scope", "tool", "output", mode="before")
+    @field_validator("policy_format", "prm", "policy_scope", "tool", "output", "device", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value

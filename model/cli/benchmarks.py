@@ -32,6 +32,15 @@ def _add_evaluate(commands: argparse._SubParsersAction, settings: Settings) -> N
                           help="SAM checkpoint path or URL (for --tool sam)")
     evaluate.add_argument("--sam-sha256", default=settings.sam_sha256 or None,
                           help="expected SHA-256 of a SAM checkpoint URL")
+    evaluate.add_argument("--sam2-checkpoint", default=settings.sam2_checkpoint or None,
+                          help="SAM 2 checkpoint path or URL (for --tool sam2)")
+    evaluate.add_argument("--sam2-sha256", default=settings.sam2_sha256 or None,
+                          help="expected SHA-256 of a SAM 2 checkpoint URL")
+    evaluate.add_argument("--sam2-config", default=settings.sam2_config or None,
+                          help="SAM 2 model config: configs/sam2.1/sam2.1_hiera_t.yaml (_s, _b+, _l) or a YAML file "
+                               "(default: the one of Meta's checkpoint file name)")
+    evaluate.add_argument("--device", choices=("auto", "cuda", "cpu"), default=settings.device,
+                          help="where the SAM tools run")
     evaluate.add_argument("--data-dir", default=settings.data_dir, help="where downloaded checkpoints are kept")
     evaluate.add_argument("--workers", type=int, default=1,
                           help="processes; keep 1 when the time per click is what you measure")
@@ -90,8 +99,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.dataset, args.images).limit(args.limit)
     if args.policy:
         return _evaluate_agent(args, dataset)
-    make = functools.partial(make_segmenter, args.tool, sam_checkpoint=args.sam_checkpoint,
-                             data_dir=args.data_dir, sam_sha256=args.sam_sha256)
+    make = functools.partial(make_segmenter, args.tool, **_tool_options(args))
     started = time.perf_counter()
     runs = benchmark_clicks(make, dataset, args.max_clicks, workers=args.workers)
     summary = summarize_clicks(runs, dataset.name, args.tool, args.max_clicks, time.perf_counter() - started)
@@ -99,6 +107,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     write_click_report(Path(args.out), summary, runs)
     print(json.dumps({k: v for k, v in summary.items() if k != "miou_at_click"}, indent=2))
     return 0
+
+
+def _tool_options(args: argparse.Namespace) -> dict:
+    """make_tool's keywords from evaluate's flags."""
+    return {"sam_checkpoint": args.sam_checkpoint, "sam_sha256": args.sam_sha256, "data_dir": args.data_dir,
+            "sam2_checkpoint": args.sam2_checkpoint, "sam2_sha256": args.sam2_sha256,
+            "sam2_config": args.sam2_config, "device": args.device}
 
 
 def _evaluate_agent(args: argparse.Namespace, dataset: Dataset) -> int:
@@ -111,8 +126,7 @@ def _evaluate_agent(args: argparse.Namespace, dataset: Dataset) -> int:
     from model.policies import make_policy
     from model.quality.scorers import PolicyScorer
 
-    segmenter = make_segmenter(args.tool, sam_checkpoint=args.sam_checkpoint, data_dir=args.data_dir,
-                               sam_sha256=args.sam_sha256)
+    segmenter = make_segmenter(args.tool, **_tool_options(args))
     policy = make_policy(args.policy, adapter=args.policy_adapter, answer_format=args.policy_format)
     scorer = PolicyScorer(policy) if args.prm == "policy" else None
     agent = Agent(segmenter, policy, AgentConfig(max_steps=args.steps, samples=args.samples), scorer)

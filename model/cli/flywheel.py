@@ -9,7 +9,7 @@ from pathlib import Path
 
 from model.core.datasets import open_dataset
 from model.settings import Settings
-from model.tools import TOOL_NAMES, make_segmenter
+from model.tools import TOOL_NAMES, make_segmenter, tool_options
 
 
 def add_commands(commands: argparse._SubParsersAction, settings: Settings) -> None:
@@ -109,8 +109,8 @@ def _simulate(args: argparse.Namespace) -> int:
     project = args.project
     scope_for(project)  # a project id, as Label Studio numbers them
     store = TrajectoryStore(args.data_dir / "trajectories")
-    segmenter = make_segmenter(args.tool, sam_checkpoint=args.sam_checkpoint, data_dir=args.data_dir,
-                               sam_sha256=args.settings.sam_sha256 or None)
+    segmenter = make_segmenter(args.tool, **{**tool_options(args.settings), "sam_checkpoint": args.sam_checkpoint,
+                                             "data_dir": args.data_dir})
     dataset = open_dataset(args.dataset, args.images).limit(args.limit)
     steps = 0
     for index, sample in enumerate(dataset, start=1):

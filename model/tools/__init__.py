@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from model.tools.base import Box, Encoded, ImageCache, Segmenter, Tool, ToolResult
 
-TOOL_NAMES = ("classical", "sam")
+if TYPE_CHECKING:
+    from model.settings import Settings
+
+TOOL_NAMES = ("classical", "sam", "sam2")
 
 
 def make_tool(name: str, sam_checkpoint: str | None = None, data_dir: str | Path = "data",
-              sam_sha256: str | None = None) -> Tool:
-    """Build a tool by name. SAM needs a checkpoint; the classical tool needs nothing."""
+              sam_sha256: str | None = None, sam2_checkpoint: str | None = None, sam2_sha256: str | None = None,
+              sam2_config: str | None = None, device: str = "auto") -> Tool:
+    """Build a tool by name. SAM and SAM 2 need a checkpoint (SAM 2 a config too, unless the checkpoint is
+    one of Meta's) and run on `device` (auto, cuda or cpu); the classical tool needs nothing."""
     if name == "classical":
         from model.tools.classical import ClassicalTool
 
@@ -20,12 +26,30 @@ def make_tool(name: str, sam_checkpoint: str | None = None, data_dir: str | Path
             raise ValueError("the sam tool needs a checkpoint (SAM_CHECKPOINT or --sam-checkpoint)")
         from model.tools.sam import SamTool
 
-        return SamTool(sam_checkpoint, data_dir=data_dir, sha256=sam_sha256)
+        return SamTool(sam_checkpoint, data_dir=data_dir, sha256=sam_sha256, device=device)
+    if name == "sam2":
+        if not sam2_checkpoint:
+            raise ValueError("the sam2 tool needs a checkpoint (SAM2_CHECKPOINT or --sam2-checkpoint)")
+        from model.tools.sam2 import Sam2Tool
+
+        return Sam2Tool(sam2_checkpoint, config=sam2_config, data_dir=data_dir, sha256=sam2_sha256, device=device)
     raise ValueError(f"unknown tool {name!r}; choose one of {', '.join(TOOL_NAMES)}")
 
 
 def make_segmenter(name: str, cache_bytes: int = 512 << 20, **kwargs) -> Segmenter:
     return Segmenter(make_tool(name, **kwargs), ImageCache(cache_bytes))
+
+
+def tool_options(settings: Settings) -> dict[str, Any]:
+    """make_tool's keywords from the settings, for every tool."""
+    return {"sam_checkpoint": settings.sam_checkpoint or None, "sam_sha256": settings.sam_sha256 or None,
+            "sam2_checkpoint": settings.sam2_checkpoint or None, "sam2_sha256": settings.sam2_sha256 or None,
+            "sam2_config": settings.sam2_config or None, "device": settings.device, "data_dir": settings.data_dir}
+
+
+def segmenter_from(settings: Settings) -> Segmenter:
+    """The tool the settings choose (SEGAGENT_TOOL), with its cache (SEGAGENT_TOOL_CACHE_MB)."""
+    return make_segmenter(settings.tool, cache_bytes=settings.tool_cache_bytes, **tool_options(settings))
 
 
 __all__ = [
@@ -38,4 +62,6 @@ __all__ = [
     "ToolResult",
     "make_segmenter",
     "make_tool",
+    "segmenter_from",
+    "tool_options",
 ]

@@ -1,4 +1,4 @@
-"""The SAM tool (segment-anything): ViT-B/L/H from a checkpoint path or URL, CUDA when available.
+"""The SAM tool (segment-anything): ViT-B/L/H from a checkpoint path or URL, on SEGAGENT_DEVICE.
 
 A checkpoint is either one of Meta's released state dicts (the architecture is recognised from the
 image encoder's width), or a dict {"config": {...}, "model": state_dict} for any other size, such as
@@ -7,10 +7,8 @@ modeling classes.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-import urllib.request
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -20,6 +18,9 @@ import torch
 
 from model.core.clicks import Click
 from model.tools.base import Box, Encoded, ToolResult
+from model.tools.loading import CheckpointError, resolve_checkpoint, resolve_device
+
+__all__ = ["CheckpointError", "SamTool", "build_sam", "load_sam", "resolve_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,6 @@ RELEASED = {
 }
 DEFAULTS = {"image_size": 1024, "patch_size": 16, "window_size": 14, "prompt_embed_dim": 256,
             "decoder_mlp_dim": 2048, "decoder_num_heads": 8, "iou_head_hidden_dim": 256}
-
-
-class CheckpointError(RuntimeError):
-    """The SAM checkpoint is missing, corrupt, or does not match its expected hash."""
 
 
 def build_sam(config: dict):
@@ -66,43 +63,6 @@ def build_sam(config: dict):
     )
 
 
-def resolve_checkpoint(checkpoint: str, data_dir: str | Path, sha256: str | None = None) -> Path:
-    """A local path for the checkpoint; an http(s) URL is downloaded once into data_dir/checkpoints.
-
-    A download is only accepted with the SHA-256 it must have, and is checked against it.
-    """
-    if not checkpoint.startswith(("http://", "https://")):
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f"SAM checkpoint {path} does not exist")
-        return path
-    if not sha256:
-        raise CheckpointError("downloading a SAM checkpoint needs SAM_CHECKPOINT_SHA256, its expected SHA-256")
-    target = Path(data_dir) / "checkpoints" / checkpoint.rstrip("/").rsplit("/", 1)[-1]
-    if target.is_file() and _sha256(target) == sha256.lower():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial_file = target.with_suffix(target.suffix + ".part")
-    log.info("downloading SAM checkpoint %s to %s", checkpoint, target)
-    with urllib.request.urlopen(checkpoint, timeout=60) as response, open(partial_file, "wb") as out:
-        while chunk := response.read(1 << 20):
-            out.write(chunk)
-    actual = _sha256(partial_file)
-    if actual != sha256.lower():
-        partial_file.unlink()
-        raise CheckpointError(f"{checkpoint} has SHA-256 {actual}, expected {sha256}")
-    partial_file.replace(target)
-    return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_sam(path: str | Path, device: str):
     """Build the SAM a checkpoint file describes and load its weights."""
     try:
@@ -126,10 +86,10 @@ class SamTool:
     name = "sam"
 
     def __init__(self, checkpoint: str, data_dir: str | Path = "data", sha256: str | None = None,
-                 device: str | None = None):
+                 device: str = "auto"):
         from segment_anything import SamPredictor
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device(device)
         self.model = load_sam(resolve_checkpoint(checkpoint, data_dir, sha256), self.device)
         self._predictor = SamPredictor(self.model)
         self._lock = threading.Lock()  # the predictor holds one image's state at a time
