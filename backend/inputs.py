@@ -16,6 +16,7 @@ class PercentBox:
     y: float
     width: float
     height: float
+    id: str | None = None  # the rectangle region's id in Label Studio
 
     def to_pixels(self, width: int, height: int) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1) in pixels, clipped to the image."""
@@ -30,6 +31,7 @@ class PercentClick:
     x: float
     y: float
     positive: bool
+    id: str | None = None  # the keypoint region's id in Label Studio: it says which clicks a request sent before
 
     def to_pixels(self, width: int, height: int) -> Click:
         return Click(self.x * width / 100.0, self.y * height / 100.0, self.positive).clipped(width, height)

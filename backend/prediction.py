@@ -20,7 +20,7 @@ from .labelstudio.config import Schema
 from .labelstudio.formatting import RegionPrediction
 from .metrics import Metrics
 from .serving import Serving
-from .sessions import Sessions
+from .sessions import Placed, PlacedBox, Sessions
 from .store import AnnotationStore
 
 log = logging.getLogger(__name__)
@@ -57,21 +57,28 @@ class Predictor:
         return found
 
     def _interactive(self, task: TaskInput, schema: Schema, image: np.ndarray, serving: Serving) -> RegionPrediction:
+        """The object the clicks (or the box) are for, refined or started (sessions.py says which), answered
+        with that object's region id."""
         height, width = image.shape[:2]
         interaction = task.interaction
         label = schema.choose_label(interaction.label)
-        box = interaction.box.to_pixels(width, height) if interaction.box else None
-        key = (serving.project, task.id, schema.region_name, label)
-        clicks, previous = self.sessions.resolve(key, [c.to_pixels(width, height) for c in interaction.clicks], box)
-        result = self.capabilities.tool.get().predict(image, clicks, box=box, previous=previous)
-        self.sessions.remember(key, clicks, box, result)
-        self.store.record_interactive(serving.project, task.id or 0, label,
-                                      [(c.x, c.y, c.positive) for c in clicks], result.mask)
+        group = (serving.project, task.id, schema.region_name, label)
+        box = interaction.box
+        step = self.sessions.resolve(
+            group, [Placed(c.to_pixels(width, height), c.id) for c in interaction.clicks],
+            PlacedBox(box.to_pixels(width, height), box.id) if box else None)
+        clicks = step.clicks
+        result = step.session.result
+        if step.run or result is None:
+            result = self.capabilities.tool.get().predict(image, clicks, box=step.box, previous=step.previous)
+            self.store.record_interactive(serving.project, task.id or 0, label,
+                                          [(c.x, c.y, c.positive) for c in clicks], result.mask)
+        self.sessions.remember(group, step.session, result)
         self.metrics.predictions.labels("interactive").inc()
-        log.info("task %s: interactive mask for %r from %d clicks%s, %d pixels", task.id, label, len(clicks),
-                 " and a box" if box else "", int(result.mask.sum()))
+        log.info("task %s: interactive mask for %r (region %s) from %d clicks%s, %d pixels", task.id, label,
+                 step.session.region_id, len(clicks), " and a box" if step.box else "", int(result.mask.sum()))
         score = self.capabilities.estimate(image, result.mask, interaction.text or label, result.score)
-        return RegionPrediction(label, result.mask, score)
+        return RegionPrediction(label, result.mask, score, id=step.session.region_id)
 
     def _refine(self, task: TaskInput, image: np.ndarray, serving: Serving) -> list[RegionPrediction]:
         """Each rectangle (or, with a policy, mask) the task has becomes a refined mask: a box through the

@@ -1,16 +1,33 @@
-"""Interactive sessions: the clicks placed on one object, remembered across predict requests.
+"""Interactive sessions: the objects an annotator is clicking on, remembered across predict requests.
 
-Label Studio sends either every smart keypoint of the object with each request, or only the newest.
-Both refine the same mask: a request whose clicks extend the remembered ones continues the session,
-and a request with a single new click is appended to it. A session ends after a time without clicks.
+What Label Studio 1.23's editor sends (web/apps/labelstudio/src/pages/DataManager/DataManager.jsx, its
+`lsf:regionFinishedDrawing` handler, and web/libs/editor/src/mixins/Regions.js,
+`getConnectedDynamicRegions`): after each smart keypoint (or rectangle) it sends, as `context.result`, every
+smart region of that type and label the annotation holds, each with its region `id`. Accepting or
+rejecting the suggestion deletes those keypoints (web/libs/editor/src/stores/Annotation/Annotation.js, `acceptAllSuggestions`
+-> `deleteAllDynamicregions`), so the next click comes alone, with nothing that says which object it is
+for; Auto-Accept does that after every answer. Nothing about accepted regions or the selection is sent.
+Accepting replaces a region of the annotation only when the suggestion carries that region's id
+(`acceptSuggestion`), so each object here has a region id of its own that every answer for it carries.
 
-Each session keeps its last mask (and the tool's state), which on a large image is tens of megabytes:
-the sessions live within a byte budget, the least recently used evicted first.
+A request is for one object: Label Studio sends all the smart keypoints of a label until they are
+accepted, and they are for the object being worked on. Which one:
+- the object that has seen one of the request's keypoint ids (or, from clients that send no ids, one of its
+  clicks): those it sent before and no longer sends, the annotator deleted; a new click refines it;
+- for a request with only new clicks (the first click of an object, or one after accepting): the object
+  whose mask the first click falls on or next to (refining after accepting); for a negative click
+  elsewhere, the object worked on last (a negative click alone starts nothing);
+- else a new object. A rectangle is an object of its own, with the clicks sent with it.
+
+Each object keeps its last mask (and the tool's state), which on a large image is tens of megabytes: the
+objects live within a byte budget, the least recently used evicted first, and end after a time unused.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
+from itertools import count
 
 import numpy as np
 from cachetools import TLRUCache
@@ -18,33 +35,99 @@ from cachetools import TLRUCache
 from model.core.clicks import Click
 from model.tools import ToolResult
 
-Key = tuple[str, int | None, str, str]  # project, task, brush tag, label
+Group = tuple[str, int | None, str, str]  # project, task, brush tag, label: the objects a request may be for
+Key = tuple[str, int | None, str, str, str]  # the group and the object's region id
+Box = tuple[float, float, float, float]
+Identity = str | Click | Box
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A click, and the id of the keypoint region Label Studio placed it as (None from clients that send none)."""
+
+    click: Click
+    id: str | None = None
+
+    @property
+    def identity(self) -> Identity:
+        return self.id if self.id is not None else self.click
+
+
+@dataclass(frozen=True)
+class PlacedBox:
+    box: Box
+    id: str | None = None
+
+    @property
+    def identity(self) -> Identity:
+        return self.id if self.id is not None else self.box
 
 
 @dataclass
 class Session:
-    clicks: list[Click] = field(default_factory=list)
-    box: tuple[float, float, float, float] | None = None
+    """One object: the region id its answers carry, the clicks (and box) placed on it, the tool's last result."""
+
+    region_id: str
+    clicks: list[Placed] = field(default_factory=list)
+    box: PlacedBox | None = None
     result: ToolResult | None = None
+    area: int = 0  # of the result's mask
+    live: frozenset[Identity] = frozenset()  # what Label Studio sent of it last
+    used: int = 0  # when it was last remembered (a count of requests)
 
     @property
     def nbytes(self) -> int:
-        held = 256 + 32 * len(self.clicks)
+        held = 256 + 48 * len(self.clicks)
         if self.result is not None:
             held += self.result.mask.nbytes
             state = self.result.state
             held += state.nbytes if isinstance(state, np.ndarray) else 0
         return held
 
+    def knows(self, placed: Placed | PlacedBox) -> bool:
+        if isinstance(placed, PlacedBox):
+            return self.box is not None and self.box.identity == placed.identity
+        return any(p.identity == placed.identity for p in self.clicks)
+
+    def near(self, click: Click, share: float) -> bool:
+        """Whether the click falls on the object's mask, or next to it within `share` of the object's size."""
+        if self.result is None or not self.area:
+            return False
+        reach = max(3, int(share * np.sqrt(self.area)))
+        row, col = click.pixel
+        return bool(self.result.mask[max(row - reach, 0):row + reach + 1, max(col - reach, 0):col + reach + 1].any())
+
+
+@dataclass
+class Step:
+    """What one request asks of one object: its clicks and box now, and what the tool is to do."""
+
+    session: Session  # as it is after this request, its result still the last one
+    previous: ToolResult | None  # the result to refine; None: start afresh from the clicks and box
+    run: bool  # False: nothing changed, the last result stands
+
+    @property
+    def clicks(self) -> list[Click]:
+        return [placed.click for placed in self.session.clicks]
+
+    @property
+    def box(self) -> Box | None:
+        return self.session.box.box if self.session.box else None
+
 
 class Sessions:
+    # How close to an object's mask a new click counts as refining it, as a share of the object's size
+    # (the square root of its area): a positive click there most likely adds a part the mask missed.
+    NEAR = 0.15
+
     def __init__(self, ttl: float, max_bytes: int):
         self.ttl = ttl
         self._items: TLRUCache[Key, Session] = TLRUCache(
             maxsize=max(max_bytes, 1), ttu=lambda _key, _session, now: now + ttl,
             getsizeof=lambda session: session.nbytes)
         self._lock = threading.Lock()
-        self.hits = 0  # requests that continued a session
+        self._clock = count(1)
+        self.hits = 0  # requests that continued an object
         self.misses = 0
 
     @property
@@ -57,24 +140,60 @@ class Sessions:
             self._items.expire()
             return len(self._items)
 
-    def resolve(self, key: Key, clicks: list[Click], box) -> tuple[list[Click], ToolResult | None]:
-        """All clicks of the object so far, and the previous result to refine (None to start afresh)."""
+    def objects(self, group: Group) -> list[Session]:
+        """The group's live objects, the most recently used first."""
         with self._lock:
-            session = self._items.get(key)
-            if session is None or session.box != box:
-                self.misses += 1
-                return clicks, None
-            self.hits += 1
-        known = session.clicks
-        if clicks[:len(known)] == known:
-            return clicks, session.result  # the request carries the whole history
-        if len(clicks) == 1 and clicks[0] not in known:
-            return known + clicks, session.result  # only the newest click came
-        return clicks, None
+            found = [self._items.get(key) for key in [key for key in self._items if key[:4] == group]]
+        return sorted([s for s in found if s is not None], key=lambda session: session.used, reverse=True)
 
-    def remember(self, key: Key, clicks: list[Click], box, result: ToolResult) -> None:
-        session = Session(list(clicks), box, result)
+    def resolve(self, group: Group, clicks: list[Placed], box: PlacedBox | None = None) -> Step:
+        """The object the request's clicks and box are for (see the module's docstring), and what to do."""
+        objects = self.objects(group)
+        session = _owner(objects, clicks, box, self.NEAR)
+        with self._lock:
+            self.hits += session is not None
+            self.misses += session is None
+        return _step(session or Session(uuid.uuid4().hex[:10]), clicks, box)
+
+    def remember(self, group: Group, session: Session, result: ToolResult) -> None:
+        kept = replace(session, result=result, area=int(result.mask.sum()), used=next(self._clock))
+        key = (*group, session.region_id)
         with self._lock:
             self._items.pop(key, None)
-            if session.nbytes <= self._items.maxsize:  # a session larger than the whole budget is not kept
-                self._items[key] = session
+            if kept.nbytes <= self._items.maxsize:  # an object larger than the whole budget is not kept
+                self._items[key] = kept
+
+
+def _owner(objects: list[Session], clicks: list[Placed], box: PlacedBox | None, share: float) -> Session | None:
+    """The object a request is for, None for a new one. A request is about one object: Label Studio sends all
+    the smart keypoints of a label until they are accepted, and they are for the object being worked on."""
+    if box is not None:
+        return next((session for session in objects if session.knows(box)), None)
+    for placed in clicks:
+        for session in objects:
+            if session.knows(placed):
+                return session
+    first = clicks[0].click if clicks else None
+    if first is None:
+        return None
+    near = next((session for session in objects if session.near(first, share)), None)
+    if near is None and not first.positive:
+        return next(iter(objects), None)  # a negative click alone starts nothing: it corrects the last object
+    return near
+
+
+def _step(session: Session, sent: list[Placed], box: PlacedBox | None) -> Step:
+    """The object after this request: the clicks it keeps, those added, and whether to refine or start afresh."""
+    by_identity = {placed.identity: placed for placed in sent}
+    if any(session.knows(placed) for placed in sent):
+        # Label Studio sent it again: what it sent of it before and not now, the annotator deleted; a
+        # keypoint sent again may have been moved
+        kept = [by_identity.get(p.identity, p) for p in session.clicks
+                if p.identity in by_identity or p.identity not in session.live]
+    else:
+        kept = list(session.clicks)  # settled: accepted (Label Studio deleted the keypoints) or from before
+    added = [placed for placed in sent if not session.knows(placed)]
+    its_box = box or session.box
+    changed = kept != session.clicks or its_box != session.box
+    updated = replace(session, clicks=kept + added, box=its_box, live=frozenset(by_identity))
+    return Step(updated, None if changed else session.result, changed or bool(added) or session.result is None)

@@ -27,6 +27,13 @@ def scene(width: int = 320, height: int = 240, seed: int = 0, center: tuple[int,
     return np.clip(image, 0, 255).astype(np.uint8), mask.astype(bool)
 
 
+def two_objects(seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 320 x 240 scene with two separated objects of one kind, left and right: the image and each mask."""
+    left, mask_a = scene(320, 240, seed=seed, center=(85, 120), axes=(50, 38))
+    right, mask_b = scene(320, 240, seed=seed, center=(235, 120), axes=(50, 38))  # the same background
+    return np.where(mask_b[..., None], right, left), mask_a, mask_b
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")

@@ -15,10 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from backend.sessions import Sessions
-from model.core.clicks import Click
 from model.settings import Settings
-from model.tools import ToolResult
 from tests.apps import App
 from tests.synthetic import free_port
 from tests.test_backend import CONFIG, brush_annotation, decode, predict
@@ -157,17 +154,6 @@ def test_boxes_never_give_empty_regions(client, image_server):
         predicted = decode(region)
         assert region["score"] > 0 and predicted.any()
         assert (predicted & mask).sum() >= 0.9 * predicted.sum()  # the object's part, not the background
-
-
-def test_sessions_live_within_their_byte_budget():
-    mask = np.zeros((1000, 1000), bool)  # a megabyte each
-    sessions = Sessions(ttl=600, max_bytes=3_500_000)
-    for task in range(10):
-        sessions.remember(("1", task, "tag", "Object"), [Click(1, 1, True)], None, ToolResult(mask, 1.0))
-    assert len(sessions) == 3 and sessions.size_bytes <= 3_500_000
-    newest = sessions.resolve(("1", 9, "tag", "Object"), [Click(1, 1, True)], None)[1]
-    oldest = sessions.resolve(("1", 0, "tag", "Object"), [Click(1, 1, True)], None)[1]
-    assert newest is not None and oldest is None  # the oldest went first
 
 
 def _capped(limit_bytes: int):

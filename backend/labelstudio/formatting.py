@@ -16,18 +16,22 @@ from .config import Schema
 
 @dataclass
 class RegionPrediction:
-    """One predicted object: its brush label, mask and estimated IoU, and the clicks that made it."""
+    """One predicted object: its brush label, mask and estimated IoU, the clicks that made it, and the region
+    id to answer it with (None: a new one)."""
 
     label: str
     mask: np.ndarray
     score: float
     clicks: list[Click] = field(default_factory=list)
+    id: str | None = None
 
 
 def brush_result(region: RegionPrediction, schema: Schema) -> dict:
+    """The region as a brushlabels result. Label Studio's editor, accepting a suggestion, replaces the region
+    of the same id: an interactive object's answers all carry its id, so refining it keeps one region."""
     height, width = region.mask.shape
     return {
-        "id": uuid.uuid4().hex[:10],
+        "id": region.id or uuid.uuid4().hex[:10],
         "from_name": schema.region_name,
         "to_name": schema.image_name,
         "type": "brushlabels",
@@ -43,16 +47,23 @@ def brush_result(region: RegionPrediction, schema: Schema) -> dict:
 
 
 def polygon_results(region: RegionPrediction, schema: Schema, tolerance: float) -> list[dict]:
-    """A polygonlabels result per connected part of the mask (holes through keyhole cuts)."""
+    """A polygonlabels result per connected part of the mask (holes through keyhole cuts); with a region id,
+    the parts' ids derive from it, so that refining an object replaces its parts (see brush_result)."""
     height, width = region.mask.shape
     return [{
-        "id": uuid.uuid4().hex[:10], "from_name": schema.region_name, "to_name": schema.image_name,
+        "id": _part_id(region.id, part), "from_name": schema.region_name, "to_name": schema.image_name,
         "type": "polygonlabels", "origin": "prediction", "original_width": int(width),
         "original_height": int(height), "image_rotation": 0,
         "value": {"points": [[round(100.0 * x / width, 4), round(100.0 * y / height, 4)] for x, y in polygon],
                   "closed": True, "polygonlabels": [region.label]},
         "score": round(float(region.score), 4), "readonly": False,
-    } for polygon in mask_to_polygons(region.mask, tolerance)]
+    } for part, polygon in enumerate(mask_to_polygons(region.mask, tolerance))]
+
+
+def _part_id(region_id: str | None, part: int) -> str:
+    if region_id is None:
+        return uuid.uuid4().hex[:10]
+    return region_id if part == 0 else f"{region_id}-{part}"
 
 
 def keypoint_results(region: RegionPrediction, schema: Schema) -> list[dict]:

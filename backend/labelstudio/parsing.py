@@ -72,11 +72,17 @@ def interaction(context: dict | None, schema: Schema) -> Interaction:
             label = next(iter(_labels(value, kind)), label)
             x, y = percent(value.get("x"), "value.x"), percent(value.get("y"), "value.y")
             if kind == "keypointlabels":
-                clicks.append(PercentClick(x, y, bool(item.get("is_positive", True))))
+                clicks.append(PercentClick(x, y, bool(item.get("is_positive", True)), _region_id(item)))
             else:
                 box = PercentBox(x, y, extent(value.get("width"), "value.width"),
-                                 extent(value.get("height"), "value.height"))
+                                 extent(value.get("height"), "value.height"), _region_id(item))
     return Interaction(tuple(clicks), box, label, text)
+
+
+def _region_id(item: dict) -> str | None:
+    """The region's id in the labeling editor, which it sends again with each request until accepted."""
+    value = item.get("id")
+    return str(value)[:64] if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "" else None
 
 
 def _task_results(task: TaskBody, schema: Schema, kinds: tuple[str, ...]) -> Iterator[tuple[str, dict]]:

@@ -1,0 +1,132 @@
+"""Interactive objects across requests, as Label Studio 1.23's editor sends them: every smart keypoint of a
+label with its region id until the suggestion is accepted, then the next click alone. Each object answers
+with a region id of its own (accepting replaces the region of that id), however many clicks refine it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.sessions import Placed, Sessions
+from model.core.clicks import Click
+from model.core.masks import iou
+from model.tools import ToolResult
+from tests.synthetic import FileServer, png_bytes, two_objects
+from tests.test_backend import decode, keypoint, make_client, predict, rectangle_around
+
+A = (26.6, 50.0)  # the centre of the left object, in percent
+A_EDGE = (20.0, 45.0)  # another point on it
+B = (73.4, 50.0)  # the centre of the right object
+INSIDE_A = (36.0, 50.0)  # a point on the left object, pixel (row 120, column 115): a negative click carves it
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two-objects")
+    image, mask_a, mask_b = two_objects()
+    (folder / "two.png").write_bytes(png_bytes(image))
+    with FileServer(folder) as server:
+        yield {"url": f"{server.url}/two.png", "a": mask_a, "b": mask_b}
+
+
+@pytest.fixture
+def client(tmp_path):
+    return make_client(tmp_path)
+
+
+def point(at: tuple[float, float], id: str, positive: bool = True) -> dict:
+    """A smart keypoint as the editor sends it: with the id of its region."""
+    return {**keypoint(*at, positive=positive), "id": id}
+
+
+def ask(client, scene, *points: dict) -> dict:
+    response = predict(client, scene["url"], {"result": list(points)})
+    assert response.status_code == 200, response.json
+    [region] = response.json["results"][0]["result"]
+    return region
+
+
+def test_two_objects_clicked_in_turn_give_two_masks(client, scene):
+    """A click on A, accepted (its keypoint deleted), then a click on B sent alone: B is a new object."""
+    first = ask(client, scene, point(A, "k1"))
+    second = ask(client, scene, point(B, "k2"))
+    assert first["id"] != second["id"]
+    assert iou(decode(first), scene["a"]) >= 0.85 and iou(decode(second), scene["b"]) >= 0.85
+    assert not (decode(second) & scene["a"]).any()
+
+
+def test_two_objects_without_ids_give_two_masks(client, scene):
+    """Clients that send only the newest click, without ids: a click far from the object starts another."""
+    first = ask(client, scene, keypoint(*A))
+    second = ask(client, scene, keypoint(*B))
+    assert first["id"] != second["id"] and not (decode(second) & scene["a"]).any()
+
+
+def test_clicks_on_one_object_answer_one_region_id(client, scene):
+    """Before accepting, the editor sends every keypoint again with each new one: one object, one id."""
+    answers = [ask(client, scene, point(A, "k1")),
+               ask(client, scene, point(A, "k1"), point(A_EDGE, "k2")),
+               ask(client, scene, point(A, "k1"), point(A_EDGE, "k2"), point((28.0, 55.0), "k3"))]
+    assert len({answer["id"] for answer in answers}) == 1
+    assert iou(decode(answers[-1]), scene["a"]) >= 0.85
+
+
+def test_refine_after_accept_keeps_the_region(client, scene):
+    """Accept A (the editor deletes its keypoints), click on it again: the answer replaces A's region (same
+    id) and refines its mask; a click on B then starts B."""
+    accepted = ask(client, scene, point(A, "k1"))
+    refined = ask(client, scene, point(INSIDE_A, "k2", positive=False))  # alone, inside A: carve
+    assert refined["id"] == accepted["id"]
+    assert decode(refined).sum() < decode(accepted).sum() and not decode(refined)[120, 115]
+    again = ask(client, scene, point(A_EDGE, "k3"))  # alone again, on A (Auto-Accept sends every click so)
+    assert again["id"] == accepted["id"]
+    other = ask(client, scene, point(B, "k4"))
+    assert other["id"] != accepted["id"] and iou(decode(other), scene["b"]) >= 0.85
+
+
+def test_a_deleted_keypoint_is_left_out(client, scene):
+    """The editor sends the keypoints that are left when one is deleted: the mask is made from those."""
+    alone = ask(client, scene, point(A, "k1"))
+    carved = ask(client, scene, point(A, "k1"), point(INSIDE_A, "k2", positive=False))
+    restored = ask(client, scene, point(A, "k1"))
+    assert carved["id"] == alone["id"] == restored["id"]
+    assert not decode(carved)[120, 115] and decode(restored)[120, 115]
+
+
+def test_objects_of_another_task_or_label_are_apart(client, scene):
+    first = ask(client, scene, point(A, "k1"))
+    response = predict(client, scene["url"], {"result": [point(A, "k2")]}, task_extra={"id": 8})
+    assert response.json["results"][0]["result"][0]["id"] != first["id"]
+
+
+def test_sessions_live_within_their_byte_budget():
+    mask = np.zeros((1000, 1000), bool)  # a megabyte each
+    sessions = Sessions(ttl=600, max_bytes=3_500_000)
+    for task in range(10):
+        step = sessions.resolve(("1", task, "tag", "Object"), [Placed(Click(1, 1, True), "k")])
+        sessions.remember(("1", task, "tag", "Object"), step.session, ToolResult(mask, 1.0))
+    assert len(sessions) == 3 and sessions.size_bytes <= 3_500_000
+    newest = sessions.resolve(("1", 9, "tag", "Object"), [Placed(Click(1, 1, True), "k")]).previous
+    oldest = sessions.resolve(("1", 0, "tag", "Object"), [Placed(Click(1, 1, True), "k")]).previous
+    assert newest is not None and oldest is None  # the oldest went first
+
+
+def test_polygon_answers_keep_the_object_s_id(client, scene):
+    config = ('<View><Image name="image" value="$image"/>'
+              '<PolygonLabels name="outline" toName="image"><Label value="Object"/></PolygonLabels>'
+              '<KeyPointLabels name="kp" toName="image" smart="true"><Label value="Object" smart="true"/>'
+              '</KeyPointLabels></View>')
+    first = predict(client, scene["url"], {"result": [point(A, "k1")]}, config=config).json["results"][0]["result"]
+    again = predict(client, scene["url"], {"result": [point(A, "k1"), point(A_EDGE, "k2")]},
+                    config=config).json["results"][0]["result"]
+    other = predict(client, scene["url"], {"result": [point(B, "k3")]}, config=config).json["results"][0]["result"]
+    assert first[0]["type"] == "polygonlabels" and first[0]["id"] == again[0]["id"] != other[0]["id"]
+
+
+def test_a_rectangle_is_an_object_of_its_own(client, scene):
+    """A smart rectangle keeps its region id when the annotator moves it (the editor sends it again, same id)."""
+    drawn = {**rectangle_around(scene["a"], pad=12), "id": "r1"}
+    moved = {**rectangle_around(scene["a"], pad=6), "id": "r1"}
+    first, second = ask(client, scene, drawn), ask(client, scene, moved)
+    other = ask(client, scene, {**rectangle_around(scene["b"]), "id": "r2"})
+    assert first["id"] == second["id"] != other["id"]
+    assert iou(decode(second), scene["a"]) >= 0.85 and iou(decode(other), scene["b"]) >= 0.85
