@@ -166,6 +166,12 @@ def _operations(app: Flask, backend: Backend) -> None:
         rollback = body(schemas.RollbackBody)
         return jsonify(backend.training.rollback(rollback.project, rollback.version))
 
+    @app.post("/preannotate")
+    def preannotate():
+        """Pre-annotate a project's tasks (all, or those named) in the background; progress in /status."""
+        wanted = body(schemas.PreannotateBody)
+        return jsonify(backend.preannotator.request(wanted.project, wanted.tasks)), 202
+
     @app.get("/status")
     def status_route():
         return jsonify(status.status(backend, query(schemas.ProjectQuery).project))

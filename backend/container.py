@@ -16,6 +16,8 @@ from .images import ImageFetcher
 from .ingest import AnnotationIngest
 from .jobs import BackgroundJobs
 from .metrics import Metrics
+from .preannotation import Preannotator
+from .preannotation_queue import PreannotationQueue
 from .prediction import Predictor
 from .projects import ProjectConfigs
 from .serving import VersionServer
@@ -43,6 +45,7 @@ class Backend:
     predictor: Predictor
     ingest: AnnotationIngest
     training: Training
+    preannotator: Preannotator
     webhooks: Webhooks
     background: BackgroundJobs
     started: float = field(default_factory=time.time)
@@ -68,18 +71,22 @@ class Backend:
         if capabilities.tool.on:
             caches["tool"] = capabilities.tool.get().cache
         metrics.watch_caches(caches)
+        predictor = Predictor(settings, capabilities, fetcher, sessions, annotations, metrics)
+        preannotator = Preannotator(settings, capabilities, connection, fetcher, configs, server, predictor,
+                                    PreannotationQueue(settings.data_dir / "preannotation.sqlite3"))
         ingest.resume()
         return cls(settings=settings, metrics=metrics, capabilities=capabilities, connection=connection,
                    fetcher=fetcher, configs=configs, annotations=annotations, trajectories=trajectories,
-                   registry=registry, server=server,
-                   predictor=Predictor(settings, capabilities, fetcher, sessions,
-                                       annotations, metrics),
-                   ingest=ingest, training=training,
-                   webhooks=Webhooks(settings, ingest, training, configs, metrics), background=background)
+                   registry=registry, server=server, predictor=predictor, ingest=ingest, training=training,
+                   preannotator=preannotator,
+                   webhooks=Webhooks(settings, ingest, training, preannotator, configs, metrics), background=background)
 
     def close(self) -> None:
-        """Stop the periodic training thread, finish the background work already queued, close the stores."""
+        """Stop the periodic training thread and the pre-annotation workers, finish the background work already
+        queued, close the stores."""
         self.training.close()
+        self.preannotator.close()
+        self.preannotator.queue.close()
         self.background.close()
         self.annotations.close()
         self.trajectories.close()

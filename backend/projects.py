@@ -18,6 +18,10 @@ class ProjectConfigs:
         with self._lock:
             self._schemas[project] = schema
 
+    def known(self, project: str) -> bool:
+        with self._lock:
+            return project in self._schemas
+
     def schema(self, project: str, label_config: str | None) -> Schema:
         """The request's own label config, else the one its project was set up with."""
         if label_config:

@@ -77,12 +77,22 @@ def _annotation_ref(value: Any) -> Any:
     return value if isinstance(value, dict) else {"id": value}
 
 
+class TaskRef(Body):
+    id: Id
+
+
 class WebhookBody(Body):
     action: Annotated[str, Field(min_length=1, max_length=200)]
     project: Annotated[ProjectRef, BeforeValidator(_project_ref)] = ProjectRef()
     annotation: AnnotationBody | None = None
     task: TaskBody | None = None
     annotations: list[Annotated[AnnotationRef, BeforeValidator(_annotation_ref)]] | None = None
+    tasks: list[TaskRef] | None = Field(None, max_length=100_000)  # TASKS_CREATED
+
+
+class PreannotateBody(Body):
+    project: ProjectId
+    tasks: list[Id] | None = Field(None, max_length=100_000)
 
 
 class SetupBody(Body):

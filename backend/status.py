@@ -37,6 +37,7 @@ def status(backend: Backend, project: str) -> dict:
         "quality": {"scorer": caps.scorer.name},
         "background_jobs": backend.background.status(),
         "derived_work": backend.ingest.work_status(),
+        "preannotation": backend.preannotator.status(),
         "label_studio": {"url": label_studio.url or None, "token": bool(label_studio.key)},
         "uptime_seconds": round(time.time() - backend.started, 1),
     }

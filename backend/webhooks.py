@@ -11,6 +11,7 @@ from .errors import InvalidRequest
 from .ingest import AnnotationIngest
 from .labelstudio.parsing import annotation_input
 from .metrics import Metrics
+from .preannotation import Preannotator
 from .projects import ProjectConfigs
 from .schemas import AnnotationBody, TaskBody, WebhookBody
 from .training import Training
@@ -20,18 +21,20 @@ log = logging.getLogger(__name__)
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 DELETE_EVENTS = ("ANNOTATION_DELETED", "ANNOTATIONS_DELETED")
 TRAINING_EVENTS = ("START_TRAINING",)
-OTHER_KNOWN = ("ANNOTATIONS_CREATED", "TASKS_CREATED", "TASKS_DELETED", "PROJECT_CREATED", "PROJECT_UPDATED",
+IMPORT_EVENTS = ("TASKS_CREATED",)
+OTHER_KNOWN = ("ANNOTATIONS_CREATED", "TASKS_DELETED", "PROJECT_CREATED", "PROJECT_UPDATED",
                "PROJECT_DELETED", "LABEL_LINK_CREATED", "LABEL_LINK_UPDATED", "LABEL_LINK_DELETED",
                "REVIEW_CREATED", "REVIEW_UPDATED", "REVIEWS_DELETED")
-KNOWN_ACTIONS = ANNOTATION_EVENTS + DELETE_EVENTS + TRAINING_EVENTS + OTHER_KNOWN
+KNOWN_ACTIONS = ANNOTATION_EVENTS + DELETE_EVENTS + TRAINING_EVENTS + IMPORT_EVENTS + OTHER_KNOWN
 
 
 class Webhooks:
-    def __init__(self, settings: Settings, ingest: AnnotationIngest, training: Training, configs: ProjectConfigs,
-                 metrics: Metrics):
+    def __init__(self, settings: Settings, ingest: AnnotationIngest, training: Training, preannotator: Preannotator,
+                 configs: ProjectConfigs, metrics: Metrics):
         self.settings = settings
         self.ingest = ingest
         self.training = training
+        self.preannotator = preannotator
         self.configs = configs
         self.metrics = metrics
         self.events: dict[str, int] = {}
@@ -51,6 +54,14 @@ class Webhooks:
             return {"status": "ok", "deleted_regions": self.ingest.delete(ids)}
         if action in TRAINING_EVENTS:
             return self.training.start(body.project.id, "request", "requested by Label Studio")
+        if action in IMPORT_EVENTS:
+            if body.project.label_config:
+                self.configs.remember(body.project.id, body.project.label_config)
+            try:
+                return self.preannotator.request(body.project.id, [task.id for task in body.tasks or []])
+            except InvalidRequest as exc:  # Label Studio sent it, but did not say where it is: nothing to retry
+                log.warning("webhook TASKS_CREATED: no pre-annotation: %s", exc.message)
+                return {"status": "skipped", "reason": exc.message}
         log.info("webhook %s ignored", action)
         return {"status": "ignored", "action": action}
 

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
                                    description="seconds an object's clicks are remembered between requests")
     session_cache_mb: float = Field(256, ge=0, alias="SEGAGENT_SESSION_CACHE_MB",
                                     description="interactive sessions (each keeps its last mask), oldest evicted")
+    preannotate_workers: int = Field(2, ge=1, le=16, alias="SEGAGENT_PREANNOTATE_WORKERS",
+                                     description="tasks pre-annotated at once in the background")
     retention_days: float = Field(30.0, ge=0, alias="SEGAGENT_RETENTION_DAYS",
                                   description="days unannotated episodes and requests are kept")
     max_request_mb: float = Field(64, gt=0, alias="SEGAGENT_MAX_REQUEST_MB", description="larger request bodies get 413")

@@ -242,7 +242,9 @@ def test_webhook_keeps_replays_updates_and_deletes(app, client):
 
 
 def test_webhook_bad_input(client):
-    assert client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1}}).json["status"] == "ignored"
+    assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}}).json["status"] == "ignored"
+    imported = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": [{"id": 5}]})
+    assert imported.json["status"] == "skipped" and "LABEL_STUDIO_URL" in imported.json["reason"]
     assert client.post("/webhook", json={"action": "SOMETHING_NEW"}).status_code == 200
     assert client.post("/webhook", json={"project": 1}).status_code == 400
     bad = brush_annotation(np.ones((4, 4), bool))

@@ -63,7 +63,9 @@ def _stop(process: subprocess.Popen) -> None:
     try:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+    except ProcessLookupError:
+        return  # killed already (a test's SIGKILL)
+    except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
 
 
@@ -99,7 +101,7 @@ def make_serve(data: Path, **extra_env):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_up(f"{url}/health", process, 180, log)
-        yield {"url": url, "log": log}
+        yield {"url": url, "log": log, "process": process}
     finally:
         _stop(process)
 
