@@ -15,7 +15,7 @@ from model.agent.loop import Agent, AgentConfig
 from model.policies import Policy, PolicyError, make_policy
 from model.quality.scorers import OfflineScorer, PolicyScorer
 from model.settings import Settings
-from model.tools import Segmenter, make_segmenter
+from model.tools import Segmenter, segmenter_from
 
 from .errors import CapabilityOff
 
@@ -72,9 +72,7 @@ class Capabilities:
 
     @classmethod
     def build(cls, settings: Settings) -> Capabilities:
-        tool: Capability[Segmenter] = Capability.build("interactive tool", lambda: make_segmenter(
-            settings.tool, cache_bytes=settings.tool_cache_bytes, sam_checkpoint=settings.sam_checkpoint or None,
-            data_dir=settings.data_dir, sam_sha256=settings.sam_sha256 or None))
+        tool: Capability[Segmenter] = Capability.build("interactive tool", lambda: segmenter_from(settings))
         if settings.policy:
             policy: Capability[Policy] = Capability.build("policy", lambda: make_policy(
                 settings.policy, adapter=settings.policy_adapter or None, answer_format=settings.policy_format,

@@ -237,3 +237,18 @@ def test_the_evaluate_command_runs_sam2(tiny_sam2, tmp_path):
                  "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tool"] == "sam2" and summary["images"] == 1 and len(summary["miou_at_click"]) == 2
+
+
+def test_the_backend_serves_clicks_with_sam2(tiny_sam2, tmp_path, image_server):
+    from model.settings import Settings
+    from tests.apps import App
+    from tests.test_backend import keypoint, predict
+
+    checkpoint, config, _ = tiny_sam2
+    app = App(Settings(data_dir=tmp_path, tool="sam2", sam2_checkpoint=str(checkpoint), sam2_config=str(config),
+                       device="cpu", banned_subnets="169.254.0.0/16"))
+    assert app.client.get("/health").json["capabilities"]["tool"] == {"on": True, "name": "sam2", "error": None}
+    response = predict(app.client, f"{image_server.url}/object.png", {"result": [keypoint(50, 50)]})
+    assert response.status_code == 200 and response.json["model_version"].startswith("segagent-sam2-")
+    [region] = response.json["results"][0]["result"]
+    assert region["type"] == "brushlabels"  # a random model's mask means nothing: this checks the wiring

@@ -118,7 +118,7 @@ def _run_locked(spec: JobSpec, registry: Registry, job_id: str) -> dict:
 def _train_gate_register(spec, registry, job_id, store, train, held_out, data, parent, parent_adapter, name,
                          folder) -> dict:
     from model.policies.transformers_vlm import TransformersPolicy
-    from model.tools import make_segmenter
+    from model.tools import segmenter_from
 
     scope, settings, started = spec.scope, spec.settings, time.time()
     last_beat = [0.0]
@@ -131,9 +131,7 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
     training = train_lora(settings.policy, store, train, folder / "adapter", spec.train, parent_adapter, progress)
     registry.write_job(job_id, stage="gate", progress=1.0, training=training)
 
-    segmenter = make_segmenter(settings.tool, cache_bytes=settings.tool_cache_bytes,
-                               sam_checkpoint=settings.sam_checkpoint or None, data_dir=settings.data_dir,
-                               sam_sha256=settings.sam_sha256 or None)
+    segmenter = segmenter_from(settings)
     policy = TransformersPolicy(settings.policy, adapter=parent_adapter)
     reader = TurnReader(store, spec.train.color, spec.train.observation_side)
     active_metrics = measure(policy, segmenter, store, held_out, spec.gate, reader)
