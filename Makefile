@@ -6,7 +6,7 @@ HOST ?= 0.0.0.0
 THREADS ?= 4
 BIN = $(VENV)/bin
 
-.PHONY: install serve test test-fast bench bench-agent bench-quality bench-interactive bench-train lint
+.PHONY: install serve test test-fast bench bench-agent bench-quality bench-interactive bench-load bench-train lint
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,11 @@ bench-quality: install
 # Interactive requests through the HTTP layer: median and p90 seconds per request.
 bench-interactive: install
 	$(BIN)/python scripts/bench_interactive.py $(DATA)/grabcut --clicks 5 --limit 20
+
+# The backend as make serve runs it, over loopback: 1 and 8 clients clicking GrabCut objects, idle and while
+# learning from a burst of 200 submitted annotations: requests/s, p50, p95, peak RSS.
+bench-load: install
+	$(BIN)/python scripts/bench_load.py $(DATA)/grabcut --seconds 30
 
 # One training job on the CPU: GrabCut's objects as scratch trajectories of project 1, the tiny VLM
 # (taught to click the centre) as the base, default hyperparameters. Measures the job, not a policy.

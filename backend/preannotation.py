@@ -21,6 +21,7 @@ from .capabilities import Capabilities
 from .connection import LabelStudio, LabelStudioConnection
 from .errors import InvalidRequest
 from .images import ImageFetcher
+from .jobs import lower_this_thread_priority
 from .labelstudio import formatting, parsing
 from .preannotation_queue import Item, PreannotationQueue
 from .prediction import Predictor
@@ -109,6 +110,7 @@ class Preannotator:
             page += 1
 
     def _work(self) -> None:
+        lower_this_thread_priority()
         while not self._stop.is_set():
             item = self.queue.take()
             if item is None:

@@ -77,7 +77,8 @@ class Predictor:
         self.metrics.predictions.labels("interactive").inc()
         log.info("task %s: interactive mask for %r (region %s) from %d clicks%s, %d pixels", task.id, label,
                  step.session.region_id, len(clicks), " and a box" if step.box else "", int(result.mask.sum()))
-        score = self.capabilities.estimate(image, result.mask, interaction.text or label, result.score)
+        score = result.score if self.settings.interactive_score == "tool" else \
+            self.capabilities.estimate(image, result.mask, interaction.text or label, result.score)
         return RegionPrediction(label, result.mask, score, id=step.session.region_id)
 
     def _refine(self, task: TaskInput, image: np.ndarray, serving: Serving) -> list[RegionPrediction]:

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
                                            description="what scores candidates in the search")
     return_clicks: bool = Field(False, alias="SEGAGENT_RETURN_CLICKS",
                                 description="return the agent's clicks as keypoint regions")
+    interactive_score: Literal["tool", "quality"] = Field(
+        "tool", alias="SEGAGENT_INTERACTIVE_SCORE",
+        description="an interactive answer's score: the tool's own confidence (fast), or the quality scorer's")
     output: Literal["auto", "brush", "polygon"] = Field(
         "auto", alias="SEGAGENT_OUTPUT",
         description="predicted regions: brush masks or polygons (auto: brushes when the config has BrushLabels)")
@@ -133,7 +136,8 @@ class Settings(BaseSettings):
         """Keyword arguments first, then the environment by variable name only: no .env or secrets files."""
         return init_settings, Environment(settings_cls)
 
-    @field_validator("policy_format", "prm", "policy_scope", "tool", "output", "device", mode="before")
+    @field_validator("policy_format", "prm", "policy_scope", "tool", "output", "device", "interactive_score",
+                     mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter import brush
 
+from model.core.clicks import Click
 from model.core.masks import iou
 from model.settings import Settings
 from tests.apps import App
@@ -403,13 +404,27 @@ def _wait_for(condition, timeout=30.0):
     return False
 
 
-def test_prediction_scores_are_the_scorers_estimates(client, image_server):
+def test_prediction_scores_are_the_scorers_estimates(tmp_path, image_server):
     from model.quality.scorers import OfflineScorer
 
+    client = make_client(tmp_path, interactive_score="quality")
     region = predict(client, f"{image_server.url}/object.png", {"result": [keypoint(50, 50)]}).json[
         "results"][0]["result"][0]
     expected = OfflineScorer()(image_server.image, decode(region))
     assert region["score"] == pytest.approx(expected, abs=1e-3)
+    task = {"predictions": [{"result": [rectangle_around(image_server.mask)]}]}  # stored predictions: always
+    refined = predict(make_client(tmp_path / "default"), f"{image_server.url}/object.png", task_extra=task).json[
+        "results"][0]["result"][0]
+    assert refined["score"] == pytest.approx(OfflineScorer()(image_server.image, decode(refined)), abs=1e-3)
+
+
+def test_interactive_answers_carry_the_tool_s_own_confidence_by_default(client, image_server):
+    from model.tools import make_segmenter
+
+    region = predict(client, f"{image_server.url}/object.png", {"result": [keypoint(50, 50)]}).json[
+        "results"][0]["result"][0]
+    tool = make_segmenter("classical").predict(image_server.image, [Click(160, 120, True)])
+    assert region["score"] == pytest.approx(tool.score, abs=1e-3)
 
 
 def test_submitted_annotations_are_scored_and_listed_worst_first(tmp_path, image_server):
