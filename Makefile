@@ -6,7 +6,7 @@ HOST ?= 0.0.0.0
 THREADS ?= 4
 BIN = $(VENV)/bin
 
-.PHONY: install serve test test-fast bench bench-agent bench-quality bench-interactive bench-load bench-train lint
+.PHONY: install serve test test-fast bench bench-agent bench-quality bench-interactive bench-load bench-preannotate bench-train lint
 
 install: $(VENV)/.installed
 
@@ -60,6 +60,11 @@ bench-interactive: install
 # learning from a burst of 200 submitted annotations: requests/s, p50, p95, peak RSS.
 bench-load: install
 	$(BIN)/python scripts/bench_load.py $(DATA)/grabcut --seconds 30
+
+# Pre-annotating a 200-task project (GrabCut images with rectangles, refine mode) in a real Label Studio
+# (the test suite's cached install) through POST /preannotate: tasks per minute, mIoU of what was stored.
+bench-preannotate: install
+	$(BIN)/python scripts/bench_preannotate.py $(DATA)/grabcut --tasks 200
 
 # One training job on the CPU: GrabCut's objects as scratch trajectories of project 1, the tiny VLM
 # (taught to click the centre) as the base, default hyperparameters. Measures the job, not a policy.

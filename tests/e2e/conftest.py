@@ -71,8 +71,14 @@ def _stop(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
+    with running_label_studio(tmp_path_factory.mktemp("label-studio") / "data") as server:
+        yield server
+
+
+@contextmanager
+def running_label_studio(data: Path):
+    """Label Studio on a free loopback port, on a fresh copy of the initialised data directory."""
     binary = _ensure_label_studio()
-    data = tmp_path_factory.mktemp("label-studio") / "data"
     shutil.copytree(LS_VENV / "template", data)
     port = free_port()
     env = {**os.environ, **LS_ENV, "LABEL_STUDIO_BASE_DATA_DIR": str(data)}

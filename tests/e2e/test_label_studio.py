@@ -106,17 +106,51 @@ def test_interactive_keypoint_gives_the_object(label_studio, connected, image_se
         assert iou(_decode(region), image_server.mask) >= 0.8
 
 
-def test_retrieve_predictions_stores_masks(connected, image_server):
+def _ours(client, project_id: int) -> dict[int, list]:
+    """The backend's predictions of each task of the project."""
+    return {task.id: [p for p in client.tasks.get(id=task.id).predictions or []
+                      if str(p.model_version or "").startswith("segagent-")]
+            for task in client.tasks.list(project=project_id)}
+
+
+def _preannotated(backend_url: str, project_id: int, timeout: float = 120) -> dict:
+    """The backend's pre-annotation of the project, once nothing is left to do."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        progress = requests.get(f"{backend_url}/status", timeout=10).json()["preannotation"].get(str(project_id))
+        if progress and not progress["remaining"]:
+            return progress
+        time.sleep(0.5)
+    raise AssertionError(f"project {project_id} is not pre-annotated after {timeout} s")
+
+
+def test_imported_tasks_are_preannotated_without_anyone_asking(connected, backend_server, image_server):
+    """Label Studio 1.23 tells a connected ML backend about imported tasks (TASKS_CREATED): the task with a
+    rectangle gets its prediction with nobody pressing "Retrieve predictions"; the other has nothing to
+    start from."""
+    progress = _preannotated(backend_server["url"], connected["project"].id)
+    assert progress["done"] == 2 and progress["failed"] == 0
+    counts = sorted(len(predictions) for predictions in _ours(connected["client"], connected["project"].id).values())
+    assert counts == [0, 1]
+
+
+def test_retrieve_predictions_stores_masks(connected, backend_server, image_server):
     client, project = connected["client"], connected["project"]
+    _preannotated(backend_server["url"], project.id)
+    _forget_ours(client, project.id)  # Label Studio does not ask again for a version a task has already
     client.actions.create(id="retrieve_tasks_predictions", project=project.id,
                           selected_items={"all": True, "excluded": []})
-    ours = []
-    for task in client.tasks.list(project=project.id):
-        full = client.tasks.get(id=task.id)
-        ours += [p for p in (full.predictions or []) if str(p.model_version or "").startswith("segagent-")]
-    assert len(ours) == 1  # the task with an imported rectangle; the other has nothing to start from
-    [region] = ours[0].result
+    after = _ours(client, project.id)
+    assert sorted(len(predictions) for predictions in after.values()) == [0, 1]  # the task with a rectangle
+    [[prediction]] = [predictions for predictions in after.values() if predictions]
+    [region] = prediction.result
     assert iou(_decode(region), image_server.mask) >= 0.8
+
+
+def _forget_ours(client, project_id: int) -> None:
+    for predictions in _ours(client, project_id).values():
+        for prediction in predictions:
+            client.predictions.delete(id=prediction.id)
 
 
 def test_submitted_annotation_reaches_the_webhook(connected, backend_server, image_server):

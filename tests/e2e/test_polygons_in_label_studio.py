@@ -1,6 +1,6 @@
 """End to end: a project whose config has PolygonLabels. Label Studio 1.23 stores the backend's polygon
-predictions ("Retrieve predictions" for a task with an imported rectangle) and answers its interactive
-pre-annotation from a smart keypoint with a polygon; both outline the object."""
+predictions (made on import, and by "Retrieve predictions", for a task with an imported rectangle) and
+answers its interactive pre-annotation from a smart keypoint with a polygon; all outline the object."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ import requests
 from label_studio_sdk import LabelStudio
 
 from model.core.masks import iou, polygons_to_mask
-from tests.e2e.test_label_studio import _bbox_percent, _keypoint
+from tests.e2e.test_label_studio import _bbox_percent, _forget_ours, _keypoint, _ours, _preannotated
 
 pytestmark = pytest.mark.e2e
 
@@ -46,16 +46,20 @@ def polygon_project(label_studio, backend_server, image_server):
             "headers": {"Authorization": f"Token {label_studio['token']}"}}
 
 
-def test_retrieve_predictions_stores_polygons(polygon_project, image_server):
+def test_imported_and_retrieved_predictions_are_polygons(polygon_project, backend_server, image_server):
     client, project = polygon_project["client"], polygon_project["project"]
+    _preannotated(backend_server["url"], project.id)  # on import (TASKS_CREATED)
+    imported = _ours(client, project.id)[polygon_project["task"].id]
+    _forget_ours(client, project.id)  # so that "Retrieve predictions" asks the backend again
     client.actions.create(id="retrieve_tasks_predictions", project=project.id,
                           selected_items={"all": True, "excluded": []})
-    full = client.tasks.get(id=polygon_project["task"].id)
-    [ours] = [p for p in full.predictions or [] if str(p.model_version or "").startswith("segagent-")]
-    [region] = ours.result
-    assert region["type"] == "polygonlabels" and region["from_name"] == "outline"
-    assert region["value"]["polygonlabels"] == ["Object"]
-    assert iou(_rasterised(region), image_server.mask) >= 0.8
+    retrieved = _ours(client, project.id)[polygon_project["task"].id]
+    assert len(imported) == 1 and len(retrieved) == 1
+    for prediction in imported + retrieved:
+        [region] = prediction.result
+        assert region["type"] == "polygonlabels" and region["from_name"] == "outline"
+        assert region["value"]["polygonlabels"] == ["Object"]
+        assert iou(_rasterised(region), image_server.mask) >= 0.8
 
 
 def test_interactive_keypoint_gives_a_polygon(label_studio, polygon_project, image_server):

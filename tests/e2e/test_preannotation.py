@@ -1,6 +1,6 @@
-"""End to end: a project of 50 tasks with rectangles is imported into Label Studio 1.23; its TASKS_CREATED
-webhook reaches the backend, which pre-annotates every task in the background, without anyone pressing
-"Retrieve predictions". The backend is killed with SIGKILL half-way and started again: it finishes,
+"""End to end: a project of 50 tasks with rectangles is imported into Label Studio 1.23, which tells the
+connected backend (TASKS_CREATED); the backend pre-annotates every task in the background, without
+anyone pressing "Retrieve predictions". The backend is killed with SIGKILL half-way and started again: it finishes,
 with exactly one prediction of its version per task."""
 from __future__ import annotations
 
@@ -46,11 +46,6 @@ def test_imported_tasks_are_preannotated_once_each_across_a_kill(label_studio, i
     with make_serve(data, **env) as backend:
         project = client.projects.create(title="segagent pre-annotation", label_config=CONFIG)
         client.ml.create(project=project.id, url=backend["url"], is_interactive=True, title="SegAgent")
-        hook = requests.post(f"{label_studio['url']}/api/webhooks/", timeout=30,
-                             headers={"Authorization": f"Token {label_studio['token']}"},
-                             json={"project": project.id, "url": f"{backend['url']}/webhook", "send_payload": True,
-                                   "send_for_all_actions": False, "actions": ["TASKS_CREATED"]})
-        hook.raise_for_status()
         box = {"from_name": "box", "to_name": "image", "type": "rectanglelabels",
                "value": {**_bbox_percent(image_server.mask), "rectanglelabels": ["Object"]}}
         client.projects.import_tasks(id=project.id, request=[
