@@ -82,8 +82,8 @@ class Backend:
                    webhooks=Webhooks(settings, ingest, training, preannotator, configs, metrics), background=background)
 
     def close(self) -> None:
-        """Stop the periodic training thread and the pre-annotation workers, finish the background work already
-        queued, close the stores."""
+        """Stop the periodic training thread and the pre-annotation workers, let the background job under way
+        finish, close the stores."""
         self.training.close()
         self.preannotator.close()
         self.preannotator.queue.close()

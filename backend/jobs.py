@@ -49,8 +49,9 @@ class BackgroundJobs:
                 self.pending -= 1
 
     def close(self) -> None:
-        """Finish what is queued, then stop the thread."""
-        self._pool.shutdown(wait=True)
+        """Let the job under way finish; drop the rest (what must not be lost is owed in the store and
+        resumed at the next start)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def status(self) -> dict:
         return {"pending": self.pending, "done": self.done, "failed": self.failed, "last_error": self.last_error}

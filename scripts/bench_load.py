@@ -164,7 +164,7 @@ def main() -> None:
                    "peak_rss_mb": round(peak_rss_mb(worker_of(server.pid)), 1), "threads": args.threads,
                    "learning_backlog_at_end": backlog, "machine": f"{os.cpu_count()} CPU cores"}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        os.killpg(server.pid, signal.SIGKILL)  # the learning backlog is owed in its data folder, thrown away
         server.wait(timeout=30)
     print(json.dumps(summary, indent=2))
 
