@@ -51,6 +51,10 @@ class Gone(DomainError):
     """A training job this backend no longer knows."""
 
 
+class LabelStudioFailed(DomainError):
+    """Label Studio's API answered with an error, or not at all."""
+
+
 class CapabilityOff(DomainError):
     """What the request needs is off on this backend (no tool, no policy); the message says why."""
 
@@ -69,6 +73,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     ImageTooLarge: 413,
     ImageUnavailable: 422,
     ImageError: 422,
+    LabelStudioFailed: 502,
     CapabilityOff: 503,
     PolicyError: 503,
 }

@@ -19,7 +19,7 @@ from model.settings import Settings
 
 from .capabilities import Capabilities
 from .connection import LabelStudio, LabelStudioConnection
-from .errors import InvalidRequest
+from .errors import InvalidRequest, LabelStudioFailed
 from .images import ImageFetcher
 from .jobs import lower_this_thread_priority
 from .labelstudio import formatting, parsing
@@ -50,7 +50,7 @@ class Preannotator:
         self.queue = queue
         self.session = requests.Session()
         self.session.trust_env = False
-        retries = Retry(total=5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
+        retries = Retry(total=3, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
                         allowed_methods=frozenset({"GET"}), respect_retry_after_header=True)
         self.session.mount("http://", HTTPAdapter(max_retries=retries))
         self.session.mount("https://", HTTPAdapter(max_retries=retries))
@@ -95,17 +95,23 @@ class Preannotator:
         return label_studio
 
     def _call(self, label_studio: LabelStudio, method: str, path: str, **kwargs) -> dict:
-        return label_studio.api(self.session, method, path, self.settings.fetch_timeout, **kwargs)
+        try:
+            return label_studio.api(self.session, method, path, self.settings.fetch_timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise LabelStudioFailed(f"Label Studio at {label_studio.url}: {method} {path.split('?')[0]} failed: "
+                                    f"{type(exc).__name__}: {str(exc)[:200]}") from exc
 
     def _task_ids(self, label_studio: LabelStudio, project: str) -> list[int]:
+        """Every task id of the project, page by page (Label Studio says how many there are)."""
         ids: list[int] = []
         page = 1
         while True:
             body = self._call(label_studio, "GET", f"/api/tasks/?project={int(project)}&page={page}"
                               f"&page_size={PAGE_SIZE}&fields=task_only")
-            tasks = body.get("tasks", body) if isinstance(body, dict) else body
+            tasks = body.get("tasks", []) if isinstance(body, dict) else body
             ids += [int(task["id"]) for task in tasks]
-            if len(tasks) < PAGE_SIZE:
+            total = body.get("total") if isinstance(body, dict) else None
+            if len(tasks) < PAGE_SIZE or (isinstance(total, int) and len(ids) >= total):
                 return ids
             page += 1
 

@@ -1,0 +1,65 @@
+"""The pre-annotation queue (durable, one row per task and version, retries with backoff) and the edge of
+POST /preannotate; the whole path against a real Label Studio is in tests/e2e/test_preannotation.py."""
+from __future__ import annotations
+
+from backend.preannotation_queue import MAX_ATTEMPTS, PreannotationQueue
+from model.settings import Settings
+from tests.apps import App
+from tests.synthetic import free_port
+
+
+def test_a_task_is_queued_once_per_version(tmp_path):
+    queue = PreannotationQueue(tmp_path / "q.sqlite3")
+    assert queue.add("1", [1, 2, 3], "v0") == 3
+    assert queue.add("1", [2, 3, 4], "v0") == 1  # 2 and 3 are queued already
+    assert queue.add("1", [1], "v1") == 1  # another version is another prediction
+    assert queue.progress("1")["total"] == 5
+
+
+def test_what_was_taken_but_not_finished_is_taken_again_after_a_restart(tmp_path):
+    queue = PreannotationQueue(tmp_path / "q.sqlite3")
+    queue.add("1", [1, 2], "v0")
+    first = queue.take()
+    assert first is not None and first.task_id == 1
+    queue.close()  # as a kill would leave it: task 1 running
+    reopened = PreannotationQueue(tmp_path / "q.sqlite3")
+    assert [reopened.take().task_id, reopened.take().task_id] == [1, 2]
+    assert reopened.take() is None
+
+
+def test_failures_back_off_and_give_up_after_the_last_attempt(tmp_path):
+    queue = PreannotationQueue(tmp_path / "q.sqlite3")
+    queue.add("1", [7], "v0")
+    item = queue.take()
+    queue.failed(item, "HTTP 503")
+    assert queue.take() is None  # not before its backoff has passed
+    for attempt in range(1, MAX_ATTEMPTS):
+        item = item.__class__(item.project, item.task_id, item.model_version, attempt)
+        queue.failed(item, "HTTP 503")
+    progress = queue.progress("1")
+    assert progress["failed"] == 1 and progress["remaining"] == 0
+    assert progress["failures"] == [{"task": 7, "reason": "HTTP 503"}]
+
+
+def test_done_tasks_give_a_rate_and_nothing_left_gives_no_wait(tmp_path):
+    queue = PreannotationQueue(tmp_path / "q.sqlite3")
+    queue.add("1", [1, 2, 3], "v0")
+    for _ in range(2):
+        queue.done(queue.take())
+    progress = queue.progress("1")
+    assert progress["done"] == 2 and progress["remaining"] == 1
+    while (item := queue.take()) is not None:
+        queue.done(item)
+    assert queue.progress("1")["eta_seconds"] == 0
+
+
+def test_preannotate_says_what_is_missing_and_when_label_studio_fails(tmp_path):
+    client = App(Settings(data_dir=tmp_path / "a", banned_subnets="169.254.0.0/16")).client
+    answer = client.post("/preannotate", json={"project": 3})
+    assert answer.status_code == 400 and "LABEL_STUDIO_URL" in answer.json["error"]
+    assert client.post("/preannotate", json={"project": "x"}).status_code == 400
+    down = App(Settings(data_dir=tmp_path / "b", label_studio_url=f"http://127.0.0.1:{free_port()}",
+                        label_studio_api_key="key", banned_subnets="169.254.0.0/16")).client
+    answer = down.post("/preannotate", json={"project": 3})
+    assert answer.status_code == 502 and "Label Studio at" in answer.json["error"]
+    assert down.get("/health").status_code == 200
