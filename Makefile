@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PORT ?= 9090
 HOST ?= 0.0.0.0
-THREADS ?= 4
+THREADS ?= 8
 BIN = $(VENV)/bin
 
 .PHONY: install serve test test-fast bench bench-agent bench-quality bench-interactive bench-load bench-preannotate bench-train lint
