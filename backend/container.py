@@ -30,6 +30,41 @@ from .webhooks import Webhooks
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Predicting:
+    """What predicting a task needs: the web process builds it, and so does a pre-annotation worker."""
+
+    capabilities: Capabilities
+    connection: LabelStudioConnection
+    fetcher: ImageFetcher
+    configs: ProjectConfigs
+    annotations: AnnotationStore
+    registry: Registry
+    server: VersionServer
+    predictor: Predictor
+
+    @classmethod
+    def build(cls, settings: Settings, metrics: Metrics) -> Predicting:
+        capabilities = Capabilities.build(settings)
+        connection = LabelStudioConnection(settings)
+        fetcher = ImageFetcher(settings, connection)
+        annotations = AnnotationStore(settings.data_dir / "annotations.sqlite3")
+        registry = Registry(settings.data_dir / "models")
+        server = VersionServer(settings, capabilities, registry)
+        sessions = Sessions(settings.interactive_ttl, settings.session_cache_bytes)
+        caches: dict[str, object] = {"images": fetcher, "sessions": sessions}
+        if capabilities.tool.on:
+            caches["tool"] = capabilities.tool.get().cache
+        metrics.watch_caches(caches)
+        return cls(capabilities, connection, fetcher, ProjectConfigs(settings.output), annotations, registry, server,
+                   Predictor(settings, capabilities, fetcher, sessions, annotations, metrics))
+
+    def preannotator(self, settings: Settings, local_workers: bool) -> Preannotator:
+        return Preannotator(settings, self.capabilities, self.connection, self.fetcher, self.configs, self.server,
+                            self.predictor, PreannotationQueue(settings.data_dir / "preannotation.sqlite3"),
+                            local_workers)
+
+
 @dataclass
 class Backend:
     settings: Settings
@@ -53,33 +88,22 @@ class Backend:
     @classmethod
     def build(cls, settings: Settings) -> Backend:
         metrics = Metrics()
-        capabilities = Capabilities.build(settings)
-        connection = LabelStudioConnection(settings)
-        fetcher = ImageFetcher(settings, connection)
-        annotations = AnnotationStore(settings.data_dir / "annotations.sqlite3")
+        parts = Predicting.build(settings, metrics)
         trajectories = TrajectoryStore(settings.data_dir / "trajectories")
-        registry = Registry(settings.data_dir / "models")
-        server = VersionServer(settings, capabilities, registry)
         background = BackgroundJobs("background")
-        training = Training(settings, registry, trajectories, server, TrainingJobs(settings, registry), background,
-                            metrics)
-        ingest = AnnotationIngest(settings, capabilities, annotations, trajectories, fetcher, connection, background,
-                                  training.after_new_trajectories)
-        configs = ProjectConfigs(settings.output)
-        sessions = Sessions(settings.interactive_ttl, settings.session_cache_bytes)
-        caches: dict[str, object] = {"images": fetcher, "sessions": sessions}
-        if capabilities.tool.on:
-            caches["tool"] = capabilities.tool.get().cache
-        metrics.watch_caches(caches)
-        predictor = Predictor(settings, capabilities, fetcher, sessions, annotations, metrics)
-        preannotator = Preannotator(settings, capabilities, connection, fetcher, configs, server, predictor,
-                                    PreannotationQueue(settings.data_dir / "preannotation.sqlite3"))
+        training = Training(settings, parts.registry, trajectories, parts.server,
+                            TrainingJobs(settings, parts.registry), background, metrics)
+        ingest = AnnotationIngest(settings, parts.capabilities, parts.annotations, trajectories, parts.fetcher,
+                                  parts.connection, background, training.after_new_trajectories)
+        preannotator = parts.preannotator(settings, local_workers=not settings.redis_url)
         ingest.resume()
-        return cls(settings=settings, metrics=metrics, capabilities=capabilities, connection=connection,
-                   fetcher=fetcher, configs=configs, annotations=annotations, trajectories=trajectories,
-                   registry=registry, server=server, predictor=predictor, ingest=ingest, training=training,
-                   preannotator=preannotator,
-                   webhooks=Webhooks(settings, ingest, training, preannotator, configs, metrics), background=background)
+        preannotator.resume()
+        return cls(settings=settings, metrics=metrics, capabilities=parts.capabilities, connection=parts.connection,
+                   fetcher=parts.fetcher, configs=parts.configs, annotations=parts.annotations,
+                   trajectories=trajectories, registry=parts.registry, server=parts.server, predictor=parts.predictor,
+                   ingest=ingest, training=training, preannotator=preannotator,
+                   webhooks=Webhooks(settings, ingest, training, preannotator, parts.configs, metrics),
+                   background=background)
 
     def close(self) -> None:
         """Stop the periodic training thread and the pre-annotation workers, let the background job under way

@@ -2,10 +2,11 @@
 `python -m model preannotate`. Tasks are listed and read through Label Studio's API, predicted as
 /predict would (refine from the rectangles they carry, or auto with a policy), and the predictions
 written back through Label Studio's predictions API with the model version, outside any request of
-Label Studio's, so its ML timeout never applies. A few workers at a time (SEGAGENT_PREANNOTATE_WORKERS),
-reads retried with backoff on 429 and 5xx; a task is predicted once per model version, also after a
-retry or a restart (its predictions are read first). With an interactive tool that encodes images
-(SAM), each task's image is encoded on the way, so that its first click is decoder-only."""
+Label Studio's, so its ML timeout never applies. Local worker threads (SEGAGENT_PREANNOTATE_WORKERS)
+run the tasks, or RQ workers when REDIS_URL is set; reads are retried with backoff on 429 and 5xx; a
+task is predicted once per model version, also after a retry or a restart (its predictions are read
+first). With an interactive tool that encodes images (SAM), each task's image is encoded on the way,
+so that its first click is decoder-only."""
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,8 @@ from .errors import InvalidRequest, LabelStudioFailed
 from .images import ImageFetcher
 from .jobs import lower_this_thread_priority
 from .labelstudio import formatting, parsing
-from .preannotation_queue import Item, PreannotationQueue
+from .preannotation_queue import MAX_ATTEMPTS, Item, PreannotationQueue
+from .preannotation_rq import enqueue, rq_queue
 from .prediction import Predictor
 from .projects import ProjectConfigs
 from .schemas import TaskBody
@@ -39,7 +41,7 @@ UNKNOWN_WAIT = 30.0  # seconds before a task of a project whose Label Studio is 
 class Preannotator:
     def __init__(self, settings: Settings, capabilities: Capabilities, connection: LabelStudioConnection,
                  fetcher: ImageFetcher, configs: ProjectConfigs, server: VersionServer, predictor: Predictor,
-                 queue: PreannotationQueue):
+                 queue: PreannotationQueue, local_workers: bool):
         self.settings = settings
         self.capabilities = capabilities
         self.connection = connection
@@ -56,10 +58,23 @@ class Preannotator:
         self.session.mount("https://", HTTPAdapter(max_retries=retries))
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Local threads take tasks from the queue; with REDIS_URL, RQ workers run them (preannotation_rq.py).
+        self._rq = None if local_workers else rq_queue(settings.redis_url)
         self._workers = [threading.Thread(target=self._work, daemon=True, name=f"preannotate-{n}")
-                         for n in range(settings.preannotate_workers)]
+                         for n in range(settings.preannotate_workers if local_workers else 0)]
         for worker in self._workers:
             worker.start()
+
+    @property
+    def runner(self) -> str:
+        return "process" if self._rq is None else "rq"
+
+    def resume(self) -> None:
+        """With RQ, hand out again what is queued here (a stop may have come between queueing a task and
+        handing it out); local workers take it from the queue by themselves."""
+        if self._rq is not None:
+            for item in self.queue.waiting():
+                enqueue(self._rq, item)
 
     def close(self) -> None:
         self._stop.set()
@@ -77,11 +92,14 @@ class Preannotator:
             task_ids = self._task_ids(label_studio, project)
         version = self.server.serving(project).version
         queued = self.queue.add(project, task_ids, version)
+        if self._rq is not None:
+            for item in queued:
+                enqueue(self._rq, item)
         self._wake.set()
-        log.info("project %s: %d tasks queued for pre-annotation with %s (%d asked for)", project, queued, version,
-                 len(task_ids))
-        return {"status": "queued", "project": project, "queued": queued, "asked": len(task_ids),
-                "model_version": version, "progress": self.queue.progress(project)}
+        log.info("project %s: %d tasks queued for pre-annotation with %s (%d asked for, runner %s)", project,
+                 len(queued), version, len(task_ids), self.runner)
+        return {"status": "queued", "project": project, "queued": len(queued), "asked": len(task_ids),
+                "model_version": version, "runner": self.runner, "progress": self.queue.progress(project)}
 
     def status(self) -> dict:
         return {project: self.queue.progress(project) for project in self.queue.projects()}
@@ -123,17 +141,23 @@ class Preannotator:
                 self._wake.wait(IDLE_WAIT)
                 self._wake.clear()
                 continue
-            try:
-                note = self._preannotate(item)
-            except InvalidRequest as exc:  # after a restart, until the project's /setup or the environment says where
-                self.queue.later(item, UNKNOWN_WAIT, exc.message)
-                continue
-            except Exception as exc:  # Label Studio down, a bad image: the task is tried again later
-                log.warning("project %s, task %s: pre-annotation failed: %s: %s", item.project, item.task_id,
-                            type(exc).__name__, str(exc)[:300])
-                self.queue.failed(item, f"{type(exc).__name__}: {exc}")
-            else:
-                self.queue.done(item, note)
+            self.run(item)
+
+    def run(self, item: Item) -> bool:
+        """Pre-annotate one task taken from the queue; True when it is finished with (done, or failed for the
+        last time), False when it waits for another attempt."""
+        try:
+            note = self._preannotate(item)
+        except InvalidRequest as exc:  # after a restart, until the project's /setup or the environment says where
+            self.queue.later(item, UNKNOWN_WAIT, exc.message)
+            return False
+        except Exception as exc:  # Label Studio down, a bad image: the task is tried again later
+            log.warning("project %s, task %s: pre-annotation failed: %s: %s", item.project, item.task_id,
+                        type(exc).__name__, str(exc)[:300])
+            self.queue.failed(item, f"{type(exc).__name__}: {exc}")
+            return item.attempts + 1 >= MAX_ATTEMPTS
+        self.queue.done(item, note)
+        return True
 
     def _preannotate(self, item: Item) -> str | None:
         """Predict one task and write the prediction; a note when there was nothing to write."""

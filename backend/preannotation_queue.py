@@ -42,13 +42,31 @@ class PreannotationQueue:
         with self._db.transaction() as db:  # what a stopped process had taken is waiting again
             db.execute("UPDATE items SET state = 'queued' WHERE state = 'running'")
 
-    def add(self, project: str, task_ids: list[int], model_version: str) -> int:
-        """Queue tasks; those already queued, done or failed for this version are left as they are."""
+    def add(self, project: str, task_ids: list[int], model_version: str) -> list[Item]:
+        """Queue tasks; those already queued, done or failed for this version are left as they are. The
+        items newly queued."""
         now = time.time()
         with self._db.transaction() as db:
-            return sum(db.execute(
+            return [Item(project, task_id, model_version, 0) for task_id in task_ids if db.execute(
                 "INSERT OR IGNORE INTO items (project, task_id, model_version, state, queued) VALUES (?, ?, ?, 'queued', ?)",
-                (project, task_id, model_version, now)).rowcount for task_id in task_ids)
+                (project, task_id, model_version, now)).rowcount]
+
+    def waiting(self) -> list[Item]:
+        """Every queued item, oldest first (for a runner that hands them out elsewhere)."""
+        rows = self._db.fetchall("SELECT project, task_id, model_version, attempts FROM items WHERE state = 'queued' "
+                                 "ORDER BY queued, task_id")
+        return [Item(*row) for row in rows]
+
+    def claim(self, project: str, task_id: int, model_version: str) -> Item | None:
+        """This item, marked running, if it is queued (not done, failed for good, or running elsewhere)."""
+        with self._db.transaction() as db:
+            row = db.execute("SELECT attempts FROM items WHERE project = ? AND task_id = ? AND model_version = ? "
+                             "AND state = 'queued'", (project, task_id, model_version)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE items SET state = 'running' WHERE project = ? AND task_id = ? AND model_version = ?",
+                       (project, task_id, model_version))
+            return Item(project, task_id, model_version, row[0])
 
     def take(self) -> Item | None:
         """The oldest queued task that may run now, marked running."""

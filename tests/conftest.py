@@ -1,8 +1,11 @@
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 
 from tests.apps import close_all
-from tests.synthetic import FileServer, png_bytes, scene
+from tests.synthetic import FileServer, free_port, png_bytes, scene
 
 
 @pytest.fixture(autouse=True)
@@ -35,3 +38,36 @@ def taught_vlm(tmp_path_factory):
 
     folder = build_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-qwen2_5-vl")
     return teach(folder, "Positive point: (500, 500)")
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    port = free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        from redis import Redis
+
+        _wait_until(lambda: _pings(Redis(port=port)), timeout=20)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping()
+    except Exception:
+        return False
+
+
+def _wait_until(condition, timeout: float) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and not condition():
+        time.sleep(0.2)

@@ -29,7 +29,7 @@ from model.flywheel.trajectories import TrajectoryStore, TrajectorySummary
 from model.settings import Settings
 from model.tools import make_segmenter
 from tests.apps import App
-from tests.synthetic import free_port, png_bytes, scene
+from tests.synthetic import png_bytes, scene
 from tests.test_backend import ONE_LABEL, brush_annotation, decode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -319,31 +319,6 @@ def test_the_interval_trigger_trains_projects_with_new_trajectories(data, taught
 
 
 # ---------------------------------------------------------------- RQ + Redis
-@pytest.fixture
-def redis_url(tmp_path):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
-    port = free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    try:
-        from redis import Redis
-
-        wait_for(lambda: _pings(Redis(port=port)), timeout=20, every=0.2)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(10)
-
-
-def _pings(client) -> bool:
-    try:
-        return client.ping()
-    except Exception:
-        return False
-
-
 def test_with_redis_an_rq_worker_runs_the_job(data, taught_vlm, redis_url):
     client = App(settings(data, taught_vlm, redis_url=redis_url)).client
     assert client.get("/status").json["training"]["runner"] == "rq"

@@ -33,10 +33,14 @@ def test_compose_wires_label_studio_and_the_backend():
     assert backend_env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
     assert services["backend"]["build"]["dockerfile"] == "Dockerfile"
     assert services["policy"]["profiles"] == ["gpu"]
-    from backend.runners import QUEUE
+    from backend.preannotation_rq import QUEUE as PREANNOTATION
+    from backend.runners import QUEUE as TRAINING
 
     assert backend_env["REDIS_URL"] == "redis://redis:6379/0" and services["redis"]["image"].startswith("redis:")
-    assert services["worker"]["command"][:2] == ["rq", "worker"] and services["worker"]["command"][-1] == QUEUE
+    command = services["worker"]["command"]
+    assert command[:2] == ["rq", "worker"] and {TRAINING, PREANNOTATION} <= set(command)
+    worker_env = dict(item.split("=", 1) for item in services["worker"]["environment"])
+    assert worker_env["LABEL_STUDIO_URL"] == backend_env["LABEL_STUDIO_URL"]  # pre-annotation reaches Label Studio
     assert services["worker"]["volumes"] == services["backend"]["volumes"]  # one /data: trajectories, versions
     gpu_env = dict(line.split("=", 1) for line in (ROOT / "docker" / "gpu.env").read_text().splitlines()
                    if line and not line.startswith("#"))

@@ -10,9 +10,9 @@ from tests.synthetic import free_port
 
 def test_a_task_is_queued_once_per_version(tmp_path):
     queue = PreannotationQueue(tmp_path / "q.sqlite3")
-    assert queue.add("1", [1, 2, 3], "v0") == 3
-    assert queue.add("1", [2, 3, 4], "v0") == 1  # 2 and 3 are queued already
-    assert queue.add("1", [1], "v1") == 1  # another version is another prediction
+    assert [item.task_id for item in queue.add("1", [1, 2, 3], "v0")] == [1, 2, 3]
+    assert [item.task_id for item in queue.add("1", [2, 3, 4], "v0")] == [4]  # 2 and 3 are queued already
+    assert len(queue.add("1", [1], "v1")) == 1  # another version is another prediction
     assert queue.progress("1")["total"] == 5
 
 

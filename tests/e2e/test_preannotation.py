@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -16,6 +19,7 @@ from tests.e2e.conftest import make_serve
 from tests.e2e.test_label_studio import CONFIG, _bbox_percent
 
 pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
 TASKS = 50
 
 
@@ -66,3 +70,41 @@ def test_imported_tasks_are_preannotated_once_each_across_a_kill(label_studio, i
     assert final["failed"] == 0 and final["total"] == TASKS
     counts = _ours(client, project.id)
     assert len(counts) == TASKS and set(counts.values()) == {1}  # one prediction per task, none twice
+
+
+def test_with_redis_rq_workers_preannotate_once_each(label_studio, image_server, redis_url, tmp_path):
+    """With REDIS_URL the web process hands tasks to `rq worker segagent-preannotation` (what the compose
+    `worker` service runs), which predicts them with the same settings; handing them out again after a
+    restart adds no second prediction."""
+    from model.settings import Settings
+    from tests.apps import App, close_all
+
+    client = LabelStudio(base_url=label_studio["url"], api_key=label_studio["token"])
+    project = client.projects.create(title="segagent pre-annotation by rq", label_config=CONFIG)
+    box = {"from_name": "box", "to_name": "image", "type": "rectanglelabels",
+           "value": {**_bbox_percent(image_server.mask), "rectanglelabels": ["Object"]}}
+    client.projects.import_tasks(id=project.id, request=[
+        {"data": {"image": f"{image_server.url}/object.png?n={n}"},
+         "predictions": [{"model_version": "detector", "result": [box]}]} for n in range(6)])
+    env = {"LABEL_STUDIO_URL": label_studio["url"], "LABEL_STUDIO_API_KEY": label_studio["token"],
+           "REDIS_URL": redis_url, "SEGAGENT_DATA_DIR": str(tmp_path), "SEGAGENT_BANNED_SUBNETS": "169.254.0.0/16"}
+    settings = Settings(data_dir=tmp_path, label_studio_url=env["LABEL_STUDIO_URL"],
+                        label_studio_api_key=env["LABEL_STUDIO_API_KEY"], redis_url=redis_url,
+                        banned_subnets="169.254.0.0/16")
+    web = App(settings).client
+    answer = web.post("/preannotate", json={"project": project.id})
+    assert answer.status_code == 202 and answer.json["runner"] == "rq" and answer.json["queued"] == 6
+
+    def burst_worker() -> None:
+        worker = subprocess.run([str(Path(sys.executable).with_name("rq")), "worker", "--burst", "--url", redis_url,
+                                 "segagent-preannotation"], cwd=ROOT, env={**os.environ, **env},
+                                capture_output=True, text=True, timeout=300)
+        assert worker.returncode == 0, worker.stderr[-2000:]
+
+    burst_worker()
+    progress = web.get("/status").json["preannotation"][str(project.id)]
+    assert progress["done"] == 6 and progress["remaining"] == 0, progress
+    close_all()
+    App(settings)  # a restart hands out what is still queued: nothing
+    burst_worker()
+    assert set(_ours(client, project.id).values()) == {1}
