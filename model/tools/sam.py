@@ -19,6 +19,7 @@ import torch
 from model.core.clicks import Click
 from model.tools.base import Box, Encoded, ToolResult
 from model.tools.loading import CheckpointError, resolve_checkpoint, resolve_device
+from model.tools.sam_prompts import best, prompts
 
 __all__ = ["CheckpointError", "SamTool", "build_sam", "load_sam", "resolve_checkpoint"]
 
@@ -105,21 +106,10 @@ class SamTool:
     @torch.inference_mode()
     def predict(self, encoded: Encoded, clicks: Sequence[Click], box: Box | None = None,
                 previous: ToolResult | np.ndarray | None = None) -> ToolResult:
-        coords = np.array([[c.x, c.y] for c in clicks], np.float32) if clicks else None
-        labels = np.array([1 if c.positive else 0 for c in clicks], np.int32) if clicks else None
-        logits = previous.state if isinstance(previous, ToolResult) and previous.state is not None else None
-        # One click alone is ambiguous (a part or the whole?): ask for three masks and take the one SAM
-        # rates best. With more clicks, a box or the previous logits, one mask is the better answer.
-        multimask = len(clicks) == 1 and box is None and logits is None
         with self._lock:
             predictor = self._predictor
             predictor.features, predictor.original_size, predictor.input_size = encoded.data
             predictor.is_image_set = True
-            masks, scores, low_res = predictor.predict(
-                point_coords=coords, point_labels=labels,
-                box=np.asarray(box, np.float32) if box is not None else None,
-                mask_input=logits, multimask_output=multimask)
-        best = int(np.argmax(scores))
-        return ToolResult(mask=masks[best].astype(bool), score=float(np.clip(scores[best], 0.0, 1.0)),
-                          state=low_res[best][None])
+            masks, scores, low_res = predictor.predict(**prompts(clicks, box, previous))
+        return best(masks, scores, low_res)
 

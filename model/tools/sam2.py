@@ -21,6 +21,7 @@ import torch
 from model.core.clicks import Click
 from model.tools.base import Box, Encoded, ToolResult
 from model.tools.loading import CheckpointError, resolve_checkpoint, resolve_device
+from model.tools.sam_prompts import best, prompts
 
 log = logging.getLogger(__name__)
 
@@ -139,20 +140,9 @@ class Sam2Tool:
     @torch.inference_mode()
     def predict(self, encoded: Encoded, clicks: Sequence[Click], box: Box | None = None,
                 previous: ToolResult | np.ndarray | None = None) -> ToolResult:
-        coords = np.array([[c.x, c.y] for c in clicks], np.float32) if clicks else None
-        labels = np.array([1 if c.positive else 0 for c in clicks], np.int32) if clicks else None
-        logits = previous.state if isinstance(previous, ToolResult) and previous.state is not None else None
-        # One click alone is ambiguous (a part or the whole?): three masks, and the one SAM 2 rates best.
-        # With more clicks, a box or the previous logits (fed back as the mask input), one mask.
-        multimask = len(clicks) == 1 and box is None and logits is None
         with self._lock:
             predictor = self._predictor
             predictor._features, predictor._orig_hw = encoded.data
             predictor._is_image_set, predictor._is_batch = True, False
-            masks, scores, low_res = predictor.predict(
-                point_coords=coords, point_labels=labels,
-                box=np.asarray(box, np.float32) if box is not None else None,
-                mask_input=logits, multimask_output=multimask)
-        best = int(np.argmax(scores))
-        return ToolResult(mask=masks[best] > 0, score=float(np.clip(scores[best], 0.0, 1.0)),
-                          state=low_res[best][None])
+            masks, scores, low_res = predictor.predict(**prompts(clicks, box, previous))
+        return best(masks, scores, low_res)
