@@ -54,9 +54,9 @@ class AnnotationIngest:
             return {"status": "skipped", "reason": "the annotation was cancelled"}
         work = PendingWork(annotation.annotation_id, annotation.version, annotation.project, annotation.task_id,
                            annotation.image, annotation.task_data) if annotation.regions else None
+        regions = [(r.label, annotation.prompt, r.source, r.mask, r.region_id) for r in annotation.regions]
         changed = self.store.replace(annotation.project, annotation.task_id, annotation.annotation_id,
-                                     annotation.version,
-                                     [(r.label, annotation.prompt, r.source, r.mask) for r in annotation.regions], work)
+                                     annotation.version, regions, work)
         log.info("annotation %s of task %s: %d regions %s", annotation.annotation_id, annotation.task_id,
                  len(annotation.regions), "kept" if changed else "already kept")
         owed = changed or bool(self.store.pending_work(annotation.annotation_id, MAX_ATTEMPTS))
@@ -92,7 +92,7 @@ class AnnotationIngest:
         annotation = AnnotationInput(
             project=work.project, task_id=work.task_id, annotation_id=annotation_id, version=work.updated_at,
             image=work.image, prompt=stored[0]["prompt"] if stored else None,
-            regions=[Region(r["label"], r["mask"], r["source"]) for r in stored], task_data=work.task_data)
+            regions=[Region(r["label"], r["mask"], r["source"], r["region_id"]) for r in stored], task_data=work.task_data)
         try:
             self._learn(annotation)
         except Exception as exc:
@@ -150,7 +150,7 @@ class AnnotationIngest:
             if predicted is not None and predicted.shape == region.mask.shape:
                 records.append(simulated(segmenter, image, region.mask, "correction", region.label, description,
                                          sha, initial=predicted))
-            steps = self.store.interactive_steps(project, task_id, region.label)
+            steps = self.store.interactive_steps(project, task_id, region.label, region.region_id)
             if steps:
                 clicks = [(Click(*clicked[-1]), mask) for clicked, mask in steps if clicked]
                 records.append(from_human_clicks(clicks, region.mask, region.label, description, sha))

@@ -78,6 +78,7 @@ class Region:
     label: str
     mask: np.ndarray
     source: str  # brushlabels or polygonlabels
+    region_id: str | None = None  # Label Studio's id: the backend's object id when it was a suggestion accepted
 
 
 @dataclass

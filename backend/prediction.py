@@ -72,7 +72,8 @@ class Predictor:
         if step.run or result is None:
             result = self.capabilities.tool.get().predict(image, clicks, box=step.box, previous=step.previous)
             self.store.record_interactive(serving.project, task.id or 0, label,
-                                          [(c.x, c.y, c.positive) for c in clicks], result.mask)
+                                          [(c.x, c.y, c.positive) for c in clicks], result.mask,
+                                          step.session.region_id)
         self.sessions.remember(group, step.session, result)
         self.metrics.predictions.labels("interactive").inc()
         log.info("task %s: interactive mask for %r (region %s) from %d clicks%s, %d pixels", task.id, label,

@@ -79,8 +79,15 @@ CREATE TABLE derived_work (
 );
 """
 
+# Which object of a label a region and an interactive request were: with two objects of one label, the
+# real clicks of each are joined to its own region (Label Studio's region id, the backend's object id).
+REGION_IDS = """
+ALTER TABLE annotation_regions ADD COLUMN region_id TEXT;
+ALTER TABLE interactive_steps ADD COLUMN region_id TEXT;
+"""
+
 # Migrations are never edited once released: a change to the schema is a new one at the end.
-MIGRATIONS = [SCHEMA, DERIVED_WORK]
+MIGRATIONS = [SCHEMA, DERIVED_WORK, REGION_IDS]
 
 
 @dataclass(frozen=True)
@@ -105,13 +112,14 @@ class AnnotationStore:
         return self._db.user_version
 
     def replace(self, project: str, task_id: int, annotation_id: int, updated_at: str,
-                regions: list[tuple[str, str | None, str, np.ndarray]], work: PendingWork | None = None) -> bool:
-        """Keep an annotation's regions (label, prompt, source, mask) and the derived work it owes, in one
-        transaction; False when this version is already kept."""
+                regions: list[tuple[str, str | None, str, np.ndarray, str | None]],
+                work: PendingWork | None = None) -> bool:
+        """Keep an annotation's regions (label, prompt, source, mask, region id) and the derived work it owes,
+        in one transaction; False when this version is already kept."""
         now = time.time()
         rows = [(project, task_id, annotation_id, updated_at, index, label, prompt, source,
-                 json.dumps(rle_encode(mask)), now)
-                for index, (label, prompt, source, mask) in enumerate(regions)]
+                 json.dumps(rle_encode(mask)), now, region_id)
+                for index, (label, prompt, source, mask, region_id) in enumerate(regions)]
         with self._db.transaction() as db:
             row = db.execute("SELECT updated_at FROM annotation_regions WHERE annotation_id = ? LIMIT 1",
                              (annotation_id,)).fetchone()
@@ -119,7 +127,9 @@ class AnnotationStore:
                 return False
             db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?", (annotation_id,))
             db.execute("DELETE FROM derived_work WHERE annotation_id = ?", (annotation_id,))
-            db.executemany("INSERT INTO annotation_regions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)", rows)
+            db.executemany("INSERT INTO annotation_regions (project, task_id, annotation_id, updated_at, region_index, "
+                           "label, prompt, source, mask_rle, received, region_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           rows)
             if work is not None:
                 db.execute("INSERT INTO derived_work (annotation_id, updated_at, project, task_id, image, task_data, "
                            "queued) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -160,10 +170,10 @@ class AnnotationStore:
 
     def regions(self, annotation_id: int) -> list[dict]:
         rows = self._db.fetchall(
-            "SELECT label, prompt, source, mask_rle, quality FROM annotation_regions WHERE annotation_id = ? "
+            "SELECT label, prompt, source, mask_rle, quality, region_id FROM annotation_regions WHERE annotation_id = ? "
             "ORDER BY region_index", (annotation_id,))
-        return [{"label": r[0], "prompt": r[1], "source": r[2], "mask": rle_decode(json.loads(r[3])), "quality": r[4]}
-                for r in rows]
+        return [{"label": r[0], "prompt": r[1], "source": r[2], "mask": rle_decode(json.loads(r[3])), "quality": r[4],
+                 "region_id": r[5]} for r in rows]
 
     def set_quality(self, annotation_id: int, updated_at: str, scores: list[float]) -> bool:
         """Store the regions' quality scores, unless the annotation changed meanwhile (False then)."""
@@ -201,19 +211,23 @@ class AnnotationStore:
                  "mask": rle_decode(json.loads(r[4])), "score": r[5], "stop_reason": r[6]} for r in rows]
 
     def record_interactive(self, project: str, task_id: int, label: str, clicks: list[tuple[float, float, bool]],
-                           mask: np.ndarray) -> None:
+                           mask: np.ndarray, region_id: str | None = None) -> None:
         with self._db.transaction() as db:
             db.execute(
-                "INSERT INTO interactive_steps (project, task_id, label, clicks, mask_rle, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (project, task_id, label, json.dumps(clicks),
-                                              json.dumps(rle_encode(mask)), time.time()))
+                "INSERT INTO interactive_steps (project, task_id, label, clicks, mask_rle, created, region_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (project, task_id, label, json.dumps(clicks),
+                                                 json.dumps(rle_encode(mask)), time.time(), region_id))
 
-    def interactive_steps(self, project: str, task_id: int, label: str) -> list[tuple[list, np.ndarray]]:
-        """(clicks so far, mask) of each interactive request on one object, oldest first."""
+    def interactive_steps(self, project: str, task_id: int, label: str,
+                          region_id: str | None = None) -> list[tuple[list, np.ndarray]]:
+        """(clicks so far, mask) of each interactive request on one object, oldest first: the requests of
+        that region when it has an id they carry, else every request of the label on the task."""
         rows = self._db.fetchall(
-            "SELECT clicks, mask_rle FROM interactive_steps WHERE project = ? AND task_id = ? AND label = ? "
+            "SELECT clicks, mask_rle, region_id FROM interactive_steps WHERE project = ? AND task_id = ? AND label = ? "
             "ORDER BY id", (project, task_id, label))
-        return [(json.loads(clicks), rle_decode(json.loads(mask))) for clicks, mask in rows]
+        if region_id is not None and any(row[2] == region_id for row in rows):
+            rows = [row for row in rows if row[2] == region_id]
+        return [(json.loads(clicks), rle_decode(json.loads(mask))) for clicks, mask, _ in rows]
 
     def prune(self, before: float) -> int:
         """Forget agent episodes and interactive requests older than `before` (a time): what they could

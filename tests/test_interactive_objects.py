@@ -11,7 +11,7 @@ from model.core.clicks import Click
 from model.core.masks import iou
 from model.tools import ToolResult
 from tests.synthetic import FileServer, png_bytes, two_objects
-from tests.test_backend import decode, keypoint, make_client, predict, rectangle_around
+from tests.test_backend import CONFIG, decode, keypoint, make_client, predict, rectangle_around
 
 A = (26.6, 50.0)  # the centre of the left object, in percent
 A_EDGE = (20.0, 45.0)  # another point on it
@@ -130,3 +130,29 @@ def test_a_rectangle_is_an_object_of_its_own(client, scene):
     other = ask(client, scene, {**rectangle_around(scene["b"]), "id": "r2"})
     assert first["id"] == second["id"] != other["id"]
     assert iou(decode(second), scene["a"]) >= 0.85 and iou(decode(other), scene["b"]) >= 0.85
+
+
+def test_each_object_s_real_clicks_become_its_own_trajectory(tmp_path, scene):
+    """Two objects of one label, clicked, accepted (Label Studio keeps the suggestion's id) and submitted:
+    each region's human trajectory holds that object's clicks only."""
+    from label_studio_sdk.converter import brush
+
+    from model.settings import Settings
+    from tests.apps import App
+    from tests.test_backend import _wait_for
+
+    app = App(Settings(data_dir=tmp_path, banned_subnets="169.254.0.0/16"))
+    first = ask(app.client, scene, point(A, "k1"))
+    ask(app.client, scene, point(A, "k1"), point(A_EDGE, "k2"))
+    second = ask(app.client, scene, point(B, "k3"))
+    results = [{"id": region["id"], "type": "brushlabels", "from_name": "tag", "to_name": "image",
+                "original_width": 320, "original_height": 240,
+                "value": {"format": "rle", "rle": brush.mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["Object"]}}
+               for region, mask in ((first, scene["a"]), (second, scene["b"]))]
+    app.client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 3, "label_config": CONFIG},
+                                      "task": {"id": 7, "data": {"image": scene["url"]}},
+                                      "annotation": {"id": 61, "updated_at": "1", "result": results}})
+    assert _wait_for(lambda: app.client.get("/status").json["trajectories"]["human"] == 2)
+    humans = {len(r.steps): r for r in app.backend.trajectories.records() if r.source == "human"}
+    assert sorted(humans) == [1, 2]  # two clicks on A, one on B: not three on each
+    assert all(step.click.x < 160 for step in humans[2].steps) and humans[1].steps[0].click.x > 160

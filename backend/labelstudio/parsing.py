@@ -166,7 +166,7 @@ def annotation_regions(results: list[dict[str, Any]], schema: Schema, max_pixels
         if key in regions and regions[key].mask.shape == mask.shape:
             regions[key].mask |= mask
         else:
-            regions[key] = Region(label, mask, kind)
+            regions[key] = Region(label, mask, kind, str(result["id"]) if result.get("id") else None)
     return list(regions.values())
 
 
