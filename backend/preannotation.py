@@ -20,7 +20,7 @@ from model.settings import Settings
 
 from .capabilities import Capabilities
 from .connection import LabelStudio, LabelStudioConnection
-from .errors import InvalidRequest, LabelStudioFailed
+from .errors import CapabilityOff, InvalidRequest, LabelStudioFailed
 from .images import ImageFetcher
 from .jobs import lower_this_thread_priority
 from .labelstudio import formatting, parsing
@@ -73,8 +73,10 @@ class Preannotator:
         """With RQ, hand out again what is queued here (a stop may have come between queueing a task and
         handing it out); local workers take it from the queue by themselves."""
         if self._rq is not None:
-            for item in self.queue.waiting():
-                enqueue(self._rq, item)
+            try:
+                self._hand_out(self.queue.waiting())
+            except CapabilityOff as exc:
+                log.error("pre-annotation: %s", exc.message)
 
     def close(self) -> None:
         self._stop.set()
@@ -93,13 +95,22 @@ class Preannotator:
         version = self.server.serving(project).version
         queued = self.queue.add(project, task_ids, version)
         if self._rq is not None:
-            for item in queued:
-                enqueue(self._rq, item)
+            self._hand_out(queued)
         self._wake.set()
         log.info("project %s: %d tasks queued for pre-annotation with %s (%d asked for, runner %s)", project,
                  len(queued), version, len(task_ids), self.runner)
         return {"status": "queued", "project": project, "queued": len(queued), "asked": len(task_ids),
                 "model_version": version, "runner": self.runner, "progress": self.queue.progress(project)}
+
+    def _hand_out(self, items: list[Item]) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            for item in items:
+                enqueue(self._rq, item)
+        except RedisError as exc:  # the tasks stay queued here: the next start hands them out
+            raise CapabilityOff(f"the RQ queue is unreachable ({type(exc).__name__}); the tasks are queued and are "
+                                "handed to the workers when the backend starts again") from exc
 
     def status(self) -> dict:
         return {project: self.queue.progress(project) for project in self.queue.projects()}

@@ -63,3 +63,13 @@ def test_preannotate_says_what_is_missing_and_when_label_studio_fails(tmp_path):
     answer = down.post("/preannotate", json={"project": 3})
     assert answer.status_code == 502 and "Label Studio at" in answer.json["error"]
     assert down.get("/health").status_code == 200
+
+
+def test_with_redis_down_the_tasks_stay_queued_and_the_answer_says_so(tmp_path):
+    settings = Settings(data_dir=tmp_path, label_studio_url=f"http://127.0.0.1:{free_port()}",
+                        label_studio_api_key="key", redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                        banned_subnets="169.254.0.0/16")
+    app = App(settings)
+    answer = app.client.post("/preannotate", json={"project": 3, "tasks": [11, 12]})
+    assert answer.status_code == 503 and "queued" in answer.json["error"]
+    assert [item.task_id for item in app.backend.preannotator.queue.waiting()] == [11, 12]
