@@ -98,7 +98,9 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def render_overlay(
     image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (0, 255, 0), alpha: float = 0.4
 ) -> np.ndarray:
-    """The image with the mask drawn as a semi-transparent colour (RGB uint8 in, RGB uint8 out)."""
-    out = image.astype(np.float32).copy()
-    out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(color, np.float32)
-    return out.round().astype(np.uint8)
+    """The image with the mask drawn as a semi-transparent colour (RGB uint8 in, RGB uint8 out): inside the
+    mask `pixel * (1 - alpha) + color * alpha` in float64, truncated to uint8, as SegAgent's evaluation code
+    draws it (the released policy was trained on exactly these pixels)."""
+    out = image.copy()
+    out[mask] = (1 - alpha) * image[mask].astype(np.float64) + alpha * np.asarray(color, np.float64)
+    return out
