@@ -125,19 +125,17 @@ def test_the_first_click_asks_for_three_masks_and_keeps_the_best(segmenter, spy)
     assert np.array_equal(first.state[0], low_res[best])
 
 
-def test_the_previous_logits_are_fed_back_and_one_mask_comes_out(segmenter, spy):
+def test_the_previous_logits_are_fed_back_and_three_masks_come_out_again(segmenter, spy):
     image, _ = scene(96, 80, seed=5)
     first = segmenter.predict(image, [Click(48, 40, True)])
     second = segmenter.predict(image, [Click(48, 40, True), Click(8, 8, False)], previous=first)
-    assert spy[1]["multimask_output"] is False
+    assert spy[1]["multimask_output"] is True
     assert spy[1]["mask_input"] is first.state  # reached the predictor as it was returned
     assert spy[1]["point_labels"].tolist() == [1, 0]
-    masks, scores, _ = spy[1]["answer"]
-    assert masks.shape == (1, 80, 96) and scores.shape == (1,)
-    assert np.array_equal(second.mask, masks[0] > 0)
-    # a mask given as the previous step (no logits) is no mask input: one click alone is ambiguous again
-    segmenter.predict(image, [Click(48, 40, True)], previous=second.mask)
-    assert spy[2]["multimask_output"] is True and spy[2]["mask_input"] is None
+    masks, scores, low_res = spy[1]["answer"]
+    assert masks.shape == (3, 80, 96) and scores.shape == (3,)
+    best = int(np.argmax(scores))
+    assert np.array_equal(second.mask, masks[best] > 0) and np.array_equal(second.state[0], low_res[best])
 
 
 def test_a_box_alone_or_with_clicks(segmenter, spy):
@@ -145,9 +143,20 @@ def test_a_box_alone_or_with_clicks(segmenter, spy):
     boxed = segmenter.predict(image, box=(20, 15, 70, 60))
     assert boxed.mask.shape == (80, 96)
     assert spy[0]["box"].tolist() == [20, 15, 70, 60] and spy[0]["point_coords"] is None
-    assert spy[0]["multimask_output"] is False
+    assert spy[0]["multimask_output"] is True
     segmenter.predict(image, [Click(45, 40, True)], box=(20, 15, 70, 60), previous=boxed)
     assert spy[1]["box"] is not None and spy[1]["mask_input"] is boxed.state
+    assert spy[1]["multimask_output"] is True
+
+
+def test_a_mask_given_to_sam2_is_its_start_stretched_to_its_square(segmenter, spy):
+    from tests.test_sam_prompts import HEIGHT, WIDTH, assert_drawn, rectangle
+
+    image, _ = scene(WIDTH, HEIGHT, seed=7)
+    segmenter.predict(image, [Click(5, 5, False)], previous=rectangle())
+    # the tiny SAM 2 takes 128-pixel squares: its low-resolution frame is 32 x 32, the image stretched over it
+    assert_drawn(spy[0]["mask_input"], 32, (HEIGHT / 32, WIDTH / 32))
+    assert spy[0]["point_labels"].tolist() == [1, 0] and spy[0]["multimask_output"] is True
 
 
 def test_a_url_checkpoint_needs_its_sha256_and_must_match_it(tiny_sam2, tmp_path):

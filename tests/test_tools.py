@@ -138,22 +138,51 @@ def test_tiny_sam_loads_by_path_and_predicts(tiny_sam_checkpoint):
     assert segmenter.cache.misses == 1 and segmenter.cache.hits == 2
 
 
-def test_sam_multimask_policy_takes_the_best_rated_mask(tiny_sam_checkpoint, monkeypatch):
-    path, _ = tiny_sam_checkpoint
-    segmenter = make_segmenter("sam", sam_checkpoint=str(path))
-    calls = []
+@pytest.fixture
+def sam_spy(tiny_sam_checkpoint, monkeypatch):
+    """A tiny SAM's segmenter, and every call to its SamPredictor.predict: its keywords and its answer."""
+    segmenter = make_segmenter("sam", sam_checkpoint=str(tiny_sam_checkpoint[0]))
+    calls: list[dict] = []
     predictor = segmenter.tool._predictor
     real = predictor.predict
 
     def spy(**kwargs):
-        calls.append(kwargs["multimask_output"])
-        return real(**kwargs)
+        answer = real(**kwargs)
+        calls.append({**kwargs, "answer": answer})
+        return answer
 
     monkeypatch.setattr(predictor, "predict", spy)
+    return segmenter, calls
+
+
+def test_sam_asks_for_three_masks_at_every_step_and_keeps_the_best(sam_spy):
+    segmenter, calls = sam_spy
     image, _ = scene(96, 80, seed=2)
     first = segmenter.predict(image, [Click(48, 40, True)])
-    segmenter.predict(image, [Click(48, 40, True), Click(5, 5, False)], previous=first)
-    assert calls == [True, False]
+    second = segmenter.predict(image, [Click(48, 40, True), Click(5, 5, False)], previous=first)
+    segmenter.predict(image, box=(20, 20, 70, 60))
+    segmenter.predict(image, [Click(5, 5, False)], previous=second.mask)
+    assert [call["multimask_output"] for call in calls] == [True] * 4
+    assert calls[1]["mask_input"] is first.state  # the kept mask's own logits, fed back
+    for call, result in zip(calls[:2], (first, second)):
+        masks, scores, low_res = call["answer"]
+        kept = int(np.argmax(scores))
+        assert masks.shape == (3, 80, 96) and low_res.shape == (3, 16, 16)
+        assert np.array_equal(result.mask, masks[kept]) and np.array_equal(result.state[0], low_res[kept])
+
+
+def test_a_mask_given_to_sam_is_its_start_in_the_padded_frame(sam_spy):
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from tests.test_sam_prompts import HEIGHT, WIDTH, assert_drawn, rectangle
+
+    segmenter, calls = sam_spy
+    image, _ = scene(WIDTH, HEIGHT, seed=3)
+    segmenter.predict(image, [Click(5, 5, False)], previous=rectangle())
+    input_height, input_width = ResizeLongestSide.get_preprocess_shape(HEIGHT, WIDTH, 64)  # the tiny SAM's side
+    assert (input_height, input_width) == (38, 64)
+    assert_drawn(calls[0]["mask_input"], 16, (4 * HEIGHT / input_height, 4 * WIDTH / input_width))
+    assert calls[0]["point_labels"].tolist() == [1, 0]  # the mask's deepest point, then the click given
 
 
 def test_sam_checkpoint_errors_are_clear(tmp_path):

@@ -19,7 +19,7 @@ import torch
 from model.core.clicks import Click
 from model.tools.base import Box, Encoded, ToolResult
 from model.tools.loading import CheckpointError, resolve_checkpoint, resolve_device
-from model.tools.sam_prompts import best, prompts
+from model.tools.sam_prompts import best, padded_frame, prompts
 
 __all__ = ["CheckpointError", "SamTool", "build_sam", "load_sam", "resolve_checkpoint"]
 
@@ -110,6 +110,8 @@ class SamTool:
             predictor = self._predictor
             predictor.features, predictor.original_size, predictor.input_size = encoded.data
             predictor.is_image_set = True
-            masks, scores, low_res = predictor.predict(**prompts(clicks, box, previous))
+            frame = partial(padded_frame, input_size=predictor.input_size, side=self.model.image_encoder.img_size,
+                            low_res=self.model.prompt_encoder.mask_input_size[0])
+            masks, scores, low_res = predictor.predict(**prompts(clicks, box, previous, frame))
         return best(masks, scores, low_res)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,13 @@ import torch
 from model.core.clicks import Click
 from model.tools.base import Box, Encoded, ToolResult
 from model.tools.loading import CheckpointError, resolve_checkpoint, resolve_device
-from model.tools.sam_prompts import best, prompts
+from model.tools.sam_prompts import best, prompts, stretched_frame
 
 log = logging.getLogger(__name__)
 
-# What sam2's build_sam2 sets on top of a config for inference: when one mask is asked for and it is
-# not stable, the decoder falls back to the best of its three.
+# What sam2's build_sam2 sets on top of a config for inference, so that the model is built as Meta's is:
+# when one mask is asked for and it is not stable, the decoder falls back to the best of its three (this
+# tool asks for three at every step, as SegAgent's evaluation does, so the fallback does not come into play).
 POSTPROCESSING = (
     "model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
     "model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
@@ -144,5 +146,6 @@ class Sam2Tool:
             predictor = self._predictor
             predictor._features, predictor._orig_hw = encoded.data
             predictor._is_image_set, predictor._is_batch = True, False
-            masks, scores, low_res = predictor.predict(**prompts(clicks, box, previous))
+            frame = partial(stretched_frame, low_res=self.model.sam_prompt_encoder.mask_input_size[0])
+            masks, scores, low_res = predictor.predict(**prompts(clicks, box, previous, frame))
         return best(masks, scores, low_res)
