@@ -6,8 +6,12 @@ unknown band, value 128) and the object's text prompt.
 from __future__ import annotations
 
 import json
+import os
+import re
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -103,16 +107,53 @@ def _coco_dataset(name: str, data: dict, root: Path) -> Dataset:
     return Dataset(name, entries, load)
 
 
+class CocoImages:
+    """The images of a folder by the COCO image id their names end with: COCO_train2014_000000581857.jpg
+    (2014 style) or 000000581857.jpg (2017 style) for id 581857. The folder is listed once, when first asked."""
+
+    NAME = re.compile(r"(?:.*_)?(\d{12})")
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    @cached_property
+    def _by_id(self) -> dict[int, list[str]]:
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"no images folder {self.folder} to find COCO image ids in")
+        suffixes = Image.registered_extensions()
+        by_id: defaultdict[int, list[str]] = defaultdict(list)
+        for entry in os.scandir(self.folder):
+            path = Path(entry.name)
+            named = self.NAME.fullmatch(path.stem)
+            if named and path.suffix.lower() in suffixes:
+                by_id[int(named.group(1))].append(entry.name)
+        return dict(by_id)
+
+    def file_name(self, image_id: int) -> str:
+        found = sorted(self._by_id.get(image_id, []))
+        if not found:
+            raise FileNotFoundError(f"COCO image id {image_id}: no image in {self.folder} is named "
+                                    f"*_{image_id:012d} or {image_id:012d}, whatever its extension")
+        if len(found) > 1:
+            raise ValueError(f"COCO image id {image_id}: several images in {self.folder} are named for it "
+                             f"({', '.join(found)}); keep one")
+        return found[0]
+
+
 def _segagent_dataset(name: str, data: list, root: Path) -> Dataset:
-    """One sample per caption: SegAgent's evaluation runs every caption of an object."""
+    """One sample per caption: SegAgent's evaluation runs every caption of an object. An image_name is a
+    file name, or an integer COCO image id (refCOCO's), found by the name its file ends with."""
     entries = []
     for entry in data:
         captions = entry["gt_ann"].get("caption")
         for caption in captions if isinstance(captions, list) else [captions]:
             entries.append({**entry, "caption": caption})
+    coco = CocoImages(root)
 
     def load(entry: dict) -> Sample:
-        image_name = str(entry["image_name"])
+        image_id = entry["image_name"]
+        is_id = isinstance(image_id, int) and not isinstance(image_id, bool)
+        image_name = coco.file_name(image_id) if is_id else str(image_id)
         if "." not in Path(image_name).name:
             image_name += ".jpg"  # as SegAgent's evaluation code completes bare names
         target = _decode_segmentation(entry["gt_ann"]["segmentation"], entry["height"], entry["width"])
