@@ -79,6 +79,8 @@ def test_the_best_rated_mask_is_kept_with_its_own_logits():
 
 def test_a_mask_is_drawn_into_sam_s_padded_square():
     frame, per_cell = sam_frame()
+    as_image = prompts([], None, rectangle().astype(np.uint8) * 255, frame)["mask_input"]
+    assert as_image is not None and np.abs(as_image).max() == pytest.approx(MASK_LOGIT)  # 0/255 reads as 0/1
     assert per_cell == pytest.approx((4 * HEIGHT / 614, 4 * WIDTH / 1024))  # 300 x 500 -> 614 x 1024, padded
     mask_input = prompts([Click(120, 80, True)], None, rectangle(), frame)["mask_input"]
     assert_drawn(mask_input, 256, per_cell)

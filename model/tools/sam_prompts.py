@@ -62,8 +62,9 @@ def prompts(clicks: Sequence[Click], box: Box | None, previous: ToolResult | np.
     the predictor's `frame` as logits, its anchor click first."""
     logits = previous.state if isinstance(previous, ToolResult) else None
     if isinstance(previous, np.ndarray) and previous.any():
-        logits = (MASK_LOGIT * (2.0 * frame(previous) - 1.0))[None].astype(np.float32)
-        start = anchor(previous, clicks)
+        mask = previous.astype(bool)  # 0/255 or 0/1 alike
+        logits = (MASK_LOGIT * (2.0 * frame(mask) - 1.0))[None].astype(np.float32)
+        start = anchor(mask, clicks)
         clicks = [start, *clicks] if start is not None else list(clicks)
     return {
         "point_coords": np.array([[c.x, c.y] for c in clicks], np.float32) if clicks else None,
