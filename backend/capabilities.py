@@ -108,5 +108,6 @@ def _agent(settings: Settings, tool: Capability[Segmenter], policy: Capability[P
 
 
 def make_agent(settings: Settings, segmenter: Segmenter, policy: Policy, prm: Scorer | None) -> Agent:
-    config = AgentConfig(max_steps=settings.agent_steps, samples=settings.agent_samples)
+    config = AgentConfig(max_steps=settings.agent_steps, samples=settings.agent_samples,
+                         observation_format=settings.policy_format)
     return Agent(segmenter, policy, config, prm)

@@ -33,7 +33,8 @@ class AgentConfig:
     temperature: float = 0.8  # for sampling candidates and for retries after unparsable answers
     max_retries: int = 2  # extra policy calls when no answer parses
     overlay_color: str = "green"
-    observation_side: int = 448  # longest side of the image the policy sees
+    observation_side: int = 448  # longest side of the image the policy sees, in a format that shrinks it
+    observation_format: str = "segagent"  # model/policies/prompts.py: the policy's family (setting policy_format)
     converged_iou: float = 0.995  # a step whose mask changes less than this ends the episode
 
 
@@ -135,7 +136,7 @@ class Agent:
     def _observation(self, state: _State) -> Observation:
         with self._timed("render"):
             picture = observation_image(state.task.image, state.episode.mask, self.config.overlay_color,
-                                        max_side=self.config.observation_side)
+                                        self.config.observation_side, self.config.observation_format)
         return Observation(picture, instruction(state.task.description))
 
     def _candidates(self, states: list[_State]) -> list[list[tuple[str, Action]]]:

@@ -129,7 +129,8 @@ def _evaluate_agent(args: argparse.Namespace, dataset: Dataset) -> int:
     segmenter = make_segmenter(args.tool, **_tool_options(args))
     policy = make_policy(args.policy, adapter=args.policy_adapter, answer_format=args.policy_format)
     scorer = PolicyScorer(policy) if args.prm == "policy" else None
-    agent = Agent(segmenter, policy, AgentConfig(max_steps=args.steps, samples=args.samples), scorer)
+    config = AgentConfig(max_steps=args.steps, samples=args.samples, observation_format=args.policy_format)
+    agent = Agent(segmenter, policy, config, scorer)
     rows, timing = benchmark_agent(agent, dataset, batch_size=args.batch_size)
     summary = summarize_agent(rows, timing, dataset.name, args.tool, policy.name)
     summary.update(steps_budget=args.steps, samples=args.samples, batch_size=args.batch_size, prm=args.prm)

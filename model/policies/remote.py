@@ -4,7 +4,6 @@ replicas share a pool of policy servers."""
 from __future__ import annotations
 
 import base64
-import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,6 +11,7 @@ import requests
 
 from model.policies.actions import Coordinates
 from model.policies.base import Observation, PolicyError
+from model.policies.prompts import ObservationFormat, observation_format
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +19,8 @@ log = logging.getLogger(__name__)
 ANSWER_FORMATS = {"segagent": Coordinates("int1000", "xy"), "segagent-qwen": Coordinates("int1000", "yx")}
 
 
-def image_data_url(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+def image_data_url(image, form: ObservationFormat) -> str:
+    return f"data:{form.media_type};base64," + base64.b64encode(form.encode(image)).decode("ascii")
 
 
 class RemotePolicy:
@@ -33,6 +31,7 @@ class RemotePolicy:
         root = base_url.rstrip("/")
         self.base_url = root if root.endswith("/v1") else root + "/v1"
         self.coordinates = ANSWER_FORMATS[answer_format]
+        self.observation = observation_format(answer_format)  # how the pictures travel
         self.session = requests.Session()
         self.session.trust_env = False
         if api_key:
@@ -54,7 +53,7 @@ class RemotePolicy:
     def _ask(self, observation: Observation, samples: int, temperature: float) -> list[str]:
         body = {"model": self.model, "n": samples, "temperature": temperature, "max_tokens": self.max_tokens,
                 "messages": [{"role": "user", "content": [
-                    {"type": "image_url", "image_url": {"url": image_data_url(observation.image)}},
+                    {"type": "image_url", "image_url": {"url": image_data_url(observation.image, self.observation)}},
                     {"type": "text", "text": observation.text}]}]}
         try:
             response = self.session.post(f"{self.base_url}/chat/completions", json=body, timeout=self.timeout)
