@@ -8,8 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     SEGAGENT_QWEN_CACHE=/models
 
 WORKDIR /app
-COPY requirements-segagent-qwen.txt .
-RUN pip install --no-cache-dir -r requirements-segagent-qwen.txt
+# The lock (scripts/lock_segagent_qwen.sh) pins every package, the transitive ones too: nothing else comes in,
+# and pip check fails the build if the pins do not fit together.
+COPY requirements-segagent-qwen.lock .
+RUN pip install --no-cache-dir --no-deps -r requirements-segagent-qwen.lock \
+    && pip check
 
 COPY model/ model/
 COPY policy_server/ policy_server/
