@@ -1,6 +1,7 @@
 """What this backend can do, built once from the settings: the interactive tool, the policy, the quality
 scorer and the agent. A capability that is off is still an object: it says why, and asking it for its
 component raises CapabilityOff (a 503 that carries the reason), so request code never checks for None.
+One setting stops the start instead: SEGAGENT_DEVICE=cuda without a usable GPU (DeviceError).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from model.policies import Policy, PolicyError, make_policy
 from model.quality.scorers import OfflineScorer, PolicyScorer
 from model.settings import Settings
 from model.tools import Segmenter, segmenter_from
+from model.tools.loading import resolve_device
 
 from .errors import CapabilityOff
 
@@ -72,11 +74,13 @@ class Capabilities:
 
     @classmethod
     def build(cls, settings: Settings) -> Capabilities:
+        if settings.device == "cuda":
+            resolve_device("cuda")  # no usable GPU: DeviceError, the backend does not start (not the CPU, silently)
         tool: Capability[Segmenter] = Capability.build("interactive tool", lambda: segmenter_from(settings))
         if settings.policy:
             policy: Capability[Policy] = Capability.build("policy", lambda: make_policy(
                 settings.policy, adapter=settings.policy_adapter or None, answer_format=settings.policy_format,
-                model=settings.policy_model or None))
+                model=settings.policy_model or None, device=settings.device))
         else:
             log.info("auto mode is off: no policy configured (SEGAGENT_POLICY)")
             policy = Capability("policy", None, "no policy configured")
@@ -84,7 +88,19 @@ class Capabilities:
             scorer: Capability[Scorer] = Capability("quality scorer", PolicyScorer(policy.get()))
         else:
             scorer = Capability.build("quality scorer", OfflineScorer)
-        return cls(tool, policy, scorer, _agent(settings, tool, policy, scorer))
+        capabilities = cls(tool, policy, scorer, _agent(settings, tool, policy, scorer))
+        devices = capabilities.devices
+        log.info("devices: tool %s, policy %s (SEGAGENT_DEVICE=%s)", devices["tool"] or "off",
+                 devices["policy"] or "off", settings.device)
+        return capabilities
+
+    @property
+    def devices(self) -> dict[str, str | None]:
+        """Where the tool and the policy run: cuda or cpu, remote for a policy behind an endpoint; None when off."""
+        # the classical tool has no device: it runs on the CPU; only an in-process policy has one
+        tool = getattr(self.tool.component.tool, "device", "cpu") if self.tool.component else None
+        policy = getattr(self.policy.component, "device", "remote") if self.policy.component else None
+        return {"tool": tool, "policy": policy}
 
     def estimate(self, image: np.ndarray, mask: np.ndarray, description: str, fallback: float) -> float:
         """A mask's estimated IoU: the score of every prediction and of every submitted region."""

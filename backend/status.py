@@ -12,6 +12,7 @@ def health(backend: Backend) -> dict:
         "status": "UP",
         "model_class": "SegAgentBackend",
         "model_version": backend.server.base_version,
+        "device": caps.devices,
         "capabilities": {
             "tool": {"on": caps.tool.on, "name": caps.tool.name, "error": caps.tool.reason},
             "policy": {"on": caps.policy.on, "name": caps.policy.name, "reason": caps.policy.reason},

@@ -5,6 +5,7 @@ import logging
 import os
 
 from model.settings import Settings
+from model.tools.loading import DeviceError
 
 from .app import create_app
 from .container import Backend
@@ -36,6 +37,10 @@ logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
 settings = Settings()
 # HOST is what `make serve` binds; the image binds 0.0.0.0 without setting it.
 warn_if_exposed(os.environ.get("HOST", "0.0.0.0"), settings)
-backend = Backend.build(settings)
+try:
+    backend = Backend.build(settings)
+except DeviceError as exc:  # SEGAGENT_DEVICE=cuda without a usable GPU; gunicorn then stops: "Worker failed to boot"
+    log.error("the backend cannot start: %s", exc)
+    raise
 atexit.register(backend.close)
 app = create_app(backend)

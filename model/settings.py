@@ -46,7 +46,9 @@ class Settings(BaseSettings):
         else "classical", alias="SEGAGENT_TOOL",
         description="the interactive tool: sam when SAM_CHECKPOINT is set, sam2 when SAM2_CHECKPOINT is, else classical")
     device: Literal["auto", "cuda", "cpu"] = Field(
-        "auto", alias="SEGAGENT_DEVICE", description="where the SAM tools run: auto (CUDA when usable), cuda or cpu")
+        "auto", alias="SEGAGENT_DEVICE", description=(
+            "where the SAM tools, an in-process policy and its training run: auto (CUDA when usable), cuda (refuse "
+            "to start without a usable GPU) or cpu"))
     policy: str = Field("", alias="SEGAGENT_POLICY", description=(
         "the policy: a local folder or hub id of a transformers VLM, or an OpenAI-compatible endpoint"))
     policy_adapter: str = Field("", alias="SEGAGENT_POLICY_ADAPTER",

@@ -40,7 +40,7 @@ def _add_evaluate(commands: argparse._SubParsersAction, settings: Settings) -> N
                           help="SAM 2 model config: configs/sam2.1/sam2.1_hiera_t.yaml (_s, _b+, _l) or a YAML file "
                                "(default: the one of Meta's checkpoint file name)")
     evaluate.add_argument("--device", choices=("auto", "cuda", "cpu"), default=settings.device,
-                          help="where the SAM tools run")
+                          help="where the SAM tools and an in-process policy run")
     evaluate.add_argument("--data-dir", default=settings.data_dir, help="where downloaded checkpoints are kept")
     evaluate.add_argument("--workers", type=int, default=1,
                           help="processes; keep 1 when the time per click is what you measure")
@@ -127,7 +127,8 @@ def _evaluate_agent(args: argparse.Namespace, dataset: Dataset) -> int:
     from model.quality.scorers import PolicyScorer
 
     segmenter = make_segmenter(args.tool, **_tool_options(args))
-    policy = make_policy(args.policy, adapter=args.policy_adapter, answer_format=args.policy_format)
+    policy = make_policy(args.policy, adapter=args.policy_adapter, answer_format=args.policy_format,
+                         device=args.device)
     scorer = PolicyScorer(policy) if args.prm == "policy" else None
     config = AgentConfig(max_steps=args.steps, samples=args.samples, observation_format=args.policy_format)
     agent = Agent(segmenter, policy, config, scorer)

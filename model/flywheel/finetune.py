@@ -41,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     observation_side: int = 448
     color: str = "green"
+    device: str = "auto"  # SEGAGENT_DEVICE: auto, cuda (refused without a usable GPU) or cpu
 
 
 def split_by_task(summaries: list[TrajectorySummary], fraction: float, seed: int = 0
@@ -99,10 +100,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def device_and_dtype() -> tuple[str, torch.dtype]:
+def device_and_dtype(device: str) -> tuple[str, torch.dtype]:
+    """The device SEGAGENT_DEVICE resolves to, and the dtype trained in there."""
     import torch
 
-    return ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    from model.tools.loading import resolve_device
+
+    resolved = resolve_device(device)
+    return resolved, torch.bfloat16 if resolved == "cuda" else torch.float32
 
 
 def answer_loss(model, processor, picture, text: str, answer: str, device: str) -> torch.Tensor:
@@ -127,7 +132,7 @@ def train_lora(base: str, store: TrajectoryStore, train: list[TrajectorySummary]
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     seed_everything(config.seed)
-    device, dtype = device_and_dtype()
+    device, dtype = device_and_dtype(config.device)
     processor = AutoProcessor.from_pretrained(base)
     base_model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
     model: PeftModel

@@ -53,7 +53,7 @@ class JobSpec(BaseModel):
         s = self.settings
         return TrainConfig(epochs=s.train_epochs, learning_rate=s.train_learning_rate, lora_rank=s.train_lora_rank,
                            lora_alpha=2 * s.train_lora_rank, accumulation=s.train_accumulation,
-                           max_turns=s.train_max_turns, held_out=s.train_held_out, seed=s.train_seed)
+                           max_turns=s.train_max_turns, held_out=s.train_held_out, seed=s.train_seed, device=s.device)
 
     @property
     def gate(self) -> GateConfig:
@@ -132,7 +132,7 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
     registry.write_job(job_id, stage="gate", progress=1.0, training=training)
 
     segmenter = segmenter_from(settings)
-    policy = TransformersPolicy(settings.policy, adapter=parent_adapter)
+    policy = TransformersPolicy(settings.policy, adapter=parent_adapter, device=training["device"])
     reader = TurnReader(store, spec.train.color, spec.train.observation_side)
     active_metrics = measure(policy, segmenter, store, held_out, spec.gate, reader)
     candidate = policy.with_adapter("candidate", str(folder / "adapter"))

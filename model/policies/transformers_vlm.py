@@ -1,6 +1,7 @@
 """In-process transformers VLMs: AutoProcessor + AutoModelForImageTextToText with the model's own chat
 template, from a local path or a hub id, optionally with a LoRA adapter (peft) on top.
-bf16 on a GPU, fp32 on a CPU; observations of several tasks are generated in one batch.
+bf16 on a GPU, fp32 on a CPU (the device: SEGAGENT_DEVICE, resolved by the caller; auto when none is given);
+observations of several tasks are generated in one batch.
 
 Trained versions are LoRA adapters of the same base: they are loaded next to each other into the one
 model (peft's named adapters) and picked per call, so a promotion costs an adapter's load, not a model's.
@@ -17,6 +18,7 @@ import torch
 
 from model.policies.actions import Coordinates
 from model.policies.base import Observation, PolicyError
+from model.tools.loading import resolve_device
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -33,7 +35,7 @@ class TransformersPolicy:
 
         self.name = path if adapter is None else f"{path}+{adapter}"
         self.coordinates = coordinates
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or resolve_device("auto")
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         try:
             self.processor = AutoProcessor.from_pretrained(path)

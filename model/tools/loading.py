@@ -1,5 +1,6 @@
 """What the deep tools (SAM, SAM 2) share when they load: the checkpoint, a local path or an http(s) URL
-downloaded once and checked against its SHA-256, and the device they run on (SEGAGENT_DEVICE)."""
+downloaded once and checked against its SHA-256, and the device they run on (SEGAGENT_DEVICE, which the
+in-process policy and its training share)."""
 from __future__ import annotations
 
 import hashlib
@@ -60,10 +61,12 @@ def sha256_of(path: Path) -> str:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """The torch device for SEGAGENT_DEVICE: auto is CUDA when a usable GPU is there, else the CPU.
+    """The torch device for SEGAGENT_DEVICE ("cuda" or "cpu"): auto is CUDA when a usable GPU is there, else
+    the CPU, with a warning when torch is a CUDA build (a GPU was likely meant: a driver too old for it, or a
+    container without the GPU).
 
-    cuda on a machine without a usable GPU is refused here, when the tool is built, rather than at its
-    first request.
+    cuda on a machine without a usable GPU is refused here, when the tool or the policy is built, rather than
+    at its first request.
     """
     import torch
 
@@ -74,18 +77,22 @@ def resolve_device(device: str = "auto") -> str:
         return "cpu"
     usable, reason = _cuda_usable(torch)
     if device == "auto":
+        if not usable and torch.version.cuda:
+            log.warning("SEGAGENT_DEVICE=auto runs on the CPU: no usable CUDA GPU (%s); set SEGAGENT_DEVICE=cuda to "
+                        "refuse to start without one, or cpu to mean the CPU", reason)
         return "cuda" if usable else "cpu"
     if not usable:
         raise DeviceError(f"SEGAGENT_DEVICE=cuda, but no usable CUDA GPU: {reason}; "
-                          "set SEGAGENT_DEVICE=cpu (or auto) to run the tool on the CPU")
+                          "set SEGAGENT_DEVICE=cpu (or auto) to run on the CPU")
     return "cuda"
 
 
 def _cuda_usable(torch) -> tuple[bool, str]:
     if not torch.cuda.is_available():
-        build = torch.version.cuda
-        return False, ("torch sees no GPU" if build else "this torch is built without CUDA") + \
-            f" (torch {torch.__version__})"
+        if torch.version.cuda:
+            return False, (f"torch {torch.__version__}, built for CUDA {torch.version.cuda}, sees no GPU: no NVIDIA "
+                           "driver, one older than that CUDA needs, or no GPU given to the container")
+        return False, f"this torch is built without CUDA (torch {torch.__version__})"
     try:
         torch.zeros(1, device="cuda")
     except Exception as exc:  # a GPU that is there but cannot be used (driver, memory, mode)
