@@ -29,7 +29,7 @@ def test_compose_wires_label_studio_and_the_backend():
     compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
     services = compose["services"]
     assert services["label-studio"]["image"].startswith("heartexlabs/label-studio:")
-    backend_env = dict(item.split("=", 1) for item in services["backend"]["environment"])
+    backend_env = services["backend"]["environment"]
     assert backend_env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
     assert services["backend"]["build"]["dockerfile"] == "Dockerfile"
     assert services["policy"]["profiles"] == ["gpu"]
@@ -39,7 +39,7 @@ def test_compose_wires_label_studio_and_the_backend():
     assert backend_env["REDIS_URL"] == "redis://redis:6379/0" and services["redis"]["image"].startswith("redis:")
     command = services["worker"]["command"]
     assert command[:2] == ["rq", "worker"] and {TRAINING, PREANNOTATION} <= set(command)
-    worker_env = dict(item.split("=", 1) for item in services["worker"]["environment"])
+    worker_env = services["worker"]["environment"]
     assert worker_env["LABEL_STUDIO_URL"] == backend_env["LABEL_STUDIO_URL"]  # pre-annotation reaches Label Studio
     assert services["worker"]["volumes"] == services["backend"]["volumes"]  # one /data: trajectories, versions
     gpu_env = dict(line.split("=", 1) for line in (ROOT / "docker" / "gpu.env").read_text().splitlines()

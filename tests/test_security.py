@@ -238,7 +238,7 @@ def test_listening_beyond_loopback_without_auth_warns(wsgi, tmp_path, caplog):
 
 def test_compose_turns_basic_auth_on():
     text = (ROOT / "docker" / "docker-compose.yml").read_text()
-    backend_env = dict(item.split("=", 1) for item in yaml.safe_load(text)["services"]["backend"]["environment"])
+    backend_env = yaml.safe_load(text)["services"]["backend"]["environment"]
     assert backend_env["BASIC_AUTH_USER"] == "${BASIC_AUTH_USER:-segagent}"
     assert backend_env["BASIC_AUTH_PASS"].startswith("${BASIC_AUTH_PASS:?")
     assert '"Use basic auth"' in text  # how to give Label Studio's model connection the same credentials

@@ -3,8 +3,10 @@ downloaded once and checked against its SHA-256, and the device they run on (SEG
 in-process policy and its training share)."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
 import urllib.request
 from pathlib import Path
 
@@ -36,9 +38,20 @@ def resolve_checkpoint(checkpoint: str, data_dir: str | Path, sha256: str | None
     if not sha256:
         raise CheckpointError(f"downloading a {what} checkpoint needs {sha_variable}, its expected SHA-256")
     target = Path(data_dir) / "checkpoints" / checkpoint.rstrip("/").rsplit("/", 1)[-1]
-    if target.is_file() and sha256_of(target) == sha256.lower():
-        return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    # processes sharing the data dir (the backend and a worker) download it once: the others wait on the
+    # folder's lock, then find it there
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if not (target.is_file() and sha256_of(target) == sha256.lower()):
+            _download(checkpoint, target, sha256, what)
+    finally:
+        os.close(folder)  # and the lock with it
+    return target
+
+
+def _download(checkpoint: str, target: Path, sha256: str, what: str) -> None:
     partial_file = target.with_suffix(target.suffix + ".part")
     log.info("downloading %s checkpoint %s to %s", what, checkpoint, target)
     with urllib.request.urlopen(checkpoint, timeout=60) as response, open(partial_file, "wb") as out:
@@ -49,7 +62,6 @@ def resolve_checkpoint(checkpoint: str, data_dir: str | Path, sha256: str | None
         partial_file.unlink()
         raise CheckpointError(f"{checkpoint} has SHA-256 {actual}, expected {sha256}")
     partial_file.replace(target)
-    return target
 
 
 def sha256_of(path: Path) -> str:
