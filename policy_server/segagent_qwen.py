@@ -1,12 +1,18 @@
 """The released SegAgent-Qwen checkpoint (a Qwen-VL-Chat fine-tune) behind the OpenAI-compatible
-protocol the backend speaks (model/policies/remote.py with SEGAGENT_POLICY_FORMAT=segagent-qwen).
+protocol the backend speaks (model/policies/remote.py with SEGAGENT_POLICY_FORMAT=segagent-qwen), with
+every trained version of it served beside the base.
 
 Qwen-VL-Chat runs its own remote code, which needs an old transformers (4.32): this server runs in its
-own environment, `requirements-segagent-qwen.txt`, started with
-    python -m policy_server.segagent_qwen --model /path/or/modelscope-id --port 8000
-It gives the model the exact turn SegAgent's evaluation code gives it (model/prompts.py) and returns
-its answer untouched: "Positive point: (row, column)" in [0, 1000), optionally after
-"<ref>...</ref><box>(x1,y1),(x2,y2)</box>".
+own environment, `requirements-segagent-qwen.lock`, started with
+    python -m policy_server.segagent_qwen --model /path/or/modelscope-id --registry /data/models --port 8000
+It gives the model the exact turn SegAgent's evaluation code gives it, with the observation written to a
+file as the client encoded it (the backend sends the official full-resolution JPEG; Qwen-VL's own
+transform resizes it), and returns its answer with Qwen-VL's tags kept: "Positive point: (row, column)"
+in [0, 1000), optionally after "<ref>...</ref><box>(x1,y1),(x2,y2)</box>".
+
+Models: `segagent-qwen` is the base; `segagent-qwen@<scope>/<version>` (project-3/v2, shared/v1) is a
+version the flywheel trained, whose LoRA adapter lies in the registry folder shared with the backend. It is
+loaded on its first request, without a restart; /v1/models lists the registered ones.
 """
 from __future__ import annotations
 
@@ -14,60 +20,81 @@ import argparse
 import logging
 import os
 import tempfile
-import threading
+from pathlib import Path
 
-from model.policies.openai_protocol import create_chat_app
-from model.policies.prompts import SEGAGENT_QWEN_TURN
+from model.flywheel.registry import Registry, RegistryError
+from model.policies.model_names import parse_versioned_model, versioned_model
+from model.policies.openai_protocol import BadChatRequest, ChatRequest, UnknownModel, create_chat_app
+from model.tools.loading import DeviceError
+from policy_server.qwen_model import DEFAULT_MODEL, QwenPolicyModel, without_image_tags
 
 log = logging.getLogger("segagent-qwen")
-DEFAULT_MODEL = "zzzmmz/SegAgent-Model"  # on ModelScope
+MODEL_ID = "segagent-qwen"
+SUFFIXES = {"image/jpeg": ".jpg", "image/jpg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
 
 
-def build_prompt(image_path: str, text: str) -> str:
-    """The whole chat turn, as SegAgent's evaluation code builds it (the image is referenced by path)."""
-    return SEGAGENT_QWEN_TURN.format(image=image_path, text=text)
+class SegAgentQwenServer:
+    def __init__(self, policy: QwenPolicyModel, registry: Registry | None):
+        self.policy = policy
+        self.registry = registry
 
+    def model_ids(self) -> list[str]:
+        ids = [MODEL_ID]
+        if self.registry is not None:
+            for scope in self.registry.scopes():
+                ids += [versioned_model(MODEL_ID, scope, meta["name"]) for meta in self.registry.versions(scope)
+                        if self.registry.adapter_path(scope, meta["name"]).is_dir()]
+        return ids
 
-class QwenVLChat:
-    def __init__(self, model: str, cache_dir: str | None = None):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def adapter(self, model: str | None) -> tuple[str, str] | None:
+        """(name, folder) of the adapter a model name asks for; None for the base."""
+        if model in (None, MODEL_ID):
+            return None
+        parsed = parse_versioned_model(model)
+        if parsed is None or parsed[0] != MODEL_ID:
+            raise UnknownModel(f"unknown model {model!r}: {MODEL_ID!r} or '{MODEL_ID}@<scope>/<version>'")
+        if self.registry is None:
+            raise UnknownModel(f"{model!r}: this server has no registry (--registry) to load versions from")
+        _, scope, version = parsed
+        try:
+            folder = self.registry.adapter_path(scope, version)
+        except RegistryError as exc:
+            raise UnknownModel(str(exc)) from exc
+        # a version being gated has its adapter but no metadata yet: it is served, not listed
+        if not (folder / "adapter_config.json").is_file():
+            raise UnknownModel(f"{scope} has no trained version {version}")
+        return f"{scope}_{version}".replace("-", "_"), str(folder)
 
-        path = model if os.path.isdir(model) else _download(model, cache_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-        self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, device_map="cuda" if torch.cuda.is_available() else "cpu", trust_remote_code=True).eval()
-        self._lock = threading.Lock()
-
-    def answer(self, image, text: str, samples: int, temperature: float) -> list[str]:
-        import torch
-
+    def answer(self, request: ChatRequest) -> list[str]:
+        adapter = self.adapter(request.model)
+        suffix = SUFFIXES.get(request.media_type)
+        if suffix is None:
+            raise BadChatRequest(f"images must be one of {', '.join(sorted(SUFFIXES))}, not {request.media_type}")
         with tempfile.TemporaryDirectory() as folder:
-            image_path = os.path.join(folder, "observation.png")
-            image.save(image_path)
-            prompt = build_prompt(image_path, text)
-            input_ids = self.tokenizer([prompt], return_tensors="pt").input_ids.to(self.model.device)
-            stop_words_ids = [[self.tokenizer.im_end_id], [self.tokenizer.im_start_id]]
-            sampling = samples > 1 or temperature > 0
-            with self._lock, torch.inference_mode():
-                output = self.model.generate(
-                    input_ids, stop_words_ids=stop_words_ids, generation_config=self.model.generation_config,
-                    do_sample=sampling, num_return_sequences=samples,
-                    **({"temperature": max(temperature, 0.7), "top_p": 0.95} if sampling else {}))
-        answers = []
-        for row in output:
-            answer = self.tokenizer.decode(row[input_ids.shape[1]:], skip_special_tokens=True)
-            assert isinstance(answer, str)  # one sequence of ids decodes to one string
-            answers.append(answer.strip())
-        return answers
+            path = os.path.join(folder, "observation" + suffix)
+            Path(path).write_bytes(request.image)  # as sent: re-encoding would add a second JPEG's loss
+            _check_decodes(path)
+            return self.policy.answer(path, without_image_tags(request.text), request.samples, request.temperature,
+                                      adapter)
+
+    def health(self) -> dict:
+        # "base": where the trainer of this environment finds the very weights served here
+        return {"device": self.policy.device, "base": self.policy.path,
+                "registry": str(self.registry.root) if self.registry else None}
 
 
-def _download(model_id: str, cache_dir: str | None) -> str:
-    from modelscope import snapshot_download
+def _check_decodes(path: str) -> None:
+    from PIL import Image
 
-    log.info("fetching %s from ModelScope into %s (first start only)", model_id, cache_dir)
-    return snapshot_download(model_id, cache_dir=cache_dir)
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as exc:
+        raise BadChatRequest(f"the image does not decode: {exc}") from exc
+
+
+def create_app(server: SegAgentQwenServer):
+    return create_chat_app(server.answer, server.model_ids, server.health)
 
 
 def main() -> None:
@@ -75,12 +102,20 @@ def main() -> None:
     parser.add_argument("--model", default=os.environ.get("SEGAGENT_QWEN_MODEL", DEFAULT_MODEL),
                         help="a local folder, or a ModelScope id fetched on first start")
     parser.add_argument("--cache-dir", default=os.environ.get("SEGAGENT_QWEN_CACHE", "/models"))
+    parser.add_argument("--registry", default=os.environ.get("SEGAGENT_REGISTRY") or None,
+                        help="the flywheel's registry folder (the backend's SEGAGENT_DATA_DIR/models), shared")
+    parser.add_argument("--device", default=os.environ.get("SEGAGENT_DEVICE", "auto"), choices=("auto", "cuda", "cpu"))
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    app = create_chat_app(QwenVLChat(args.model, args.cache_dir).answer, "segagent-qwen")
-    app.run(host=args.host, port=args.port, threaded=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        policy = QwenPolicyModel(args.model, args.cache_dir, args.device)
+    except DeviceError as exc:
+        raise SystemExit(f"SEGAGENT_DEVICE={args.device}: {exc}") from exc
+    registry = Registry(args.registry) if args.registry else None
+    log.info("serving %s on %s, versions from %s", MODEL_ID, policy.device, args.registry or "nowhere (no --registry)")
+    create_app(SegAgentQwenServer(policy, registry)).run(host=args.host, port=args.port, threaded=True)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def test_formatted_actions_parse_back(kind, a, b, order):
 # ---------------------------------------------------------------- SegAgent-Qwen
 
 def test_segagent_qwen_prompt_is_the_released_one():
-    from policy_server.segagent_qwen import build_prompt
+    from policy_server.qwen_model import build_prompt
 
     released = ('<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nPicture 1: '
                 '<img>/tmp/a.jpg</img>\nPlease optimize the semi-transparent green mask in a point-wise manner '

@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +17,18 @@ class BadChatRequest(ValueError):
     pass
 
 
-def parse_chat_request(body) -> tuple[bytes, str, int, float]:
-    """(image bytes, text, n, temperature) of the last user message of a chat-completions request."""
+@dataclass(frozen=True)
+class ChatRequest:
+    image: bytes  # as sent: a server that hands a file to its model keeps the encoding the client chose
+    media_type: str  # "image/jpeg", "image/png", ...
+    text: str
+    samples: int
+    temperature: float
+    model: str | None
+
+
+def parse_chat_request(body) -> ChatRequest:
+    """The last user message of a chat-completions request: its one image, its text, n and temperature."""
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
         raise BadChatRequest("'messages' must be a non-empty list")
     message = body["messages"][-1]
@@ -33,13 +44,7 @@ def parse_chat_request(body) -> tuple[bytes, str, int, float]:
         if part.get("type") == "text":
             texts.append(str(part.get("text", "")))
         elif part.get("type") == "image_url":
-            url = (part.get("image_url") or {}).get("url", "")
-            if not isinstance(url, str) or not url.startswith("data:image/") or ";base64," not in url:
-                raise BadChatRequest("images must be inline data: URLs")
-            try:
-                images.append(base64.b64decode(url.split(",", 1)[1], validate=True))
-            except ValueError as exc:
-                raise BadChatRequest(f"the image is not valid base64: {exc}") from exc
+            images.append(_inline_image(part.get("image_url")))
     if len(images) != 1:
         raise BadChatRequest("exactly one image is expected")
     try:
@@ -49,7 +54,22 @@ def parse_chat_request(body) -> tuple[bytes, str, int, float]:
         raise BadChatRequest("n and temperature must be numbers") from exc
     if not 1 <= samples <= 16:
         raise BadChatRequest("n must be between 1 and 16")
-    return images[0], "\n".join(texts), samples, temperature
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadChatRequest("model must be a string")
+    (media_type, data), = images
+    return ChatRequest(data, media_type, "\n".join(texts), samples, temperature, model)
+
+
+def _inline_image(image_url) -> tuple[str, bytes]:
+    url = (image_url or {}).get("url", "") if isinstance(image_url, dict) else ""
+    if not isinstance(url, str) or not url.startswith("data:image/") or ";base64," not in url:
+        raise BadChatRequest("images must be inline data: URLs")
+    header, payload = url.split(",", 1)
+    try:
+        return header[len("data:"):].split(";", 1)[0], base64.b64decode(payload, validate=True)
+    except ValueError as exc:
+        raise BadChatRequest(f"the image is not valid base64: {exc}") from exc
 
 
 def chat_response(model_id: str, answers: list[str]) -> dict:
@@ -59,8 +79,13 @@ def chat_response(model_id: str, answers: list[str]) -> dict:
                                            for i, text in enumerate(answers)]}
 
 
-def models_response(model_id: str) -> dict:
-    return {"object": "list", "data": [{"id": model_id, "object": "model", "owned_by": "segagent"}]}
+def models_response(model_ids: list[str]) -> dict:
+    return {"object": "list", "data": [{"id": model_id, "object": "model", "owned_by": "segagent"}
+                                       for model_id in model_ids]}
+
+
+class UnknownModel(LookupError):
+    """A request names a model the server does not serve."""
 
 
 def decode_image(data: bytes):
@@ -72,33 +97,35 @@ def decode_image(data: bytes):
         raise BadChatRequest(f"the image does not decode: {exc}") from exc
 
 
-# (image, text, samples, temperature) -> answers
-Answer = Callable[[object, str, int, float], list[str]]
-
-
-def create_chat_app(answer: Answer, model_id: str):
+def create_chat_app(answer: Callable[[ChatRequest], list[str]], model_ids: Callable[[], list[str]],
+                    health: Callable[[], dict] | None = None):
     """A Flask app speaking the chat-completions protocol over `answer`: /health, /v1/models and
-    /v1/chat/completions (bad requests get 400 and a log line)."""
+    /v1/chat/completions (bad requests get 400, an unknown model 404, each with a log line)."""
     from flask import Flask, jsonify, request
 
     app = Flask(__name__)
 
+    def error(status: int, message: str, kind: str):
+        log.warning("chat request refused (%d): %s", status, message)
+        return jsonify(error={"message": message, "type": kind}), status
+
     @app.get("/health")
-    def health():
-        return jsonify(status="UP", model=model_id)
+    def health_check():
+        return jsonify(status="UP", model=model_ids()[0], **(health() if health else {}))
 
     @app.get("/v1/models")
     def models():
-        return jsonify(models_response(model_id))
+        return jsonify(models_response(model_ids()))
 
     @app.post("/v1/chat/completions")
     def chat():
         try:
-            image, text, samples, temperature = parse_chat_request(request.get_json(silent=True))
-            picture = decode_image(image)
+            chat_request = parse_chat_request(request.get_json(silent=True))
+            answers = answer(chat_request)
         except BadChatRequest as exc:
-            log.warning("chat request refused: %s", exc)
-            return jsonify(error={"message": str(exc), "type": "invalid_request_error"}), 400
-        return jsonify(chat_response(model_id, answer(picture, text, samples, temperature)))
+            return error(400, str(exc), "invalid_request_error")
+        except UnknownModel as exc:
+            return error(404, str(exc), "model_not_found")
+        return jsonify(chat_response(chat_request.model or model_ids()[0], answers))
 
     return app

@@ -4,6 +4,7 @@ replicas share a pool of policy servers."""
 from __future__ import annotations
 
 import base64
+import copy
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +12,7 @@ import requests
 
 from model.policies.actions import Coordinates
 from model.policies.base import Observation, PolicyError
+from model.policies.model_names import versioned_model
 from model.policies.prompts import ObservationFormat, observation_format
 
 log = logging.getLogger(__name__)
@@ -65,3 +67,10 @@ class RemotePolicy:
 
     def act(self, observations: list[Observation], samples: int = 1, temperature: float = 0.0) -> list[list[str]]:
         return list(self._pool.map(lambda o: self._ask(o, samples, temperature), observations))
+
+    def for_version(self, scope: str, version: str) -> RemotePolicy:
+        """This endpoint asked for a trained version of its model (the server loads its adapter by name)."""
+        policy = copy.copy(self)  # the session and the pool are shared
+        policy.model = versioned_model(self.model, scope, version)
+        policy.name = f"{self.base_url} ({policy.model})"
+        return policy

@@ -3,13 +3,16 @@ transformers VLM, so that backend replicas can share one policy process (or a po
 from __future__ import annotations
 
 from model.policies.base import Observation
-from model.policies.openai_protocol import create_chat_app
+from model.policies.openai_protocol import ChatRequest, UnknownModel, create_chat_app, decode_image
 from model.policies.transformers_vlm import TransformersPolicy
 
 
 def create_policy_app(policy: TransformersPolicy, model_id: str):
-    def answer(image, text: str, samples: int, temperature: float) -> list[str]:
-        [answers] = policy.act([Observation(image, text)], samples=samples, temperature=temperature)
+    def answer(request: ChatRequest) -> list[str]:
+        if request.model not in (None, model_id):
+            raise UnknownModel(f"this server serves {model_id!r}, not {request.model!r}")
+        observation = Observation(decode_image(request.image), request.text)
+        [answers] = policy.act([observation], samples=request.samples, temperature=request.temperature)
         return answers
 
-    return create_chat_app(answer, model_id)
+    return create_chat_app(answer, lambda: [model_id])

@@ -1,0 +1,118 @@
+"""Qwen-VL-Chat (the released SegAgent-Qwen checkpoint's architecture) loaded with its own remote code, on
+the device SEGAGENT_DEVICE names, with the LoRA adapters of trained versions loaded beside the base (peft's
+named adapters) and chosen per call. Runs in the policy server's environment (transformers 4.32)."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+
+from model.policies.prompts import SEGAGENT_QWEN_TURN
+from model.tools.loading import resolve_device
+
+log = logging.getLogger("segagent-qwen")
+DEFAULT_MODEL = "zzzmmz/SegAgent-Model"  # on ModelScope
+LORA_TARGETS = ("c_attn", "attn.c_proj", "w1", "w2")  # Qwen-VL-Chat's attention and MLP projections
+
+
+def build_prompt(image_path: str, text: str) -> str:
+    """The whole chat turn, as SegAgent's evaluation code builds it (the image is referenced by path)."""
+    return SEGAGENT_QWEN_TURN.format(image=image_path, text=text)
+
+
+def without_image_tags(text: str) -> str:
+    """Text from a request must not open an image: Qwen-VL reads whatever path or URL sits between <img> tags."""
+    return text.replace("<img>", "").replace("</img>", "")
+
+
+def model_path(model: str, cache_dir: str | None) -> str:
+    """A local folder as it is; a ModelScope id fetched into `cache_dir` on first use."""
+    if os.path.isdir(model):
+        return model
+    from modelscope import snapshot_download
+
+    log.info("fetching %s from ModelScope into %s (first start only)", model, cache_dir)
+    return snapshot_download(model, cache_dir=cache_dir)
+
+
+def load_qwen(path: str, device: str):
+    """(tokenizer, model) of a Qwen-VL-Chat folder: bf16 on a GPU, fp32 on the CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    precision = {"bf16": True} if device.startswith("cuda") else {"fp32": True}
+    model = AutoModelForCausalLM.from_pretrained(path, device_map=device, trust_remote_code=True, **precision)
+    return tokenizer, model
+
+
+class QwenPolicyModel:
+    """Greedy or sampled answers of the base model or of one of its adapters, one generation at a time."""
+
+    def __init__(self, model: str, cache_dir: str | None = None, device: str = "auto", max_adapters: int = 8,
+                 max_new_tokens: int = 64):
+        self.device = resolve_device(device)
+        self.path = model_path(model, cache_dir)
+        self.tokenizer, self.model = load_qwen(self.path, self.device)
+        self.max_adapters, self.max_new_tokens = max_adapters, max_new_tokens
+        self._adapters: OrderedDict[str, str] = OrderedDict()  # name -> folder, least recently used first
+        self._lock = threading.Lock()
+        log.info("Qwen-VL policy %s loaded on %s", self.path, self.device)
+
+    def answer(self, image_path: str, text: str, samples: int, temperature: float,
+               adapter: tuple[str, str] | None = None) -> list[str]:
+        """`adapter`: (name, folder) of a LoRA adapter to answer through; None: the base model."""
+        import torch
+
+        prompt = build_prompt(image_path, text)
+        input_ids = self.tokenizer([prompt], return_tensors="pt").input_ids.to(self.device)
+        stops = [self.tokenizer.im_end_id, self.tokenizer.im_start_id, self.tokenizer.eod_id]
+        sampling = samples > 1 or temperature > 0
+        options = {"temperature": max(temperature, 0.7), "top_p": 0.95} if sampling else {}
+        with self._lock, torch.inference_mode(), self._acting_as(adapter) as qwen:
+            output = qwen.generate(input_ids, stop_words_ids=[[stop] for stop in stops], do_sample=sampling,
+                                   num_return_sequences=samples, max_new_tokens=self.max_new_tokens,
+                                   generation_config=qwen.generation_config, **options)
+        return [self._decode(row[input_ids.shape[1]:].tolist(), stops) for row in output]
+
+    def _decode(self, tokens: list[int], stops: list[int]) -> str:
+        """The answer up to its first stop token, with Qwen-VL's own tags (<ref>, <box>) kept, as SegAgent's
+        evaluation code reads them."""
+        end = next((i for i, token in enumerate(tokens) if token in stops), len(tokens))
+        return str(self.tokenizer.decode(tokens[:end], skip_special_tokens=False)).strip()
+
+    @contextmanager
+    def _acting_as(self, adapter: tuple[str, str] | None):
+        """The Qwen model to generate with (call with the lock held): its own generate() takes the stop words."""
+        from peft import PeftModel
+
+        if adapter is None:
+            if isinstance(self.model, PeftModel):
+                with self.model.disable_adapter():
+                    yield self.model.base_model.model
+            else:
+                yield self.model
+            return
+        self._load(*adapter)
+        assert isinstance(self.model, PeftModel)  # _load made it one
+        self.model.set_adapter(adapter[0])
+        yield self.model.base_model.model
+
+    def _load(self, name: str, folder: str) -> None:
+        from peft import PeftModel
+
+        if name in self._adapters:
+            self._adapters.move_to_end(name)
+            return
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(folder, adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name)
+        self.model.eval()
+        self._adapters[name] = folder
+        log.info("adapter %s loaded from %s", name, folder)
+        while len(self._adapters) > self.max_adapters:
+            evicted, _ = self._adapters.popitem(last=False)
+            self.model.delete_adapter(evicted)
+            log.info("adapter %s unloaded (more than %d loaded)", evicted, self.max_adapters)
