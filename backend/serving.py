@@ -1,6 +1,7 @@
 """Which policy version answers a project: its active version in the registry, read on every request, so
 a promotion or a rollback (by any process) is served from the next request on, without a restart.
-Trained versions are LoRA adapters on the one loaded base policy."""
+Trained versions are LoRA adapters on the one loaded base policy, or, for the SegAgent-Qwen server, model
+names it serves from the registry folder it shares with us."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 
 from model.agent.loop import Agent
 from model.flywheel.registry import BASE_VERSION, Registry, RegistryError, scope_for
+from model.flywheel.remote_training import untrainable_reason
+from model.flywheel.versions import version_policy
 from model.policies import PolicyError
 from model.settings import Settings
 
@@ -41,9 +44,9 @@ class VersionServer:
         caps = self.capabilities
         if not caps.policy.on:
             return f"no policy to fine-tune ({caps.policy.reason})"
-        if not hasattr(caps.policy.get(), "with_adapter"):
-            return ("fine-tuning needs a local policy (a path or hub id), not a remote endpoint; "
-                    "use `python -m model export`")
+        untrainable = untrainable_reason(self.settings)
+        if untrainable:
+            return untrainable
         if not caps.tool.on:
             return f"the interactive tool is off ({caps.tool.reason})"
         return None
@@ -83,8 +86,8 @@ class VersionServer:
                 meta = self.registry.version(scope, version)
                 if meta.get("base") != self.settings.policy:
                     raise PolicyError(f"{version} was trained for {meta.get('base')}, not for {self.settings.policy}")
-                policy = self.capabilities.policy.get().with_adapter(  # type: ignore[attr-defined]
-                    f"{scope}_{version}".replace("-", "_"), str(self.registry.adapter_path(scope, version)))
+                policy = version_policy(self.capabilities.policy.get(), scope, version,
+                                        str(self.registry.adapter_path(scope, version)))
             except (PolicyError, RegistryError) as exc:
                 if self.errors.get(scope) != str(exc):
                     log.error("%s: cannot serve %s, serving the base version: %s", scope, version, exc)

@@ -56,7 +56,12 @@ class Settings(BaseSettings):
     policy_model: str = Field("", alias="SEGAGENT_POLICY_MODEL",
                               description="the model name to ask a remote endpoint for (empty: its first)")
     policy_format: Literal["segagent", "segagent-qwen"] = Field(
-        "segagent", alias="SEGAGENT_POLICY_FORMAT", description="how a remote policy writes points")
+        "segagent", alias="SEGAGENT_POLICY_FORMAT", description=(
+            "the policy family: what it is shown (segagent-qwen: SegAgent's full-resolution JPEG overlay) and how it "
+            "writes points"))
+    policy_python: str = Field("", alias="SEGAGENT_POLICY_PYTHON", description=(
+        "the interpreter of the SegAgent-Qwen server's environment, where its fine-tuning runs as a worker process "
+        "(empty: through REDIS_URL's segagent-training-qwen queue)"))
     agent_steps: int = Field(5, ge=1, alias="SEGAGENT_AGENT_STEPS",
                              description="actions per episode, the gate's episodes included")
     agent_samples: int = Field(1, ge=1, alias="SEGAGENT_AGENT_SAMPLES",

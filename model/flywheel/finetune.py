@@ -81,15 +81,15 @@ class TurnReader:
     """A turn's observation, instruction and answer, read from the store (the last trajectories and
     images read are kept: turns of one trajectory come together more often than not)."""
 
-    def __init__(self, store: TrajectoryStore, color: str, side: int):
-        self.store, self.color, self.side = store, color, side
+    def __init__(self, store: TrajectoryStore, color: str, side: int, observation: str = "segagent"):
+        self.store, self.color, self.side, self.observation = store, color, side, observation
         self._record = lru_cache(maxsize=8)(store.record)
         self._image = lru_cache(maxsize=4)(store.image)
 
     def __call__(self, turn: Turn) -> tuple[Image.Image, str, str]:
         record = self._record(turn.trajectory_id)
         return supervised_turn(self._image(record.image_sha), record, record.steps[turn.position], self.color,
-                               self.side)
+                               self.side, self.observation)
 
 
 def seed_everything(seed: int) -> None:

@@ -34,6 +34,7 @@ class GateConfig:
     steps: int = 3  # agent steps per episode
     batch_size: int = 8
     tolerance: float = 0.0
+    observation: str = "segagent"  # what the policy is shown (the setting policy_format)
 
 
 def next_action_metrics(policy: Policy, reader: TurnReader, held_out: list[TrajectorySummary],
@@ -71,7 +72,7 @@ def episode_metrics(policy: Policy, segmenter: Segmenter, store: TrajectoryStore
         objects.setdefault((summary.project, summary.task_id, summary.label), summary.id)
     chosen = sorted(objects.values())[:config.episodes]
     records = [store.record(i) for i in chosen]
-    agent = Agent(segmenter, policy, AgentConfig(max_steps=config.steps))
+    agent = Agent(segmenter, policy, AgentConfig(max_steps=config.steps, observation_format=config.observation))
     ious = []
     for start in range(0, len(records), config.batch_size):
         batch = records[start:start + config.batch_size]

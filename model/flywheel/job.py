@@ -20,7 +20,10 @@ from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
 from model.flywheel.finetune import TrainConfig, TurnReader, split_by_task, train_lora
 from model.flywheel.gate import GateConfig, decide, measure
 from model.flywheel.registry import BASE_VERSION, Busy, Registry, project_of, this_host
+from model.flywheel.remote_training import is_remote_qwen, train_remote, untrainable_reason
 from model.flywheel.trajectories import TrajectoryStore
+from model.flywheel.versions import version_policy
+from model.policies.base import Policy
 from model.settings import SECRETS, Settings
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ class JobSpec(BaseModel):
     def gate(self) -> GateConfig:
         s = self.settings
         return GateConfig(max_turns=s.gate_turns, episodes=s.gate_episodes, steps=s.agent_steps,
-                          tolerance=s.gate_tolerance)
+                          tolerance=s.gate_tolerance, observation=s.policy_format)
 
 
 def run_job(spec: JobSpec | dict) -> dict:
@@ -98,6 +101,10 @@ def _run_locked(spec: JobSpec, registry: Registry, job_id: str) -> dict:
                   "two tasks (one is held out for the gate)")
         log.info("job %s skipped: %s", job_id, reason)
         return registry.write_job(job_id, state="skipped", reason=reason, finished=time.time())
+    untrainable = untrainable_reason(spec.settings)
+    if untrainable:
+        log.info("job %s skipped: %s", job_id, untrainable)
+        return registry.write_job(job_id, state="skipped", reason=untrainable, finished=time.time())
 
     parent = registry.active(scope)
     if parent != BASE_VERSION and registry.version(scope, parent).get("base") != base:
@@ -117,7 +124,6 @@ def _run_locked(spec: JobSpec, registry: Registry, job_id: str) -> dict:
 
 def _train_gate_register(spec, registry, job_id, store, train, held_out, data, parent, parent_adapter, name,
                          folder) -> dict:
-    from model.policies.transformers_vlm import TransformersPolicy
     from model.tools import segmenter_from
 
     scope, settings, started = spec.scope, spec.settings, time.time()
@@ -128,14 +134,18 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
             last_beat[0] = time.time()
             registry.write_job(job_id, progress=round(fraction, 3), loss=round(loss, 4))
 
-    training = train_lora(settings.policy, store, train, folder / "adapter", spec.train, parent_adapter, progress)
+    adapter = folder / "adapter"
+    if is_remote_qwen(settings):
+        training = train_remote(settings, store, train, adapter, spec.train, parent_adapter)
+    else:
+        training = train_lora(settings.policy, store, train, adapter, spec.train, parent_adapter, progress)
     registry.write_job(job_id, stage="gate", progress=1.0, training=training)
 
     segmenter = segmenter_from(settings)
-    policy = TransformersPolicy(settings.policy, adapter=parent_adapter, device=training["device"])
-    reader = TurnReader(store, spec.train.color, spec.train.observation_side)
-    active_metrics = measure(policy, segmenter, store, held_out, spec.gate, reader)
-    candidate = policy.with_adapter("candidate", str(folder / "adapter"))
+    active, candidate = _active_and_candidate(settings, scope, parent, parent_adapter, name, str(adapter),
+                                              training["device"])
+    reader = TurnReader(store, spec.train.color, spec.train.observation_side, settings.policy_format)
+    active_metrics = measure(active, segmenter, store, held_out, spec.gate, reader)
     candidate_metrics = measure(candidate, segmenter, store, held_out, spec.gate, reader)
     promoted, reason = decide(candidate_metrics, active_metrics, spec.gate.tolerance)
     log.info("job %s: %s %s: %s", job_id, name, "promoted" if promoted else "rejected", reason)
@@ -154,6 +164,22 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
     return registry.write_job(job_id, state=meta["status"], stage="done", version=name, reason=reason,
                               finished=time.time(),
                               seconds=round(time.time() - started, 1), gate=meta["gate"])
+
+
+def _active_and_candidate(settings: Settings, scope: str, parent: str, parent_adapter: str | None, name: str,
+                          adapter: str, device: str) -> tuple[Policy, Policy]:
+    """The policy serving now and the one just trained, as the gate asks them: in this process, or the
+    SegAgent-Qwen server asked for each by name."""
+    if is_remote_qwen(settings):
+        from model.policies.remote import RemotePolicy
+
+        base = RemotePolicy(settings.policy, model=settings.policy_model or None, answer_format=settings.policy_format)
+        active = base if parent == BASE_VERSION else version_policy(base, scope, parent, parent_adapter or "")
+        return active, version_policy(base, scope, name, adapter)
+    from model.policies.transformers_vlm import TransformersPolicy
+
+    policy = TransformersPolicy(settings.policy, adapter=parent_adapter, device=device)
+    return policy, policy.with_adapter("candidate", adapter)
 
 
 if __name__ == "__main__":  # python -m model.flywheel.job SPEC.json: how the backend starts a job in a process of its own
