@@ -81,7 +81,8 @@ def side(dataset: Dataset, config: BenchConfig, held_out: bool) -> Iterator[Samp
 def policy_from(settings: Settings) -> Policy:
     """The base policy the settings name, built as the backend builds it."""
     return make_policy(settings.policy, adapter=settings.policy_adapter or None,
-                       answer_format=settings.policy_format, model=settings.policy_model or None)
+                       answer_format=settings.policy_format, model=settings.policy_model or None,
+                       device=settings.device)
 
 
 def agent_for(settings: Settings, segmenter: Segmenter, policy: Policy) -> Agent:

@@ -106,7 +106,8 @@ def _add_bench_flywheel(commands: argparse._SubParsersAction, settings: Settings
     setting("--policy-format", "policy_format", choices=("segagent", "segagent-qwen"))
     bench.add_argument("--tool", choices=TOOL_NAMES, default=settings.tool)
     setting("--sam-checkpoint", "sam_checkpoint")
-    setting("--device", "device", choices=("auto", "cuda", "cpu"), help="where the SAM tools run")
+    setting("--device", "device", choices=("auto", "cuda", "cpu"),
+            help="where the SAM tools, an in-process policy and its training run")
     setting("--steps", "agent_steps", type=int, help="agent steps per episode, the gate's too")
     setting("--epochs", "train_epochs", type=int)
     setting("--learning-rate", "train_learning_rate", type=float)
