@@ -146,3 +146,25 @@ def test_the_qwen_image_installs_the_lock_and_nothing_else():
     assert "COPY requirements-segagent-qwen.lock ." in text
     assert "pip install --no-cache-dir --no-deps -r requirements-segagent-qwen.lock" in text
     assert "requirements-segagent-qwen.txt" not in text
+
+
+def test_the_qwen_policy_trains_in_its_own_image_and_serves_what_it_trained():
+    """START_TRAINING with gpu.env: the worker's job (REDIS_URL) hands the turns to the policy image's RQ worker,
+    which writes the adapter into the registry that the policy service reads versions from."""
+    from model.flywheel.remote_training import QUEUE, untrainable_reason
+
+    services = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())["services"]
+    trainer, policy = services["policy-trainer"], services["policy"]
+    assert trainer["profiles"] == ["gpu"] and gpus(trainer) == [NVIDIA_GPU]
+    assert trainer["build"] == policy["build"] and trainer["command"][-1] == QUEUE
+    assert "backend-data:/data" in trainer["volumes"] and "policy-models:/models" in trainer["volumes"]
+    assert "SEGAGENT_REGISTRY=/data/models" in policy["environment"] and "backend-data:/data:ro" in policy["volumes"]
+    gpu = env_file(DOCKER / "gpu.env")
+    assert any(str(entry).startswith("REDIS_URL=redis://redis") for entry in _environment(services["worker"]))
+    assert untrainable_reason(Settings(policy=gpu["SEGAGENT_POLICY"], policy_format=gpu["SEGAGENT_POLICY_FORMAT"],
+                                       redis_url="redis://redis:6379/0")) is None
+
+
+def _environment(service: dict) -> list[str]:
+    environment = service.get("environment", [])
+    return [f"{k}={v}" for k, v in environment.items()] if isinstance(environment, dict) else environment
