@@ -18,6 +18,7 @@ from model.cli import main
 from model.flywheel.export import export_sharegpt
 from model.flywheel.sources import simulated
 from model.flywheel.trajectories import TrajectoryStore
+from model.policies.actions import Coordinates, parse_action
 from model.policies.prompts import observation_format, observation_image
 from model.policies.remote import RemotePolicy
 from model.tools import ImageCache, Segmenter, make_segmenter
@@ -156,3 +157,8 @@ def test_the_export_writes_the_bytes_the_policy_is_sent(tmp_path):
         assert path.endswith(".jpg")
         expected = form.encode(observation_image(image, step.mask_before, "green", 448, "segagent-qwen"))
         assert (tmp_path / "export" / path).read_bytes() == expected
+        # and the action as that policy writes it: row first
+        answer = parse_action(example["conversations"][1]["value"], Coordinates("int1000", "yx"))
+        click = answer.click(160, 120)
+        assert click.positive == step.click.positive
+        assert abs(click.x - step.click.x) <= 1 and abs(click.y - step.click.y) <= 1

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.flywheel.trajectories import StepRecord, TrajectoryRecord, TrajectoryStore
-from model.policies.actions import action_for_click, format_action
+from model.policies.actions import action_for_click, format_action, parse_action
 from model.policies.prompts import instruction, observation_format, observation_image
+from model.policies.remote import ANSWER_FORMATS
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -37,6 +38,7 @@ def export_sharegpt(store: TrajectoryStore, out: str | Path, project: str | None
         for position, step in enumerate(record.steps):
             path = f"images/{record.id}_{position}{form.suffix}"
             picture, text, action = supervised_turn(image, record, step, color, max_side, observation)
+            action = format_action(parse_action(action), ANSWER_FORMATS[observation])  # as that family writes it
             (out / path).write_bytes(form.encode(picture))
             examples.append({
                 "conversations": [{"from": "human", "value": "<image>" + text}, {"from": "gpt", "value": action}],
