@@ -175,7 +175,13 @@ def test_the_base_metrics_are_those_of_the_base_agent_on_the_held_out_objects(be
     assert report["base"]["miou"] == pytest.approx(np.mean([r["iou"] for r in rows]))
 
 
-def test_a_second_run_refuses_a_work_folder_that_is_not_fresh(bench, dataset, taught_vlm, capsys):
+def test_a_work_folder_that_is_not_fresh_and_a_split_with_one_side_are_refused(bench, dataset, taught_vlm):
     out, _, _ = bench
     with pytest.raises(SystemExit, match="bench-flywheel trains from the base"):
         cli(["bench-flywheel", "--dataset", str(dataset), "--policy", str(taught_vlm), "--out", str(out)])
+    with pytest.raises(SystemExit, match="--held-out is a fraction"):
+        cli(["bench-flywheel", "--dataset", str(dataset), "--policy", str(taught_vlm), "--held-out", "1",
+             "--out", str(out.parent / "other")])
+    with pytest.raises(SystemExit, match="1 annotated and 0 held-out objects"):  # obj0 alone: annotated
+        cli(["bench-flywheel", "--dataset", str(dataset), "--policy", str(taught_vlm), "--limit", "1",
+             "--out", str(out.parent / "one")])

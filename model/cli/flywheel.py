@@ -201,6 +201,8 @@ def _bench_flywheel(args: argparse.Namespace) -> int:
 
     if not args.policy:
         raise SystemExit("give --policy (or set SEGAGENT_POLICY): the base policy to train")
+    if not 0 < args.held_out < 1 or args.max_clicks < 1:
+        raise SystemExit("--held-out is a fraction between 0 and 1 (both excluded), --max-clicks at least 1")
     flags = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
     flags["data_dir"] = args.data_dir or args.out / "data"
     settings = Settings.model_validate({**args.settings.model_dump(), **flags})
