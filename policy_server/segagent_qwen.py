@@ -61,9 +61,13 @@ class SegAgentQwenServer:
         except RegistryError as exc:
             raise UnknownModel(str(exc)) from exc
         # a version being gated has its adapter but no metadata yet: it is served, not listed
-        if not (folder / "adapter_config.json").is_file():
-            raise UnknownModel(f"{scope} has no trained version {version}")
-        return f"{scope}_{version}".replace("-", "_"), str(folder)
+        try:
+            written = (folder / "adapter_config.json").stat().st_mtime_ns
+        except FileNotFoundError:
+            raise UnknownModel(f"{scope} has no trained version {version}") from None
+        # the name of a version a killed job left unregistered is given again to the next job's: the loaded
+        # adapter is known by when it was written too, so that a new one is never answered with the old one
+        return f"{scope}_{version}_{written}".replace("-", "_"), str(folder)
 
     def answer(self, request: ChatRequest) -> list[str]:
         adapter = self.adapter(request.model)

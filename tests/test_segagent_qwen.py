@@ -26,7 +26,7 @@ from PIL import Image
 from model.flywheel.finetune import TrainConfig, split_by_task
 from model.flywheel.job import JobSpec, run_job
 from model.flywheel.registry import Registry
-from model.flywheel.remote_training import export_turns, untrainable_reason
+from model.flywheel.remote_training import QUEUE, export_turns, untrainable_reason
 from model.flywheel.trajectories import TrajectoryStore
 from model.policies.actions import Coordinates, parse_action
 from model.policies.base import Observation
@@ -110,9 +110,21 @@ def test_server_serves_versions_by_name_and_keeps_the_bytes_sent(tmp_path):
     assert "<img>" not in text and "</img>" not in text
     for version in (served, gating):
         answer = chat(client, sent, model=f"segagent-qwen@project-3/{version}")
-        assert answer.get_json()["choices"][0]["message"]["content"] == f"adapter project_3_{version}"
+        assert answer.get_json()["choices"][0]["message"]["content"].startswith(f"adapter project_3_{version}_")
         assert answer.get_json()["model"] == f"segagent-qwen@project-3/{version}"
     assert client.get("/health").get_json()["device"] == "cpu"
+
+
+def test_a_version_written_again_is_not_answered_with_the_adapter_loaded_before(tmp_path):
+    """A killed job's unregistered version name is given to the next job: its new adapter must be the one used."""
+    registry = Registry(tmp_path / "models")
+    version = fake_version(registry, "project-3", registered=False)
+    server = SegAgentQwenServer(RecordingQwen(), registry)  # type: ignore[arg-type]
+    before = server.adapter(f"segagent-qwen@project-3/{version}")
+    config = registry.adapter_path("project-3", version) / "adapter_config.json"
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
+    after = server.adapter(f"segagent-qwen@project-3/{version}")
+    assert before is not None and after is not None and before[0] != after[0] and before[1] == after[1]
 
 
 @pytest.mark.parametrize("model", ["segagent-qwen@project-3/v9", "segagent-qwen@project-4/v1", "other-model",
@@ -245,11 +257,34 @@ def test_the_tiny_qwen_answers_through_the_server(qwen_server):
     assert isinstance(answer, str) and answer  # random weights: text, not an action
 
 
+@pytest.fixture
+def qwen_trainer(request, tmp_path):
+    """Where the SegAgent-Qwen trainer runs: a worker process, or an RQ worker of its environment."""
+    if request.param == "process":
+        yield {"policy_python": QWEN_PYTHON}
+        return
+    redis_url = request.getfixturevalue("redis_url")
+    log = tmp_path / "rq-worker.log"
+    worker = subprocess.Popen([str(Path(QWEN_PYTHON).parent / "rq"), "worker", "--url", redis_url, QUEUE], cwd=ROOT,
+                              stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    yield {"redis_url": redis_url}
+    worker.terminate()
+    worker.wait(timeout=30)
+
+
 @needs_qwen
-def test_start_training_with_the_remote_qwen_trains_serves_and_rolls_back(qwen_server):
+@pytest.mark.parametrize("qwen_trainer", ["process", "rq"], indirect=True)
+def test_start_training_with_the_remote_qwen_trains_serves_and_rolls_back(qwen_server, qwen_trainer):
     url, data = qwen_server
-    settings = qwen_settings(data, url=f"{url}/v1", policy_python=QWEN_PYTHON, gate_tolerance=1.0)
-    result = run_job(JobSpec(scope="project-3", settings=settings))
+    settings = qwen_settings(data, url=f"{url}/v1", gate_tolerance=1.0, **qwen_trainer)
+    if "policy_python" in qwen_trainer:  # as Label Studio's "Start training" asks the backend
+        client = App(settings).client
+        started = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json
+        assert started["status"] == "queued", started
+        result = wait_for(lambda: (lambda j: j if j["job_status"] in ("finished", "failed") else None)(
+            client.post("/job_status", json={"job": started["job"]}).json), timeout=900, every=2)
+    else:  # as the compose worker runs a job it took from Redis
+        result = run_job(JobSpec(scope="project-3", settings=settings))
     assert result["state"] == "promoted", result
     registry = Registry(data / "models")
     version = result["version"]
