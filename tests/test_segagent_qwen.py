@@ -176,6 +176,16 @@ def test_what_makes_a_policy_trainable(tmp_path):
     assert untrainable_reason(qwen_settings(tmp_path, redis_url="redis://127.0.0.1:6379/0")) is None
 
 
+def test_the_backend_trains_the_remote_qwen_only_with_a_trainer_to_reach(tmp_path):
+    without = App(qwen_settings(tmp_path / "a")).client
+    training = without.get("/health").json["capabilities"]["training"]
+    assert training["on"] is False and "SEGAGENT_POLICY_PYTHON" in training["reason"]
+    answer = without.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json
+    assert answer["status"] == "skipped" and "SEGAGENT_POLICY_PYTHON" in answer["reason"]
+    with_trainer = App(qwen_settings(tmp_path / "b", policy_python=sys.executable)).client
+    assert with_trainer.get("/health").json["capabilities"]["training"]["on"] is True
+
+
 def test_a_job_without_a_trainer_for_the_remote_policy_is_skipped_and_says_why(tmp_path):
     add_trajectories(tmp_path, range(1, 5))
     result = run_job(JobSpec(scope="project-3", settings=qwen_settings(tmp_path)))
