@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import unicodedata
 from collections import OrderedDict
 from contextlib import contextmanager
 
@@ -17,14 +18,35 @@ DEFAULT_MODEL = "zzzmmz/SegAgent-Model"  # on ModelScope
 LORA_TARGETS = ("c_attn", "attn.c_proj", "w1", "w2")  # Qwen-VL-Chat's attention and MLP projections
 
 
+class PromptError(ValueError):
+    """A prompt that cannot be given to the model."""
+
+
+class AdapterError(RuntimeError):
+    """A trained version's adapter does not load on this base."""
+
+
+# Of Qwen-VL's special tokens, the ones a request's text may carry: SegAgent's prompts and answers use them
+TEXT_TAGS = frozenset({"<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>"})
+
+
 def build_prompt(image_path: str, text: str) -> str:
     """The whole chat turn, as SegAgent's evaluation code builds it (the image is referenced by path)."""
     return SEGAGENT_QWEN_TURN.format(image=image_path, text=text)
 
 
-def without_image_tags(text: str) -> str:
-    """Text from a request must not open an image: Qwen-VL reads whatever path or URL sits between <img> tags."""
-    return text.replace("<img>", "").replace("</img>", "")
+def prompt_ids(tokenizer, image_path: str, text: str) -> list[int]:
+    """The token ids of build_prompt(image_path, text), with `text` (a request's, or a training turn's) taken as
+    text: an <img> tag in it, however it is nested, is the characters it is, never a path Qwen-VL would open or
+    fetch, and <|im_end|> cannot close the turn. <ref> and <box> stay Qwen-VL's own tokens, as SegAgent wrote them."""
+    head, tail = SEGAGENT_QWEN_TURN.split("{text}")
+    text = unicodedata.normalize("NFC", text)  # as Qwen-VL's tokenizer does
+    ids = tokenizer(head.format(image=image_path)).input_ids
+    ids += tokenizer.tokenizer.encode(text, allowed_special=set(TEXT_TAGS), disallowed_special=())
+    ids += tokenizer(tail).input_ids
+    if ids.count(tokenizer.img_start_id) != 1 or ids.count(tokenizer.img_end_id) != 1:
+        raise PromptError("the prompt must hold exactly one image")  # the path itself held an image tag
+    return ids
 
 
 def model_path(model: str, cache_dir: str | None) -> str:
@@ -61,26 +83,29 @@ class QwenPolicyModel:
         log.info("Qwen-VL policy %s loaded on %s", self.path, self.device)
 
     def answer(self, image_path: str, text: str, samples: int, temperature: float,
-               adapter: tuple[str, str] | None = None) -> list[str]:
+               adapter: tuple[str, str] | None = None, max_new_tokens: int | None = None) -> list[str]:
         """`adapter`: (name, folder) of a LoRA adapter to answer through; None: the base model."""
         import torch
 
-        prompt = build_prompt(image_path, text)
-        input_ids = self.tokenizer([prompt], return_tensors="pt").input_ids.to(self.device)
+        input_ids = torch.tensor([prompt_ids(self.tokenizer, image_path, text)], device=self.device)
         stops = [self.tokenizer.im_end_id, self.tokenizer.im_start_id, self.tokenizer.eod_id]
         sampling = samples > 1 or temperature > 0
         options = {"temperature": max(temperature, 0.7), "top_p": 0.95} if sampling else {}
         with self._lock, torch.inference_mode(), self._acting_as(adapter) as qwen:
             output = qwen.generate(input_ids, stop_words_ids=[[stop] for stop in stops], do_sample=sampling,
-                                   num_return_sequences=samples, max_new_tokens=self.max_new_tokens,
+                                   num_return_sequences=samples,
+                                   max_new_tokens=min(max_new_tokens or self.max_new_tokens, self.max_new_tokens),
                                    generation_config=qwen.generation_config, **options)
         return [self._decode(row[input_ids.shape[1]:].tolist(), stops) for row in output]
 
     def _decode(self, tokens: list[int], stops: list[int]) -> str:
         """The answer up to its first stop token, with Qwen-VL's own tags (<ref>, <box>) kept, as SegAgent's
-        evaluation code reads them."""
+        evaluation code reads them. Image tokens are left out: an answer has no image, and Qwen-VL's decoder
+        fails on an image tag that is not closed."""
         end = next((i for i, token in enumerate(tokens) if token in stops), len(tokens))
-        return str(self.tokenizer.decode(tokens[:end], skip_special_tokens=False)).strip()
+        image = {self.tokenizer.img_start_id, self.tokenizer.img_end_id, self.tokenizer.img_pad_id}
+        kept = [token for token in tokens[:end] if token not in image]
+        return str(self.tokenizer.decode(kept, skip_special_tokens=False)).strip()
 
     @contextmanager
     def _acting_as(self, adapter: tuple[str, str] | None):
@@ -105,10 +130,16 @@ class QwenPolicyModel:
         if name in self._adapters:
             self._adapters.move_to_end(name)
             return
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(folder, adapter_name=name)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name)
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(folder, adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name)
+        except Exception as exc:
+            if isinstance(self.model, PeftModel) and name in self.model.peft_config:
+                self.model.delete_adapter(name)  # half loaded: its config without its weights
+            log.exception("adapter %s from %s does not load", name, folder)
+            raise AdapterError(f"the adapter in {folder} does not load on this base: {exc}") from exc
         self.model.eval()
         self._adapters[name] = folder
         log.info("adapter %s loaded from %s", name, folder)

@@ -7,7 +7,8 @@ exports the turns, hands this a spec, then gates and registers the adapter it sa
 
 The spec: {"turns": turns.jsonl, "out": adapter folder, "parent": adapter folder or null, "result": where
 to write the outcome (optional), "base": model folder or ModelScope id (default: $SEGAGENT_QWEN_MODEL),
-"device", "epochs", "learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "accumulation", "seed"}.
+"device", "epochs", "learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "accumulation", "seed",
+"gradient_checkpointing" (default: on a GPU)}.
 Each turn: {"image": a JPEG beside turns.jsonl, "text": the instruction, "answer": the action text}.
 The loss is on the answer's tokens and the end of the turn only.
 """
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 from model.tools.loading import resolve_device
-from policy_server.qwen_model import DEFAULT_MODEL, LORA_TARGETS, build_prompt, load_qwen, model_path
+from policy_server.qwen_model import DEFAULT_MODEL, LORA_TARGETS, TEXT_TAGS, load_qwen, model_path, prompt_ids
 
 log = logging.getLogger("segagent-qwen-training")
 DEFAULTS = {"epochs": 1, "learning_rate": 2e-4, "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05,
@@ -40,12 +41,26 @@ def turn_tensors(tokenizer, turn: dict, device: str):
     """(input ids, labels) of one turn: the labels are the answer and <|im_end|>, the prompt is masked."""
     import torch
 
-    prompt = build_prompt(turn["image"], turn["text"])
-    prompt_ids = tokenizer(prompt).input_ids
-    answer_ids = [*tokenizer(turn["answer"]).input_ids, tokenizer.im_end_id]
-    ids = torch.tensor([prompt_ids + answer_ids], device=device)
-    labels = torch.tensor([[-100] * len(prompt_ids) + answer_ids], device=device)
+    prompt = prompt_ids(tokenizer, turn["image"], turn["text"])
+    answer = [*answer_ids(tokenizer, turn["answer"]), tokenizer.im_end_id]
+    ids = torch.tensor([prompt + answer], device=device)
+    labels = torch.tensor([[-100] * len(prompt) + answer], device=device)
     return ids, labels
+
+
+def answer_ids(tokenizer, answer: str) -> list[int]:
+    """An answer's ids as the model writes them: its <ref>/<box> tags are Qwen-VL's tokens, nothing else is special."""
+    return tokenizer.tokenizer.encode(answer, allowed_special=set(TEXT_TAGS), disallowed_special=())
+
+
+def checkpoint_gradients(model) -> None:
+    """Recompute the activations in the backward pass instead of keeping them (the 9.6 B base in bf16 leaves
+    little room). Qwen-VL writes the image features into the embeddings' output in place, so that output must
+    be a copy that requires grad (a leaf that does cannot be written in place), for the LoRA weights inside the
+    checkpointed blocks to get their gradients."""
+    qwen = model.base_model.model
+    qwen.gradient_checkpointing_enable()
+    qwen.transformer.wte.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True).clone())
 
 
 def lora_model(model, spec: dict):
@@ -69,10 +84,9 @@ def train_adapter(spec: dict) -> dict:
     base = model_path(spec.get("base") or os.environ.get("SEGAGENT_QWEN_MODEL", DEFAULT_MODEL),
                       os.environ.get("SEGAGENT_QWEN_CACHE"))
     tokenizer, model = load_qwen(base, device)
-    if device.startswith("cuda"):  # the 9.6 B base in bf16 plus activations: recompute them instead of keeping them
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
     model = lora_model(model, spec)
+    if spec.get("gradient_checkpointing", device.startswith("cuda")):
+        checkpoint_gradients(model)
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=spec["learning_rate"])

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from model.flywheel.registry import Registry, RegistryError
 from model.policies.model_names import parse_versioned_model, versioned_model
-from model.policies.openai_protocol import BadChatRequest, ChatRequest, UnknownModel, create_chat_app
+from model.policies.openai_protocol import BadChatRequest, ChatRequest, ModelUnavailable, UnknownModel, create_chat_app
 from model.tools.loading import DeviceError
-from policy_server.qwen_model import DEFAULT_MODEL, QwenPolicyModel, without_image_tags
+from policy_server.qwen_model import DEFAULT_MODEL, AdapterError, PromptError, QwenPolicyModel
 
 log = logging.getLogger("segagent-qwen")
 MODEL_ID = "segagent-qwen"
@@ -78,8 +78,13 @@ class SegAgentQwenServer:
             path = os.path.join(folder, "observation" + suffix)
             Path(path).write_bytes(request.image)  # as sent: re-encoding would add a second JPEG's loss
             _check_decodes(path)
-            return self.policy.answer(path, without_image_tags(request.text), request.samples, request.temperature,
-                                      adapter)
+            try:
+                return self.policy.answer(path, request.text, request.samples, request.temperature, adapter,
+                                          request.max_tokens)
+            except PromptError as exc:
+                raise BadChatRequest(str(exc)) from exc
+            except AdapterError as exc:
+                raise ModelUnavailable(str(exc)) from exc
 
     def health(self) -> dict:
         # "base": where the trainer of this environment finds the very weights served here

@@ -28,7 +28,7 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", _sources("model"), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", _sources("model", "policy_server"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_model_never_imports_backend(path):
     assert not {name for name in _imports(path) if name.split(".")[0] == "backend"}
 
@@ -49,7 +49,7 @@ def test_the_request_path_loads_no_benchmark_code(tmp_path):
     assert loaded.stdout.split() == []
 
 
-@pytest.mark.parametrize("path", _sources("model", "backend"), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", _sources("model", "backend", "policy_server"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_modules_and_functions_stay_small(path):
     lines = path.read_text().splitlines()
     assert len(lines) <= MAX_MODULE_LINES, f"{len(lines)} lines"

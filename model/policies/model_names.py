@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-_VERSIONED = re.compile(r"^(?P<base>[^@/\s]{1,100})@(?P<scope>shared|project-\d{1,12})/(?P<version>v\d{1,6})$")
+_VERSIONED = re.compile(r"(?P<base>[^@/\s]{1,100})@(?P<scope>shared|project-\d{1,12})/(?P<version>v\d{1,6})")
 
 
 def versioned_model(base: str, scope: str, version: str) -> str:
@@ -14,5 +14,5 @@ def versioned_model(base: str, scope: str, version: str) -> str:
 
 def parse_versioned_model(name: str) -> tuple[str, str, str] | None:
     """(base, scope, version) of a versioned name; None for any other name."""
-    match = _VERSIONED.match(name or "")
+    match = _VERSIONED.fullmatch(name or "")
     return (match["base"], match["scope"], match["version"]) if match else None

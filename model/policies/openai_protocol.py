@@ -13,6 +13,10 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 
+MAX_TOKENS = 1024  # an action is a dozen tokens; a boxed answer some thirty
+MAX_BODY_BYTES = 256 * 1024 * 1024  # an 80-megapixel observation as a PNG data URL fits
+
+
 class BadChatRequest(ValueError):
     pass
 
@@ -25,6 +29,7 @@ class ChatRequest:
     samples: int
     temperature: float
     model: str | None
+    max_tokens: int | None = None
 
 
 def parse_chat_request(body) -> ChatRequest:
@@ -57,8 +62,12 @@ def parse_chat_request(body) -> ChatRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadChatRequest("model must be a string")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
+                                   or not 1 <= max_tokens <= MAX_TOKENS):
+        raise BadChatRequest(f"max_tokens must be a whole number from 1 to {MAX_TOKENS}")
     (media_type, data), = images
-    return ChatRequest(data, media_type, "\n".join(texts), samples, temperature, model)
+    return ChatRequest(data, media_type, "\n".join(texts), samples, temperature, model, max_tokens)
 
 
 def _inline_image(image_url) -> tuple[str, bytes]:
@@ -88,6 +97,10 @@ class UnknownModel(LookupError):
     """A request names a model the server does not serve."""
 
 
+class ModelUnavailable(RuntimeError):
+    """The model a request names exists but cannot answer now (its weights fail to load)."""
+
+
 def decode_image(data: bytes):
     from PIL import Image
 
@@ -104,6 +117,7 @@ def create_chat_app(answer: Callable[[ChatRequest], list[str]], model_ids: Calla
     from flask import Flask, jsonify, request
 
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # larger bodies: 413 before they are read
 
     def error(status: int, message: str, kind: str):
         log.warning("chat request refused (%d): %s", status, message)
@@ -126,6 +140,8 @@ def create_chat_app(answer: Callable[[ChatRequest], list[str]], model_ids: Calla
             return error(400, str(exc), "invalid_request_error")
         except UnknownModel as exc:
             return error(404, str(exc), "model_not_found")
+        except ModelUnavailable as exc:
+            return error(503, str(exc), "model_unavailable")
         return jsonify(chat_response(chat_request.model or model_ids()[0], answers))
 
     return app
