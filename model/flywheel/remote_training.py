@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -79,18 +80,22 @@ def train_remote(settings: Settings, store: TrajectoryStore, train: list[Traject
     reason = untrainable_reason(settings)
     if reason:
         raise TrainerUnavailable(reason)
-    work = out.parent / "turns"
+    # the job's own folder: a trainer a dead job left running writes there, never into this job's adapter
+    work = Path(tempfile.mkdtemp(prefix=".training-", dir=out.parent))
     try:
         export_turns(store, train, work, config)
-        spec = {"base": served_base(settings.policy), "turns": str(work / "turns.jsonl"), "out": str(out),
-                "parent": parent_adapter,
-                "result": str(work / "result.json"), "device": settings.device,
+        spec = {"base": served_base(settings.policy), "turns": str(work / "turns.jsonl"), "out": str(work / "adapter"),
+                "parent": parent_adapter, "result": str(work / "result.json"), "device": settings.device,
                 **{key: value for key, value in asdict(config).items()
                    if key in ("epochs", "learning_rate", "lora_rank", "lora_alpha", "lora_dropout", "accumulation",
                               "seed")}}
+        timeout = 0.9 * settings.train_timeout  # within the job's own limit, so that this job stops the trainer
         if settings.policy_python:
-            return _in_process(settings.policy_python, spec, work, settings.train_timeout)
-        return _by_rq(settings.redis_url, spec, settings.train_timeout)
+            result = _in_process(settings.policy_python, spec, work, timeout)
+        else:
+            result = _by_rq(settings.redis_url, spec, timeout)
+        (work / "adapter").rename(out)
+        return result
     finally:
         shutil.rmtree(work, ignore_errors=True)  # full-resolution pictures: only the adapter is kept
 
@@ -109,19 +114,23 @@ def served_base(policy_url: str) -> str:
 
 def _in_process(python: str, spec: dict, work: Path, timeout: float) -> dict:
     (work / "spec.json").write_text(json.dumps(spec))
+    command = [python, "-m", TRAINER, str(work / "spec.json")]
+    if shutil.which("setpriv"):  # the trainer dies with this job (killed by the backend, by RQ or by the kernel)
+        command = ["setpriv", "--pdeathsig", "KILL", *command]
     started = time.time()
-    done = subprocess.run([python, "-m", TRAINER, str(work / "spec.json")], cwd=PROJECT_ROOT, timeout=timeout,
-                          capture_output=True, text=True)
+    done = subprocess.run(command, cwd=PROJECT_ROOT, timeout=timeout, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the SegAgent-Qwen trainer ({python}) failed with status {done.returncode}: "
                            f"{done.stderr.strip()[-2000:]}")
-    log.info("the SegAgent-Qwen trainer finished in %.0f s", time.time() - started)
+    log.info("the SegAgent-Qwen trainer finished in %.0f s; its log ends: %s", time.time() - started,
+             done.stderr.strip()[-500:])
     return json.loads(Path(spec["result"]).read_text())
 
 
 def _by_rq(redis_url: str, spec: dict, timeout: float) -> dict:
     from redis import Redis
     from rq import Queue
+    from rq.command import send_stop_job_command
 
     queue = Queue(QUEUE, connection=Redis.from_url(redis_url))
     job = queue.enqueue(f"{TRAINER}.train_adapter", spec, job_timeout=int(timeout), result_ttl=86400)
@@ -136,5 +145,8 @@ def _by_rq(redis_url: str, spec: dict, timeout: float) -> dict:
             raise RuntimeError(f"the SegAgent-Qwen trainer's RQ job {job.id} {status}: "
                                f"{(result.exc_string or '').strip()[-2000:] if result else 'no result'}")
         time.sleep(2)
-    job.cancel()
+    if job.get_status(refresh=True) == "started":
+        send_stop_job_command(queue.connection, job.id)
+    else:
+        job.cancel()
     raise TimeoutError(f"the SegAgent-Qwen trainer's RQ job {job.id} did not finish in {timeout:.0f} s")
