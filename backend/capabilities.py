@@ -85,7 +85,8 @@ class Capabilities:
             log.info("auto mode is off: no policy configured (SEGAGENT_POLICY)")
             policy = Capability("policy", None, "no policy configured")
         if policy.on and settings.prm == "policy":
-            scorer: Capability[Scorer] = Capability("quality scorer", PolicyScorer(policy.get()))
+            scorer: Capability[Scorer] = Capability(
+                "quality scorer", PolicyScorer(policy.get(), observation=settings.policy_format))
         else:
             scorer = Capability.build("quality scorer", OfflineScorer)
         capabilities = cls(tool, policy, scorer, _agent(settings, tool, policy, scorer))
@@ -124,6 +125,4 @@ def _agent(settings: Settings, tool: Capability[Segmenter], policy: Capability[P
 
 
 def make_agent(settings: Settings, segmenter: Segmenter, policy: Policy, prm: Scorer | None) -> Agent:
-    config = AgentConfig(max_steps=settings.agent_steps, samples=settings.agent_samples,
-                         observation_format=settings.policy_format)
-    return Agent(segmenter, policy, config, prm)
+    return Agent(segmenter, policy, AgentConfig.from_settings(settings), prm)

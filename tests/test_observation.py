@@ -162,3 +162,29 @@ def test_the_export_writes_the_bytes_the_policy_is_sent(tmp_path):
         click = answer.click(160, 120)
         assert click.positive == step.click.positive
         assert abs(click.x - step.click.x) <= 1 and abs(click.y - step.click.y) <= 1
+
+
+def test_the_agent_and_the_policy_scorer_show_the_policy_its_own_format(tmp_path):
+    """Built from the settings (the backend's agent, bench-flywheel's), they show a segagent-qwen policy what it
+    was trained on."""
+    from model.agent.loop import AgentConfig
+    from model.quality.scorers import PolicyScorer
+    from model.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, policy_format="segagent-qwen")
+    assert AgentConfig.from_settings(settings).observation_format == "segagent-qwen"
+
+    class Recording:
+        name, coordinates = "recording", Coordinates()
+
+        def __init__(self):
+            self.seen = []
+
+        def act(self, observations, samples=1, temperature=0.0):
+            self.seen += [o.image for o in observations]
+            return [["IoU: 73"]] * len(observations)
+
+    policy = Recording()
+    image, mask = scene(640, 480)
+    PolicyScorer(policy, observation="segagent-qwen")(image, mask, "blob")
+    assert policy.seen[0].size == (640, 480)  # full resolution, not shrunk to 448

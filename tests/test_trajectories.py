@@ -112,3 +112,10 @@ def test_export_sharegpt(tmp_path, example):
     assert (out / first["images"][0]).exists()
     info = json.loads((out / "dataset_info.json").read_text())
     assert info["segagent"]["formatting"] == "sharegpt" and info["segagent"]["file_name"] == "segagent.json"
+    qwen = subprocess.run([sys.executable, "-m", "model", "export", "--data-dir", str(tmp_path / "data"),
+                           "--out", str(tmp_path / "qwen"), "--policy-format", "segagent-qwen"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert qwen.returncode == 0, qwen.stderr
+    [first_qwen, *_] = json.loads((tmp_path / "qwen" / "segagent.json").read_text())
+    assert first_qwen["images"][0].endswith(".jpg")  # the released policy's observation
+    assert first_qwen["conversations"][1]["value"] == "Positive point: (500, 500)"  # the centre: same either way

@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from model.policies.actions import Action, ActionParseError, parse_action
 from model.policies.base import Observation, Policy, PolicyError
 from model.policies.prompts import instruction, observation_image
 from model.tools import Encoded, Segmenter, ToolResult
+
+if TYPE_CHECKING:
+    from model.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,12 @@ class AgentConfig:
     observation_side: int = 448  # longest side of the image the policy sees, in a format that shrinks it
     observation_format: str = "segagent"  # model/policies/prompts.py: the policy's family (setting policy_format)
     converged_iou: float = 0.995  # a step whose mask changes less than this ends the episode
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AgentConfig:
+        """The agent as the backend runs it (the benchmarks that measure it too)."""
+        return cls(max_steps=settings.agent_steps, samples=settings.agent_samples,
+                   observation_format=settings.policy_format)
 
 
 @dataclass

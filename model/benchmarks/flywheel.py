@@ -87,9 +87,8 @@ def policy_from(settings: Settings) -> Policy:
 
 def agent_for(settings: Settings, segmenter: Segmenter, policy: Policy) -> Agent:
     """The agent as the backend runs it: SEGAGENT_AGENT_STEPS steps, its samples and PRM."""
-    scorer = PolicyScorer(policy) if settings.prm == "policy" else None
-    return Agent(segmenter, policy, AgentConfig(max_steps=settings.agent_steps, samples=settings.agent_samples),
-                 scorer)
+    scorer = PolicyScorer(policy, observation=settings.policy_format) if settings.prm == "policy" else None
+    return Agent(segmenter, policy, AgentConfig.from_settings(settings), scorer)
 
 
 def _batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:

@@ -129,7 +129,7 @@ def _evaluate_agent(args: argparse.Namespace, dataset: Dataset) -> int:
     segmenter = make_segmenter(args.tool, **_tool_options(args))
     policy = make_policy(args.policy, adapter=args.policy_adapter, answer_format=args.policy_format,
                          device=args.device)
-    scorer = PolicyScorer(policy) if args.prm == "policy" else None
+    scorer = PolicyScorer(policy, observation=args.policy_format) if args.prm == "policy" else None
     config = AgentConfig(max_steps=args.steps, samples=args.samples, observation_format=args.policy_format)
     agent = Agent(segmenter, policy, config, scorer)
     rows, timing = benchmark_agent(agent, dataset, batch_size=args.batch_size)

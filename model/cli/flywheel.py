@@ -21,6 +21,8 @@ def add_commands(commands: argparse._SubParsersAction, settings: Settings) -> No
     export.add_argument("--format", choices=("sharegpt",), default="sharegpt")
     export.add_argument("--project", help="only this Label Studio project's trajectories")
     export.add_argument("--color", default="green", help="overlay colour of the observations")
+    export.add_argument("--policy-format", default=settings.policy_format, choices=("segagent", "segagent-qwen"),
+                        help="the policy family the turns are for: what it is shown and how it writes points")
     export.set_defaults(run=_export)
 
     simulate = commands.add_parser("simulate", help="the simulated annotator's trajectories toward a dataset's "
@@ -131,7 +133,8 @@ def _export(args: argparse.Namespace) -> int:
     store_dir = args.data_dir / "trajectories"
     if not (store_dir / "trajectories.sqlite3").exists():
         raise SystemExit(f"no trajectory store under {store_dir}")
-    count = export_sharegpt(TrajectoryStore(store_dir), args.out, project=args.project, color=args.color)
+    count = export_sharegpt(TrajectoryStore(store_dir), args.out, project=args.project, color=args.color,
+                            observation=args.policy_format)
     print(f"{count} supervised turns -> {args.out}")
     return 0
 

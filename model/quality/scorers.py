@@ -42,13 +42,14 @@ def parse_quality(text: str) -> float | None:
 class PolicyScorer:
     """The policy asked for the mask's IoU; the mean of `samples` answers that parse."""
 
-    def __init__(self, policy: Policy, samples: int = 1, observation_side: int = 448):
+    def __init__(self, policy: Policy, samples: int = 1, observation_side: int = 448, observation: str = "segagent"):
         self.policy = policy
         self.samples = samples
         self.observation_side = observation_side
+        self.observation = observation  # the policy's family: what it is shown (model/policies/prompts.py)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, description: str) -> float:
-        picture = observation_image(image, mask, max_side=self.observation_side)
+        picture = observation_image(image, mask, max_side=self.observation_side, observation=self.observation)
         question = QUALITY_QUESTION.format(description=description.strip() or "the object")
         [answers] = self.policy.act([Observation(picture, question)], samples=self.samples,
                                     temperature=0.0 if self.samples == 1 else 0.7)
