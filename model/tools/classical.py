@@ -3,7 +3,6 @@
 How a prediction is made, at a working resolution of at most `work_size` pixels a side:
 1. Every pixel starts as probable background, or as probable object where the previous mask (or the
    box) says so.
-   A box given alone counts as a positive click at its centre too.
 2. Each click claims a region around itself: for a click that corrects the mask, a disk whose radius is
    a fraction of the click's distance to the mask's other side (the error the annotator saw is at least
    that thick); for a first click, a disk the size of a typical object. The inner part of the disk is
@@ -12,6 +11,17 @@ How a prediction is made, at a working resolution of at most `work_size` pixels 
 3. GrabCut (colour GMMs and a contrast-sensitive graph cut) runs on the whole image for a first click,
    and on a region of interest around the mask and the clicks afterwards.
 4. Only the connected parts under positive clicks are kept, and small holes are filled.
+
+A box alone is answered with the object's part inside it, from two GrabCut runs on the whole image:
+- enclosed: sure background outside the box (classic GrabCut), for an object the box encloses;
+- crossing: sure background only beyond a ring of half the box's size around it, the ring probable
+  background, so that an object going on past the box's sides is followed there.
+When the enclosed run finds (almost) nothing in the box, the box's colours are those around it: the box
+lies inside one region and is the answer, unless the crossing run found an object crossing one or two of
+the box's sides (a box across the object's edge), whose part in the box is the answer then. When the
+crossing run fills the box and crosses all its sides, the box lies inside the object too (the enclosed
+run cuts out only some part of it then), and the crossing run's part in the box is the answer. Otherwise
+the enclosed run's object is.
 """
 from __future__ import annotations
 
@@ -45,7 +55,8 @@ class ClassicalTool:
 
     def __init__(self, work_size: int = 400, iterations: int = 2, seed_radius: float = 0.01,
                  prior_radius: float = 0.08, roi_margin: float = 0.3, correction_reach: float = 0.75,
-                 hard_fraction: float = 0.5):
+                 hard_fraction: float = 0.5, box_iterations: int = 3, box_ring: float = 0.5,
+                 box_empty: float = 0.1, box_filled: float = 0.9, box_crossed: float = 0.3):
         self.work_size = work_size
         self.iterations = iterations
         self.seed_radius = seed_radius  # of the working image's diagonal: the smallest sure seed
@@ -53,6 +64,11 @@ class ClassicalTool:
         self.roi_margin = roi_margin  # of the region's own size, added on each side
         self.correction_reach = correction_reach  # of the distance from a click to the mask's other side
         self.hard_fraction = hard_fraction  # of a correction region that is sure rather than probable
+        self.box_iterations = box_iterations  # GrabCut's, for a box alone
+        self.box_ring = box_ring  # of the box's size on each side: the crossing run's probable background
+        self.box_empty = box_empty  # of the box: an enclosed object smaller than this is none
+        self.box_filled = box_filled  # of the box: a crossing object filling this much of it fills it
+        self.box_crossed = box_crossed  # of a strip outside a side: an object covering this much crosses it
 
     def encode(self, image: np.ndarray) -> Encoded:
         height, width = image.shape[:2]
@@ -64,15 +80,12 @@ class ClassicalTool:
 
     def predict(self, encoded: Encoded, clicks: Sequence[Click], box: Box | None = None,
                 previous: ToolResult | np.ndarray | None = None) -> ToolResult:
+        if box is not None and not clicks and previous is None:
+            return self._predict_box(encoded, box)
         small, scale = encoded.data
         shape = small.shape[:2]
         diagonal = float(np.hypot(*shape))
         scaled = [Click(c.x * scale, c.y * scale, c.positive).clipped(shape[1], shape[0]) for c in clicks]
-        if box is not None and not scaled and previous is None:
-            # a box alone: the object is what lies at its centre (GrabCut alone empties a box drawn inside
-            # an object, whose colours are those outside it too)
-            x1, y1, x2, y2 = box
-            scaled = [Click((x1 + x2) / 2 * scale, (y1 + y2) / 2 * scale, True).clipped(shape[1], shape[0])]
 
         previous_mask = previous.mask if isinstance(previous, ToolResult) else previous
         current = resize_mask(previous_mask, shape) if previous_mask is not None else np.zeros(shape, bool)
@@ -104,6 +117,34 @@ class ClassicalTool:
         full = _upsample(mask, encoded.shape)
         return ToolResult(mask=full, score=_edge_score(small, mask), state=ClassicalState(tuple(regions)))
 
+    def _predict_box(self, encoded: Encoded, box: Box) -> ToolResult:
+        """The object's part inside a box given alone (the module's docstring says how)."""
+        small, scale = encoded.data
+        shape = small.shape[:2]
+        rect = _box_rect(box, scale, shape)
+        x1, y1, x2, y2 = rect
+        inside = np.zeros(shape, bool)
+        inside[y1:y2, x1:x2] = True
+        area = inside.sum()
+        labels = np.where(inside, PR_FGD, BGD).astype(np.uint8)
+        enclosed = self._grabcut(small, labels.copy(), restrict=False, iterations=self.box_iterations) & inside
+        rx1, ry1, rx2, ry2 = _grow(rect, self.box_ring, shape)
+        labels[ry1:ry2, rx1:rx2] = PR_BGD
+        labels[inside] = PR_FGD
+        crossing = self._grabcut(small, labels, restrict=False, iterations=self.box_iterations)
+        strip = max(2, round(0.1 * max(x2 - x1, y2 - y1)))
+        crossed = [covered >= self.box_crossed for covered in _outer_strips(crossing, rect, strip)]
+        crossing &= inside
+        if enclosed.sum() < self.box_empty * area:
+            across_edge = crossing.sum() >= self.box_empty * area and 1 <= sum(crossed) <= 2
+            mask = crossing if across_edge else inside
+        elif crossing.sum() >= self.box_filled * area and crossed and all(crossed):
+            mask = crossing
+        else:
+            mask = enclosed
+        mask = fill_holes(mask, max_area=int(0.01 * mask.size))
+        return ToolResult(mask=_upsample(mask, encoded.shape), score=_edge_score(small, mask), state=ClassicalState(()))
+
     def _new_regions(self, clicks: list[Click], current: np.ndarray, has_box: bool,
                      diagonal: float) -> list[ClickRegion]:
         seed = max(1.0, self.seed_radius * diagonal)
@@ -124,7 +165,8 @@ class ClassicalTool:
                 mask &= ~disk(mask.shape, click, regions[-1].radius)
         return regions
 
-    def _grabcut(self, image: np.ndarray, labels: np.ndarray, restrict: bool) -> np.ndarray:
+    def _grabcut(self, image: np.ndarray, labels: np.ndarray, restrict: bool,
+                 iterations: int | None = None) -> np.ndarray:
         objectish = (labels == FGD) | (labels == PR_FGD)
         if not objectish.any():
             return np.zeros(labels.shape, bool)
@@ -140,7 +182,7 @@ class ClassicalTool:
             bgd_model = np.zeros((1, 65), np.float64)
             fgd_model = np.zeros((1, 65), np.float64)
             # the rect is unused with GC_INIT_WITH_MASK: (0, 0, 0, 0) is the empty Rect that None stood for
-            cv2.grabCut(roi_image, roi_labels, (0, 0, 0, 0), bgd_model, fgd_model, self.iterations,
+            cv2.grabCut(roi_image, roi_labels, (0, 0, 0, 0), bgd_model, fgd_model, iterations or self.iterations,
                         cv2.GC_INIT_WITH_MASK)
         mask = np.zeros(labels.shape, bool)
         mask[y1:y2, x1:x2] = (roi_labels == FGD) | (roi_labels == PR_FGD)
@@ -157,6 +199,32 @@ def _expand(rect: Sequence[int], margin: float, shape: tuple[int, int]) -> tuple
     x, y, w, h = rect
     pad = int(margin * max(w, h)) + 8
     return max(0, x - pad), max(0, y - pad), min(shape[1], x + w + pad), min(shape[0], y + h + pad)
+
+
+def _box_rect(box: Box, scale: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A box at the working scale, in whole pixels inside the image, at least one pixel a side."""
+    height, width = shape
+    x1 = min(max(round(box[0] * scale), 0), width - 1)
+    y1 = min(max(round(box[1] * scale), 0), height - 1)
+    return x1, y1, min(max(round(box[2] * scale), x1 + 1), width), min(max(round(box[3] * scale), y1 + 1), height)
+
+
+def _grow(rect: tuple[int, int, int, int], fraction: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    x1, y1, x2, y2 = rect
+    pad_x, pad_y = round(fraction * (x2 - x1)) + 4, round(fraction * (y2 - y1)) + 4
+    return max(0, x1 - pad_x), max(0, y1 - pad_y), min(shape[1], x2 + pad_x), min(shape[0], y2 + pad_y)
+
+
+def _outer_strips(mask: np.ndarray, rect: tuple[int, int, int, int], width: int) -> list[float]:
+    """The fraction of the mask in a strip `width` wide just outside each side of the box, for the sides with
+    that much room before the image's edge."""
+    x1, y1, x2, y2 = rect
+    height, image_width = mask.shape
+    strips = [mask[y1:y2, x1 - width:x1] if x1 >= width else None,
+              mask[y1:y2, x2:x2 + width] if x2 + width <= image_width else None,
+              mask[y1 - width:y1, x1:x2] if y1 >= width else None,
+              mask[y2:y2 + width, x1:x2] if y2 + width <= height else None]
+    return [float(strip.mean()) for strip in strips if strip is not None]
 
 
 def _upsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
