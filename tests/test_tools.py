@@ -45,11 +45,47 @@ def test_positive_click_adds_a_missed_part(classical):
     assert iou(result.mask, target) > iou(partial, target)
 
 
+def striped_scene(seed: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic scene with its object painted in diagonal stripes of three colours."""
+    image, target = scene(320, 240, seed=seed)
+    rows, cols = np.mgrid[:240, :320]
+    colours = np.array([[200, 70, 50], [230, 200, 40], [90, 40, 120]])
+    stripes = colours[(rows + cols) // 12 % 3] + np.random.default_rng(seed).normal(0, 10, (240, 320, 3))
+    return np.where(target[..., None], np.clip(stripes, 0, 255), image).astype(np.uint8), target
+
+
 def test_box_alone_gives_the_object(classical):
     image, target = scene(320, 240, seed=6)
     rows, cols = np.nonzero(target)
     box = (cols.min() - 8, rows.min() - 8, cols.max() + 8, rows.max() + 8)
     assert iou(classical.predict(image, box=box).mask, target) >= 0.85
+
+
+@pytest.mark.parametrize("make_scene", [lambda: scene(320, 240, seed=6), striped_scene], ids=["plain", "striped"])
+def test_a_box_inside_the_object_gives_the_whole_box(classical, make_scene):
+    image, target = make_scene()
+    rows, cols = np.nonzero(target)
+    cx, cy = int(cols.mean()), int(rows.mean())
+    for x1, y1, x2, y2 in [(cx - 16, cy - 12, cx + 16, cy + 12), (cx - 40, cy - 30, cx + 40, cy + 30)]:
+        mask = classical.predict(image, box=(x1, y1, x2, y2)).mask
+        assert mask[y1:y2, x1:x2].mean() >= 0.95
+        assert (mask & target).sum() >= 0.99 * mask.sum()
+
+
+@pytest.mark.parametrize("make_scene, least", [(lambda: scene(320, 240, seed=6), 0.95), (striped_scene, 0.8)],
+                         ids=["plain", "striped"])
+def test_a_box_across_the_edge_gives_the_objects_part_in_it(classical, make_scene, least):
+    """The object's right half with margins around it, and a loose box shifted right by half the object."""
+    image, target = make_scene()
+    rows, cols = np.nonzero(target)
+    cx = int(cols.mean())
+    x1, y1, x2, y2 = cols.min() - 8, rows.min() - 8, cols.max() + 8, rows.max() + 8
+    for box in [(cx, rows.min() - 20, cols.max() + 20, rows.max() + 20), (cx, y1, cx + x2 - x1, y2)]:
+        mask = classical.predict(image, box=box).mask
+        part = np.zeros_like(target)
+        part[box[1]:box[3], box[0]:box[2]] = target[box[1]:box[3], box[0]:box[2]]
+        assert iou(mask, part) >= least
+        assert (mask & target).sum() >= 0.95 * mask.sum()
 
 
 def test_results_are_reproducible(classical):
