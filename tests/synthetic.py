@@ -116,3 +116,17 @@ class RecordingServer:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def record_predictions(predictor, monkeypatch) -> list[dict]:
+    """Every later call to a SAM predictor's predict: its keywords and its answer."""
+    calls: list[dict] = []
+    real = predictor.predict
+
+    def recording(**kwargs):
+        answer = real(**kwargs)
+        calls.append({**kwargs, "answer": answer})
+        return answer
+
+    monkeypatch.setattr(predictor, "predict", recording)
+    return calls

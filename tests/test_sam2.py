@@ -18,7 +18,7 @@ from model.settings import Settings
 from model.tools import make_segmenter, tool_options
 from model.tools.loading import CheckpointError, DeviceError
 from model.tools.sam2 import Sam2ConfigError, config_for, load_config
-from tests.synthetic import FileServer, scene
+from tests.synthetic import FileServer, record_predictions, scene
 
 # sam2's own modules still call torch.jit.script
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -82,17 +82,7 @@ def segmenter(tiny_sam2):
 @pytest.fixture
 def spy(segmenter, monkeypatch):
     """Every call to SAM2ImagePredictor.predict: its keywords and its answer."""
-    calls: list[dict] = []
-    predictor = segmenter.tool._predictor
-    real = predictor.predict
-
-    def recording(**kwargs):
-        answer = real(**kwargs)
-        calls.append({**kwargs, "answer": answer})
-        return answer
-
-    monkeypatch.setattr(predictor, "predict", recording)
-    return calls
+    return record_predictions(segmenter.tool._predictor, monkeypatch)
 
 
 def test_loads_by_path_and_encodes_each_image_once(tiny_sam2, segmenter, spy):

@@ -8,7 +8,7 @@ from model.core.clicks import Click
 from model.core.masks import iou
 from model.tools import ImageCache, Segmenter, make_segmenter
 from model.tools.classical import ClassicalTool
-from tests.synthetic import scene
+from tests.synthetic import record_predictions, scene
 
 
 @pytest.fixture(scope="module")
@@ -178,17 +178,7 @@ def test_tiny_sam_loads_by_path_and_predicts(tiny_sam_checkpoint):
 def sam_spy(tiny_sam_checkpoint, monkeypatch):
     """A tiny SAM's segmenter, and every call to its SamPredictor.predict: its keywords and its answer."""
     segmenter = make_segmenter("sam", sam_checkpoint=str(tiny_sam_checkpoint[0]))
-    calls: list[dict] = []
-    predictor = segmenter.tool._predictor
-    real = predictor.predict
-
-    def spy(**kwargs):
-        answer = real(**kwargs)
-        calls.append({**kwargs, "answer": answer})
-        return answer
-
-    monkeypatch.setattr(predictor, "predict", spy)
-    return segmenter, calls
+    return segmenter, record_predictions(segmenter.tool._predictor, monkeypatch)
 
 
 def test_sam_asks_for_three_masks_at_every_step_and_keeps_the_best(sam_spy):

@@ -64,14 +64,15 @@ def export_turns(store: TrajectoryStore, train: list[TrajectorySummary], folder:
     folder.mkdir(parents=True, exist_ok=True)
     form = observation_format(FORMAT)
     read = TurnReader(store, config.color, config.observation_side, FORMAT)
+    turns = turns_of(train, config.max_turns)
     with open(folder / "turns.jsonl", "w") as lines:
-        for turn in turns_of(train, config.max_turns):
+        for turn in turns:
             picture, text, answer = read(turn)
             name = f"{turn.trajectory_id}_{turn.position}{form.suffix}"
             (folder / name).write_bytes(form.encode(picture))
             action = format_action(parse_action(answer), ANSWER_FORMATS[FORMAT])
             lines.write(json.dumps({"image": name, "text": text, "answer": action}) + "\n")
-    return len(turns_of(train, config.max_turns))
+    return len(turns)
 
 
 def train_remote(settings: Settings, store: TrajectoryStore, train: list[TrajectorySummary], out: Path,
