@@ -3,9 +3,12 @@ server process), SegAgent-Qwen's prompt and answers, and the agent with greedy a
 from __future__ import annotations
 
 import base64
+import io
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -271,6 +274,47 @@ def test_policy_server_refuses_bad_requests(policy_server):
         {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"xx").decode()}}]}]}
     assert requests.post(url, json=garbage, timeout=10).status_code == 400
     assert requests.get(f"{policy_server}/health", timeout=10).ok
+
+
+def test_a_policy_server_refuses_requests_beyond_its_bound_and_health_still_answers():
+    """A model answers one request at a time: requests beyond the bound get 503 at once instead of queueing
+    without end, and /health does not wait for the model."""
+    from PIL import Image
+    from werkzeug.serving import make_server
+
+    from model.policies.openai_protocol import create_chat_app
+
+    release, answering = threading.Event(), threading.Semaphore(0)
+
+    def slow_answer(_request):
+        answering.release()
+        release.wait(30)
+        return ["Positive point: (500, 500)"]
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}},
+        {"type": "text", "text": "the blob"}]}]}
+    server = make_server("127.0.0.1", free_port(), create_chat_app(slow_answer, lambda: ["slow"], max_in_flight=2),
+                         threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(requests.post, f"{url}/v1/chat/completions", json=body, timeout=30) for _ in range(2)]
+            assert answering.acquire(timeout=10) and answering.acquire(timeout=10)
+            busy = requests.post(f"{url}/v1/chat/completions", json=body, timeout=10)
+            assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+            assert "busy" in busy.json()["error"]["message"]
+            assert requests.get(f"{url}/health", timeout=10).ok
+            release.set()
+            assert [future.result().status_code for future in held] == [200, 200]
+        answered = requests.post(f"{url}/v1/chat/completions", json=body, timeout=10)
+        assert answered.json()["choices"][0]["message"]["content"] == "Positive point: (500, 500)"
+    finally:
+        release.set()
+        server.shutdown()
 
 
 def test_unreachable_policy_is_a_clear_error():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -15,6 +16,9 @@ log = logging.getLogger(__name__)
 
 MAX_TOKENS = 1024  # an action is a dozen tokens; a boxed answer some thirty
 MAX_BODY_BYTES = 256 * 1024 * 1024  # an 80-megapixel observation as a PNG data URL fits
+# chat requests being answered or waiting for the model at once; more are refused (503) rather than queued
+# without end. A backend process asks at most 8 at a time (RemotePolicy's concurrency), its workers as many.
+MAX_IN_FLIGHT = 32
 
 
 class BadChatRequest(ValueError):
@@ -111,13 +115,15 @@ def decode_image(data: bytes):
 
 
 def create_chat_app(answer: Callable[[ChatRequest], list[str]], model_ids: Callable[[], list[str]],
-                    health: Callable[[], dict] | None = None):
+                    health: Callable[[], dict] | None = None, max_in_flight: int = MAX_IN_FLIGHT):
     """A Flask app speaking the chat-completions protocol over `answer`: /health, /v1/models and
-    /v1/chat/completions (bad requests get 400, an unknown model 404, each with a log line)."""
+    /v1/chat/completions (bad requests get 400, an unknown model 404, more than `max_in_flight` at once
+    503 with Retry-After, each with a log line). /health never waits for the model."""
     from flask import Flask, jsonify, request
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # larger bodies: 413 before they are read
+    in_flight = threading.BoundedSemaphore(max_in_flight)
 
     def error(status: int, message: str, kind: str):
         log.warning("chat request refused (%d): %s", status, message)
@@ -133,6 +139,10 @@ def create_chat_app(answer: Callable[[ChatRequest], list[str]], model_ids: Calla
 
     @app.post("/v1/chat/completions")
     def chat():
+        if not in_flight.acquire(blocking=False):
+            body, status = error(503, f"busy: {max_in_flight} requests are being answered or waiting; retry later",
+                                 "server_busy")
+            return body, status, {"Retry-After": "1"}
         try:
             chat_request = parse_chat_request(request.get_json(silent=True))
             answers = answer(chat_request)
@@ -142,6 +152,8 @@ def create_chat_app(answer: Callable[[ChatRequest], list[str]], model_ids: Calla
             return error(404, str(exc), "model_not_found")
         except ModelUnavailable as exc:
             return error(503, str(exc), "model_unavailable")
+        finally:
+            in_flight.release()
         return jsonify(chat_response(chat_request.model or model_ids()[0], answers))
 
     return app
