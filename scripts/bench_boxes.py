@@ -1,4 +1,4 @@
-"""What the CPU tool answers to a box alone (Label Studio's smart rectangle), for four boxes per object.
+"""What the CPU tool answers to a box alone (Label Studio's smart rectangle), for five boxes per object.
 The right answer is the object's part inside the box: for a box wholly inside the object the whole box,
 for a loose box the object, for a box across the object's edge the object's part inside it.
 
@@ -22,7 +22,7 @@ The boxes, from the object's mask (GrabCut's unknown band, value 128, is left ou
   outside it: a box drawn a little short on one side. Reported as partial.
 
 The synthetic scene of the tests (tests/synthetic.py, seed 1, a red ellipse on a noisy blue-green
-background) is measured too, with these four boxes and the two of tests/test_request_edge.py: a box of
+background) is measured too, with these five boxes and the two of tests/test_request_edge.py: a box of
 10% of the image's sides around the object's centroid, and one from the centroid to 20 pixels past the
 object's right, top and bottom.
 """

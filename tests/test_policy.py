@@ -303,17 +303,18 @@ def test_a_policy_server_refuses_requests_beyond_its_bound_and_health_still_answ
     try:
         with ThreadPoolExecutor(2) as pool:
             held = [pool.submit(requests.post, f"{url}/v1/chat/completions", json=body, timeout=30) for _ in range(2)]
-            assert answering.acquire(timeout=10) and answering.acquire(timeout=10)
-            busy = requests.post(f"{url}/v1/chat/completions", json=body, timeout=10)
-            assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
-            assert "busy" in busy.json()["error"]["message"]
-            assert requests.get(f"{url}/health", timeout=10).ok
-            release.set()
+            try:
+                assert answering.acquire(timeout=10) and answering.acquire(timeout=10)
+                busy = requests.post(f"{url}/v1/chat/completions", json=body, timeout=10)
+                assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+                assert "busy" in busy.json()["error"]["message"]
+                assert requests.get(f"{url}/health", timeout=10).ok
+            finally:
+                release.set()  # before the pool waits for the held requests
             assert [future.result().status_code for future in held] == [200, 200]
         answered = requests.post(f"{url}/v1/chat/completions", json=body, timeout=10)
         assert answered.json()["choices"][0]["message"]["content"] == "Positive point: (500, 500)"
     finally:
-        release.set()
         server.shutdown()
 
 
