@@ -7,9 +7,9 @@ import logging
 import os
 import threading
 import unicodedata
-from collections import OrderedDict
 from contextlib import contextmanager
 
+from model.policies.adapters import LoadedAdapters
 from model.policies.prompts import SEGAGENT_QWEN_TURN
 from model.tools.loading import resolve_device
 
@@ -77,8 +77,8 @@ class QwenPolicyModel:
         self.device = resolve_device(device)
         self.path = model_path(model, cache_dir)
         self.tokenizer, self.model = load_qwen(self.path, self.device)
-        self.max_adapters, self.max_new_tokens = max_adapters, max_new_tokens
-        self._adapters: OrderedDict[str, str] = OrderedDict()  # name -> folder, least recently used first
+        self.max_new_tokens = max_new_tokens
+        self.adapters = LoadedAdapters(max_adapters)
         self._lock = threading.Lock()
         log.info("Qwen-VL policy %s loaded on %s", self.path, self.device)
 
@@ -125,25 +125,8 @@ class QwenPolicyModel:
         yield self.model.base_model.model
 
     def _load(self, name: str, folder: str) -> None:
-        from peft import PeftModel
-
-        if name in self._adapters:
-            self._adapters.move_to_end(name)
-            return
         try:
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(folder, adapter_name=name)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name)
+            self.model = self.adapters.load(self.model, name, folder)
         except Exception as exc:
-            if isinstance(self.model, PeftModel) and name in self.model.peft_config:
-                self.model.delete_adapter(name)  # half loaded: its config without its weights
             log.exception("adapter %s from %s does not load", name, folder)
             raise AdapterError(f"the adapter in {folder} does not load on this base: {exc}") from exc
-        self.model.eval()
-        self._adapters[name] = folder
-        log.info("adapter %s loaded from %s", name, folder)
-        while len(self._adapters) > self.max_adapters:
-            evicted, _ = self._adapters.popitem(last=False)
-            self.model.delete_adapter(evicted)
-            log.info("adapter %s unloaded (more than %d loaded)", evicted, self.max_adapters)

@@ -373,12 +373,36 @@ def test_served_versions_beyond_the_loaded_limit_load_again(trained, taught_vlm)
 
     adapter = str(Registry(trained[0] / "models").adapter_path("project-3", "v1"))
     policy = TransformersPolicy(str(taught_vlm))
-    policy.max_adapters = 1
+    policy.adapters.limit = 1
     first, second = policy.with_adapter("one", adapter), policy.with_adapter("two", adapter)  # two evicts one
     image, mask = scene(160, 120, seed=99, **CORNER)
     observation = Observation(observation_image(image, mask & False), instruction("a red blob"))
     assert first.act([observation]) == second.act([observation]) != policy.act([observation])
     assert first.act([observation])[0][0].startswith("Positive point: (2")  # the corner, not (500, 500)
+
+
+def test_an_adapter_that_did_not_load_loads_once_its_folder_is_whole(trained, taught_vlm, tmp_path):
+    """An adapter whose weights are missing is a clear error, and the same name loads once its folder is
+    whole (a job still writing it, say) and answers as the version does."""
+    from model.policies.base import Observation, PolicyError
+    from model.policies.prompts import instruction, observation_image
+    from model.policies.transformers_vlm import TransformersPolicy
+
+    adapter = Registry(trained[0] / "models").adapter_path("project-3", "v1")
+    broken = tmp_path / "adapter"
+    shutil.copytree(adapter, broken)
+    weights = next(broken.glob("adapter_model.*"))
+    kept = weights.read_bytes()
+    weights.unlink()
+    policy = TransformersPolicy(str(taught_vlm))
+    good = policy.with_adapter("good", str(adapter))  # the model is a PeftModel from here on
+    with pytest.raises(PolicyError, match="cannot load adapter"):
+        policy.with_adapter("mended", str(broken))
+    weights.write_bytes(kept)
+    mended = policy.with_adapter("mended", str(broken))
+    image, mask = scene(160, 120, seed=99, **CORNER)
+    observation = Observation(observation_image(image, mask & False), instruction("a red blob"))
+    assert mended.act([observation]) == good.act([observation]) != policy.act([observation])
 
 
 def test_a_shared_policy_serves_every_project(data, taught_vlm, corner_image):

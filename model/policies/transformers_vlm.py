@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
 
 from model.policies.actions import Coordinates
+from model.policies.adapters import LoadedAdapters
 from model.policies.base import Observation, PolicyError
 from model.tools.loading import resolve_device
 
@@ -53,8 +53,7 @@ class TransformersPolicy:
         self.processor.tokenizer.padding_side = "left"  # generation continues on the right
         self.max_new_tokens = max_new_tokens
         self._lock = threading.Lock()
-        self._versions: OrderedDict[str, str] = OrderedDict()  # adapter name -> path, least recently used first
-        self.max_adapters = 8
+        self.adapters = LoadedAdapters()  # the trained versions asked for, a bounded number at a time
 
     def with_adapter(self, name: str, path: str) -> AdapterPolicy:
         """This policy acting through the LoRA adapter at `path`, loaded under `name`."""
@@ -63,25 +62,11 @@ class TransformersPolicy:
         return AdapterPolicy(self, name, path)
 
     def _load(self, name: str, path: str) -> None:
-        """Load an adapter unless it is loaded (call with the lock held). At most `max_adapters` stay
-        loaded; one evicted is loaded again when it is next asked for."""
-        from peft import PeftModel
-
-        if name in self._versions:
-            self._versions.move_to_end(name)
-            return
+        """Load an adapter unless it is loaded (call with the lock held)."""
         try:
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(path, adapter_name=name)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
+            self.model = self.adapters.load(self.model, name, path)
         except Exception as exc:
             raise PolicyError(f"cannot load adapter {path}: {exc}") from exc
-        self._versions[name] = path
-        log.info("policy adapter %s loaded from %s", name, path)
-        while len(self._versions) > self.max_adapters:
-            evicted, _ = self._versions.popitem(last=False)
-            self.model.delete_adapter(evicted)
 
     @contextmanager
     def _adapter(self, name: str | None):
