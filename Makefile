@@ -6,7 +6,7 @@ HOST ?= 0.0.0.0
 THREADS ?= 8
 BIN = $(VENV)/bin
 
-.PHONY: install serve test test-fast bench bench-agent bench-quality bench-interactive bench-load bench-preannotate bench-train bench-flywheel lint
+.PHONY: install serve test test-fast bench bench-agent bench-quality bench-interactive bench-load bench-preannotate bench-train bench-flywheel lint docs
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ lint: install
 	$(BIN)/ruff check model backend policy_server tests scripts
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile docker/segagent-qwen.Dockerfile
+
+# docs/configuration.md from model/settings.py's field descriptions (tests/test_docs.py fails while it is stale).
+docs: install
+	$(BIN)/python -m model settings-doc --out docs/configuration.md
 
 DATA ?= ../shared/data
 bench: install

@@ -30,109 +30,158 @@ SECRETS = frozenset({"label_studio_api_key", "basic_auth_user", "basic_auth_pass
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True)
 
-    sam_checkpoint: str = Field("", alias="SAM_CHECKPOINT", description="SAM checkpoint: a path or an http(s) URL")
+    sam_checkpoint: str = Field("", alias="SAM_CHECKPOINT", description=(
+        "SAM ViT-B/L/H checkpoint: a path, or an http(s) URL downloaded once into `SEGAGENT_DATA_DIR/checkpoints`"))
     sam_sha256: str = Field("", alias="SAM_CHECKPOINT_SHA256",
-                            description="the SHA-256 a downloaded checkpoint must have")
+                            description="the SHA-256 a downloaded SAM checkpoint must have (a URL is refused without it)")
     sam2_checkpoint: str = Field("", alias="SAM2_CHECKPOINT",
-                                 description="SAM 2 checkpoint: a path or an http(s) URL")
+                                 description=(
+                                     "SAM 2 checkpoint (`sam2.1_hiera_tiny.pt` and the others): a path, or an http(s) "
+                                     "URL downloaded once into `SEGAGENT_DATA_DIR/checkpoints`"))
     sam2_sha256: str = Field("", alias="SAM2_CHECKPOINT_SHA256",
-                             description="the SHA-256 a downloaded SAM 2 checkpoint must have")
+                             description="the SHA-256 a downloaded SAM 2 checkpoint must have (a URL is refused without it)")
     sam2_config: str = Field("", alias="SAM2_CONFIG", description=(
-        "the SAM 2 model config: one shipped in the sam2 package (configs/sam2.1/sam2.1_hiera_t.yaml, ...) or a "
-        "YAML file; empty: the one of Meta's checkpoint file name"))
+        "the SAM 2 model config: `configs/sam2.1/sam2.1_hiera_t.yaml` (`_s`, `_b+`, `_l`) as shipped in the `sam2` "
+        "package, or a YAML file of that form; empty: chosen from the checkpoint's file name when it is one of Meta's"))
     # its default reads the checkpoints; ahead of the fields that can fail, so their errors come alone
     tool: Literal["classical", "sam", "sam2"] = Field(
         default_factory=lambda data: "sam" if data["sam_checkpoint"] else "sam2" if data["sam2_checkpoint"]
         else "classical", alias="SEGAGENT_TOOL",
-        description="the interactive tool: sam when SAM_CHECKPOINT is set, sam2 when SAM2_CHECKPOINT is, else classical")
+        description=(
+            "the interactive tool, the gate's too: `classical` (the CPU tool), `sam` or `sam2`; by default `sam` when "
+            "`SAM_CHECKPOINT` is set, else `sam2` when `SAM2_CHECKPOINT` is, else `classical`"))
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", alias="SEGAGENT_DEVICE", description=(
-            "where the SAM tools, an in-process policy and its training run: auto (CUDA when usable), cuda (refuse "
-            "to start without a usable GPU) or cpu"))
+            "where the SAM tools, an in-process policy and its LoRA training run (the SegAgent-Qwen server and "
+            "trainer read it too): `auto` (CUDA when a usable GPU is there, else the CPU, with a warning when torch is "
+            "a CUDA build that sees no GPU), `cuda` (the backend refuses to start without a usable GPU, and says why), "
+            "`cpu`; `/health`'s `device` says where the tool and the policy run (`cpu`, `cuda`, or `remote` for an "
+            "endpoint)"))
     policy: str = Field("", alias="SEGAGENT_POLICY", description=(
-        "the policy: a local folder or hub id of a transformers VLM, or an OpenAI-compatible endpoint"))
+        "the policy: a local folder or hub id of a transformers VLM, or an `http(s)://.../v1` OpenAI-compatible "
+        "endpoint; empty: no policy, so no auto mode"))
     policy_adapter: str = Field("", alias="SEGAGENT_POLICY_ADAPTER",
                                 description="a LoRA adapter (peft) on top of a local policy")
     policy_model: str = Field("", alias="SEGAGENT_POLICY_MODEL",
-                              description="the model name to ask a remote endpoint for (empty: its first)")
+                              description=(
+                                  "the model name to ask a remote endpoint for (empty: the endpoint's first; set it "
+                                  "when the endpoint may start after the backend)"))
     policy_format: Literal["segagent", "segagent-qwen"] = Field(
         "segagent", alias="SEGAGENT_POLICY_FORMAT", description=(
-            "the policy family: what it is shown (segagent-qwen: SegAgent's full-resolution JPEG overlay) and how it "
-            "writes points"))
+            "the policy's family: how it writes points and what it is shown. `segagent`: (x, y), the overlay at alpha "
+            "0.4, at most 448 px, PNG; `segagent-qwen` (the released checkpoint): row, column, the overlay at alpha 0.5 "
+            "at full resolution, JPEG"))
     policy_python: str = Field("", alias="SEGAGENT_POLICY_PYTHON", description=(
-        "the interpreter of the SegAgent-Qwen server's environment, where its fine-tuning runs as a worker process "
-        "(empty: through REDIS_URL's segagent-training-qwen queue)"))
+        "the interpreter of the SegAgent-Qwen server's environment on this machine: its fine-tuning runs there as a "
+        "worker process (empty: through `REDIS_URL`'s `segagent-training-qwen` queue, or not at all)"))
     agent_steps: int = Field(5, ge=1, alias="SEGAGENT_AGENT_STEPS",
-                             description="actions per episode, the gate's episodes included")
+                             description="actions per episode (the paper evaluates 1 to 7), the gate's episodes too")
     agent_samples: int = Field(1, ge=1, alias="SEGAGENT_AGENT_SAMPLES",
-                               description="candidate actions per step (above 1: PRM-guided search)")
+                               description="candidate actions per step: 1 is greedy; above 1, PRM-guided tree search")
     prm: Literal["tool", "policy"] = Field("tool", alias="SEGAGENT_PRM",
-                                           description="what scores candidates in the search")
+                                           description=(
+                                               "what scores candidates in the search: `tool` (the tool's confidence) "
+                                               "or `policy` (the policy asked for the mask's IoU)"))
     return_clicks: bool = Field(False, alias="SEGAGENT_RETURN_CLICKS",
                                 description="return the agent's clicks as keypoint regions")
     interactive_score: Literal["tool", "quality"] = Field(
         "tool", alias="SEGAGENT_INTERACTIVE_SCORE",
-        description="an interactive answer's score: the tool's own confidence (fast), or the quality scorer's")
+        description=(
+            "an interactive answer's score: `tool`, the tool's own confidence (adds nothing to a click), or "
+            "`quality`, the quality scorer's estimate (about 0.15 s more per click on the CPU); stored predictions "
+            "(refine, auto, pre-annotation) are always scored by the quality scorer"))
     output: Literal["auto", "brush", "polygon"] = Field(
         "auto", alias="SEGAGENT_OUTPUT",
-        description="predicted regions: brush masks or polygons (auto: brushes when the config has BrushLabels)")
+        description=(
+            "predicted regions: `brush` masks or `polygon`s; `auto`: brushes when the label config has `BrushLabels`, "
+            "else polygons"))
     polygon_tolerance: float = Field(1.0, ge=0, alias="SEGAGENT_POLYGON_TOLERANCE",
-                                     description="pixels a polygon's outline may move from the mask")
+                                     description="pixels a polygon's outline may move from the mask (less on small objects)")
     data_dir: Path = Field(Path("data"), alias="SEGAGENT_DATA_DIR",
-                           description="the annotation store, the trajectories, checkpoints, the registry")
+                           description=(
+                               "the annotation store, the trajectories, downloaded checkpoints, the registry, the "
+                               "pre-annotation queue"))
     label_studio_url: str = Field("", alias="LABEL_STUDIO_URL",
-                                  description="Label Studio's address (empty: what /setup sends)")
+                                  description=(
+                                      "where Label Studio is, to fetch `/data/upload/...`, `/data/local-files/...` "
+                                      "and cloud storage images, pre-annotate and write back quality scores; empty: the "
+                                      "`hostname` Label Studio sends to `/setup`"))
     label_studio_api_key: str = Field("", alias="LABEL_STUDIO_API_KEY", repr=False,
-                                      description="Label Studio's token (empty: what /setup sends)")
-    basic_auth_user: str = Field("", alias="BASIC_AUTH_USER", description="basic auth user of every route but /health")
-    basic_auth_pass: str = Field("", alias="BASIC_AUTH_PASS", repr=False, description="basic auth password")
+                                      description=(
+                                          "Label Studio's token, used with `LABEL_STUDIO_URL` only (empty: the "
+                                          "`access_token` Label Studio sends to `/setup`); legacy tokens and personal "
+                                          "access tokens both work"))
+    basic_auth_user: str = Field("", alias="BASIC_AUTH_USER", description=(
+        "with `BASIC_AUTH_PASS`: the user every route but `/health` needs (set the same in Label Studio's model "
+        "connection); set both or neither"))
+    basic_auth_pass: str = Field("", alias="BASIC_AUTH_PASS", repr=False,
+                                 description="with `BASIC_AUTH_USER`: the basic auth password")
     redis_url: str = Field("", alias="REDIS_URL", repr=False,
-                           description="the Redis whose RQ queue runs training jobs (empty: a local process)")
+                           description=(
+                               "a Redis whose RQ queues run training jobs (`segagent-training`) and pre-annotation "
+                               "(`segagent-preannotation`) instead of a local worker process and threads"))
     prompt_fields: tuple[str, ...] = Field(("prompt", "text", "caption", "description"),
                                            alias="SEGAGENT_PROMPT_FIELDS",
                                            description="task data fields read as the object's description")
-    max_image_mb: float = Field(50, gt=0, alias="SEGAGENT_MAX_IMAGE_MB", description="larger task images are refused")
+    max_image_mb: float = Field(50, gt=0, alias="SEGAGENT_MAX_IMAGE_MB",
+                               description="larger task images are refused (before decoding)")
     max_image_pixels: int = Field(80_000_000, gt=0, alias="SEGAGENT_MAX_IMAGE_PIXELS",
                                   description="larger task images are refused before decoding")
     fetch_timeout: float = Field(20.0, gt=0, alias="SEGAGENT_FETCH_TIMEOUT",
                                  description="seconds a whole image fetch may take, redirects included")
     banned_subnets: tuple[Network, ...] = Field(DEFAULT_BANNED_SUBNETS, alias="SEGAGENT_BANNED_SUBNETS",
                                                 validate_default=True,
-                                                description="image hosts in these subnets are never fetched")
-    image_cache_mb: float = Field(512, ge=0, alias="SEGAGENT_IMAGE_CACHE_MB", description="decoded images, LRU")
-    tool_cache_mb: float = Field(1024, ge=0, alias="SEGAGENT_TOOL_CACHE_MB", description="encoded images, LRU")
+                                                description=(
+                                                    "image hosts in these subnets (link-local, \"this host\", cloud "
+                                                    "metadata addresses) are never fetched (checked on every "
+                                                    "redirect)"))
+    image_cache_mb: float = Field(512, ge=0, alias="SEGAGENT_IMAGE_CACHE_MB", description="decoded images, LRU by bytes")
+    tool_cache_mb: float = Field(1024, ge=0, alias="SEGAGENT_TOOL_CACHE_MB",
+                                 description="encoded images (SAM embeddings), LRU by bytes")
     interactive_ttl: float = Field(600.0, ge=0, alias="SEGAGENT_INTERACTIVE_TTL",
                                    description="seconds an object's clicks are remembered between requests")
     session_cache_mb: float = Field(256, ge=0, alias="SEGAGENT_SESSION_CACHE_MB",
                                     description="interactive sessions (each keeps its last mask), oldest evicted")
     preannotate_workers: int = Field(2, ge=1, le=16, alias="SEGAGENT_PREANNOTATE_WORKERS",
-                                     description="tasks pre-annotated at once in the background")
+                                     description=(
+                                         "tasks pre-annotated at once in the background (`/preannotate`, "
+                                         "`TASKS_CREATED`)"))
     retention_days: float = Field(30.0, ge=0, alias="SEGAGENT_RETENTION_DAYS",
-                                  description="days unannotated episodes and requests are kept")
+                                  description=(
+                                      "recorded agent episodes and interactive requests older than this many days, "
+                                      "never followed by an annotation, are forgotten (hourly)"))
     max_request_mb: float = Field(64, gt=0, alias="SEGAGENT_MAX_REQUEST_MB", description="larger request bodies get 413")
     policy_scope: Literal["project", "shared"] = Field("project", alias="SEGAGENT_POLICY_SCOPE",
-                                                       description="a policy per project, or one shared by all")
+                                                       description=(
+                                                           "`project`: each project trains and serves its own "
+                                                           "versions; `shared`: one for all"))
     train_every: int = Field(50, ge=0, alias="SEGAGENT_TRAIN_EVERY",
                              description="a training job after this many new trajectories of a scope (0: off)")
     train_interval: float = Field(0.0, ge=0, alias="SEGAGENT_TRAIN_INTERVAL",
-                                  description="seconds between periodic training jobs (0: off)")
+                                  description=(
+                                      "seconds between periodic training jobs for scopes with new trajectories "
+                                      "(0: off)"))
     train_timeout: float = Field(6 * 3600.0, gt=0, alias="SEGAGENT_TRAIN_TIMEOUT",
                                  description="seconds an RQ worker gives one job")
-    train_epochs: int = Field(1, ge=1, alias="SEGAGENT_TRAIN_EPOCHS", description="LoRA epochs of a job")
-    train_learning_rate: float = Field(2e-4, gt=0, alias="SEGAGENT_TRAIN_LR", description="LoRA learning rate")
-    train_lora_rank: int = Field(16, ge=1, alias="SEGAGENT_TRAIN_LORA_RANK", description="LoRA rank (alpha: twice it)")
-    train_accumulation: int = Field(4, ge=1, alias="SEGAGENT_TRAIN_ACCUMULATION", description="turns per optimizer step")
+    train_epochs: int = Field(1, ge=1, alias="SEGAGENT_TRAIN_EPOCHS", description="LoRA epochs of a training job")
+    train_learning_rate: float = Field(2e-4, gt=0, alias="SEGAGENT_TRAIN_LR",
+                                       description="LoRA learning rate of a training job")
+    train_lora_rank: int = Field(16, ge=1, alias="SEGAGENT_TRAIN_LORA_RANK", description="LoRA rank (alpha is twice it)")
+    train_accumulation: int = Field(4, ge=1, alias="SEGAGENT_TRAIN_ACCUMULATION",
+                                    description="training turns per optimizer step")
     train_max_turns: int = Field(4000, ge=1, alias="SEGAGENT_TRAIN_MAX_TURNS",
-                                 description="turns per epoch, newest first")
+                                 description="training turns per epoch, the newest first")
     train_held_out: float = Field(0.2, ge=0, lt=1, alias="SEGAGENT_TRAIN_HELD_OUT",
-                                  description="fraction of tasks held out for the gate")
-    train_seed: int = Field(0, alias="SEGAGENT_TRAIN_SEED", description="seed of the split and of training")
+                                  description="the fraction of tasks held out for the gate")
+    train_seed: int = Field(0, alias="SEGAGENT_TRAIN_SEED", description="the seed of the split and of training")
     gate_turns: int = Field(200, ge=1, alias="SEGAGENT_GATE_TURNS",
                             description="held-out steps the gate asks for their next action")
     gate_episodes: int = Field(16, ge=1, alias="SEGAGENT_GATE_EPISODES",
                                description="held-out objects the gate segments from scratch")
     gate_tolerance: float = Field(0.0, alias="SEGAGENT_GATE_TOLERANCE",
-                                  description="how much worse than the active version a candidate may be")
+                                  description=(
+                                      "how much worse than the active version a candidate may be and still be "
+                                      "promoted"))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

@@ -1,5 +1,5 @@
 """Command line: python -m model evaluate | score | fit-scorer | export | simulate | train | versions | rollback |
-serve-policy | preannotate | observe"""
+serve-policy | preannotate | observe | settings-doc"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import logging
 
 from pydantic import ValidationError
 
-from model.cli import benchmarks, flywheel, observe, preannotate, serve
+from model.cli import benchmarks, docs, flywheel, observe, preannotate, serve
 from model.settings import Settings
 
 
@@ -21,6 +21,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     serve.add_commands(commands)
     preannotate.add_commands(commands)
     observe.add_commands(commands)
+    docs.add_commands(commands)
     return parser
 
 
