@@ -1,14 +1,27 @@
 """The durable queue of project pre-annotation: one row per (project, task, model version), so a task is
-predicted once per version however often it is asked for, and what was queued survives a restart
-(`kill -9` included: a task taken but not finished is taken again at the next start)."""
+predicted once per version however often it is asked for, and what was queued survives a restart.
+
+Several queues may share the file (worker threads, RQ workers and web processes on one SEGAGENT_DATA_DIR),
+and a task is taken by one of them at a time: taking it leases it, for LEASE_SECONDS, to a token of that
+take, and the taking queue's heartbeat renews its leases while its process lives. A task whose lease has
+expired (its holder killed with `kill -9`, or frozen) is taken again; what a holder says about a task
+whose lease it lost (done, failed, later) changes nothing. A queue closed cleanly hands back the tasks it
+still holds, so that the next start takes them at once."""
 from __future__ import annotations
 
+import logging
+import sqlite3
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from model.core.sqlite import Database
 
+log = logging.getLogger(__name__)
+
+# Migrations are never edited once released: a change to the schema is a new one at the end.
 MIGRATIONS = ["""
 CREATE TABLE items (
     project TEXT NOT NULL,
@@ -23,9 +36,17 @@ CREATE TABLE items (
     PRIMARY KEY (project, task_id, model_version)
 );
 CREATE INDEX items_by_state ON items (state, not_before);
+""", """
+ALTER TABLE items ADD COLUMN lease TEXT;
+ALTER TABLE items ADD COLUMN lease_expires REAL NOT NULL DEFAULT 0;
 """]
 MAX_ATTEMPTS = 3
 RATE_WINDOW = 300.0  # seconds of finished tasks the rate is measured over
+# How long a taken task stays its holder's without a renewal: what a kill costs before the task runs
+# elsewhere. The heartbeat renews every quarter of it, so a holder keeps its task through three missed beats.
+LEASE_SECONDS = 60.0
+KEY = "project = ? AND task_id = ? AND model_version = ?"
+TAKEABLE = "((state = 'queued' AND not_before <= :now) OR (state = 'running' AND lease_expires < :now))"
 
 
 @dataclass(frozen=True)
@@ -34,13 +55,22 @@ class Item:
     task_id: int
     model_version: str
     attempts: int
+    lease: str = ""  # the token of the take that holds it; empty for an item not taken
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return self.project, self.task_id, self.model_version
 
 
 class PreannotationQueue:
     def __init__(self, path: Path):
         self._db = Database(path, MIGRATIONS)
-        with self._db.transaction() as db:  # what a stopped process had taken is waiting again
-            db.execute("UPDATE items SET state = 'queued' WHERE state = 'running'")
+        self.lease_seconds = LEASE_SECONDS
+        self._held: set[Item] = set()
+        self._held_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="preannotation-leases")
+        self._heartbeat.start()
 
     def add(self, project: str, task_ids: list[int], model_version: str) -> list[Item]:
         """Queue tasks; those already queued, done or failed for this version are left as they are. The
@@ -52,32 +82,40 @@ class PreannotationQueue:
                 (project, task_id, model_version, now)).rowcount]
 
     def waiting(self) -> list[Item]:
-        """Every queued item, oldest first (for a runner that hands them out elsewhere)."""
+        """Every item no one holds, oldest first (for a runner that hands them out elsewhere)."""
         rows = self._db.fetchall("SELECT project, task_id, model_version, attempts FROM items WHERE state = 'queued' "
-                                 "ORDER BY queued, task_id")
+                                 "OR (state = 'running' AND lease_expires < ?) ORDER BY queued, task_id",
+                                 (time.time(),))
         return [Item(*row) for row in rows]
 
     def claim(self, project: str, task_id: int, model_version: str) -> Item | None:
-        """This item, marked running, if it is queued (not done, failed for good, or running elsewhere)."""
+        """This item, leased, if it is queued or its lease expired (not done, failed for good, or held)."""
         with self._db.transaction() as db:
-            row = db.execute("SELECT attempts FROM items WHERE project = ? AND task_id = ? AND model_version = ? "
-                             "AND state = 'queued'", (project, task_id, model_version)).fetchone()
-            if row is None:
-                return None
-            db.execute("UPDATE items SET state = 'running' WHERE project = ? AND task_id = ? AND model_version = ?",
-                       (project, task_id, model_version))
-            return Item(project, task_id, model_version, row[0])
+            row = db.execute(f"SELECT attempts FROM items WHERE {KEY} AND (state = 'queued' OR (state = 'running' "
+                             "AND lease_expires < ?))", (project, task_id, model_version, time.time())).fetchone()
+            leased = None if row is None else self._lease(db, Item(project, task_id, model_version, row[0]))
+        return self._hold(leased)
 
     def take(self) -> Item | None:
-        """The oldest queued task that may run now, marked running."""
+        """The oldest task that may run now (queued and past its backoff, or its lease expired), leased."""
         with self._db.transaction() as db:
-            row = db.execute("SELECT project, task_id, model_version, attempts FROM items WHERE state = 'queued' "
-                             "AND not_before <= ? ORDER BY queued, task_id LIMIT 1", (time.time(),)).fetchone()
-            if row is None:
-                return None
-            db.execute("UPDATE items SET state = 'running' WHERE project = ? AND task_id = ? AND model_version = ?",
-                       row[:3])
-            return Item(*row)
+            row = db.execute(f"SELECT project, task_id, model_version, attempts FROM items WHERE {TAKEABLE} "
+                             "ORDER BY queued, task_id LIMIT 1", {"now": time.time()}).fetchone()
+            leased = None if row is None else self._lease(db, Item(*row))
+        return self._hold(leased)
+
+    def _lease(self, db: sqlite3.Connection, item: Item) -> Item:
+        leased = Item(*item.key, item.attempts, uuid.uuid4().hex)
+        db.execute(f"UPDATE items SET state = 'running', lease = ?, lease_expires = ? WHERE {KEY}",
+                   (leased.lease, time.time() + self.lease_seconds, *item.key))
+        return leased
+
+    def _hold(self, item: Item | None) -> Item | None:
+        """An item this queue leased (once committed): its heartbeat renews the lease from now on."""
+        if item is not None:
+            with self._held_lock:
+                self._held.add(item)
+        return item
 
     def done(self, item: Item, note: str | None = None) -> None:
         self._finish(item, "done", note)
@@ -87,25 +125,53 @@ class PreannotationQueue:
         if item.attempts + 1 >= MAX_ATTEMPTS:
             self._finish(item, "failed", error, attempts=item.attempts + 1)
             return
-        with self._db.transaction() as db:
-            db.execute("UPDATE items SET state = 'queued', attempts = attempts + 1, error = ?, not_before = ? "
-                       "WHERE project = ? AND task_id = ? AND model_version = ?",
-                       (error[:500], time.time() + 2.0 ** (item.attempts + 1), item.project, item.task_id,
-                        item.model_version))
+        self._release(item, "attempts = attempts + 1, error = ?, not_before = ?",
+                      (error[:500], time.time() + 2.0 ** (item.attempts + 1)))
 
     def later(self, item: Item, seconds: float, reason: str) -> None:
         """Not now, and not the task's fault (Label Studio not known yet): no attempt is counted."""
-        with self._db.transaction() as db:
-            db.execute("UPDATE items SET state = 'queued', error = ?, not_before = ? WHERE project = ? AND task_id = ? "
-                       "AND model_version = ?", (reason[:500], time.time() + seconds, item.project, item.task_id,
-                                                 item.model_version))
+        self._release(item, "error = ?, not_before = ?", (reason[:500], time.time() + seconds))
 
     def _finish(self, item: Item, state: str, note: str | None, attempts: int | None = None) -> None:
+        self._settle(item, "state = ?, lease = NULL, error = ?, finished = ?, attempts = COALESCE(?, attempts)",
+                     (state, note[:500] if note else None, time.time(), attempts))
+
+    def _release(self, item: Item, changes: str, values: tuple) -> None:
+        self._settle(item, f"state = 'queued', lease = NULL, {changes}", values)
+
+    def _settle(self, item: Item, changes: str, values: tuple) -> None:
+        """Change the item's row if this take still holds it; a holder whose lease ran out changes nothing."""
+        with self._held_lock:  # before the write, so that the heartbeat never counts a settled item as lost
+            self._held.discard(item)
         with self._db.transaction() as db:
-            db.execute("UPDATE items SET state = ?, error = ?, finished = ?, attempts = COALESCE(?, attempts) "
-                       "WHERE project = ? AND task_id = ? AND model_version = ?",
-                       (state, note[:500] if note else None, time.time(), attempts, item.project, item.task_id,
-                        item.model_version))
+            settled = db.execute(f"UPDATE items SET {changes} WHERE {KEY} AND state = 'running' AND lease = ?",
+                                 (*values, *item.key, item.lease)).rowcount
+        if not settled:
+            log.warning("project %s, task %s: its lease ran out and it was taken again; what this worker found is "
+                        "dropped", item.project, item.task_id)
+
+    def _beat(self) -> None:
+        """Renew the leases this queue holds, every quarter lease, until closed."""
+        while not self._stop.wait(self.lease_seconds / 4):
+            with self._held_lock:
+                held = list(self._held)
+            if not held:
+                continue
+            try:
+                with self._db.transaction() as db:
+                    expires = time.time() + self.lease_seconds
+                    lost = [item for item in held if not db.execute(
+                        f"UPDATE items SET lease_expires = ? WHERE {KEY} AND state = 'running' AND lease = ?",
+                        (expires, *item.key, item.lease)).rowcount]
+            except sqlite3.Error as exc:  # busy past its timeout: the next beat tries again
+                log.warning("pre-annotation leases not renewed: %s: %s", type(exc).__name__, exc)
+                continue
+            with self._held_lock:
+                lost = [item for item in lost if item in self._held]
+                self._held.difference_update(lost)
+            for item in lost:
+                log.warning("project %s, task %s: its lease ran out (this process stalled) and it was taken again",
+                            item.project, item.task_id)
 
     def progress(self, project: str) -> dict:
         """done, total, failed (with reasons), rate (tasks a minute, lately) and the time left."""
@@ -128,4 +194,13 @@ class PreannotationQueue:
         return [row[0] for row in self._db.fetchall("SELECT DISTINCT project FROM items ORDER BY project")]
 
     def close(self) -> None:
+        """Stop renewing, and hand back what this queue still holds (a clean stop: the next start takes it)."""
+        self._stop.set()
+        self._heartbeat.join()
+        with self._held_lock:
+            held, self._held = list(self._held), set()
+        with self._db.transaction() as db:
+            for item in held:
+                db.execute(f"UPDATE items SET state = 'queued', lease = NULL WHERE {KEY} AND state = 'running' "
+                           "AND lease = ?", (*item.key, item.lease))
         self._db.close()

@@ -21,7 +21,7 @@ def test_what_was_taken_but_not_finished_is_taken_again_after_a_restart(tmp_path
     queue.add("1", [1, 2], "v0")
     first = queue.take()
     assert first is not None and first.task_id == 1
-    queue.close()  # as a kill would leave it: task 1 running
+    queue.close()  # a clean stop hands task 1 back (after a kill, its lease runs out: test_preannotation_leases.py)
     reopened = PreannotationQueue(tmp_path / "q.sqlite3")
     assert [reopened.take().task_id, reopened.take().task_id] == [1, 2]
     assert reopened.take() is None
@@ -34,7 +34,8 @@ def test_failures_back_off_and_give_up_after_the_last_attempt(tmp_path):
     queue.failed(item, "HTTP 503")
     assert queue.take() is None  # not before its backoff has passed
     for attempt in range(1, MAX_ATTEMPTS):
-        item = item.__class__(item.project, item.task_id, item.model_version, attempt)
+        item = queue.claim("1", 7, "v0")  # as an RQ job does, after waiting the backoff itself
+        assert item is not None and item.attempts == attempt
         queue.failed(item, "HTTP 503")
     progress = queue.progress("1")
     assert progress["failed"] == 1 and progress["remaining"] == 0

@@ -1,0 +1,118 @@
+"""Several pre-annotation queues on one SQLite file (threads of one process, or processes sharing
+SEGAGENT_DATA_DIR): a task is taken by one of them at a time. A taken task is leased: its holder's
+heartbeat renews the lease while the holder lives, and another queue takes the task again only once the
+lease has expired (its holder killed or frozen); what a holder that lost its lease says afterwards
+changes nothing."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backend import preannotation_queue
+from backend.preannotation_queue import PreannotationQueue
+
+LEASE = 1.0
+ROOT = Path(__file__).resolve().parents[1]
+
+# A holder in a process of its own: takes `count` tasks and prints their ids, then, for each line read,
+# reports its first task done and prints what the queue then says.
+HOLDER = """
+import sys
+from backend import preannotation_queue
+preannotation_queue.LEASE_SECONDS = float(sys.argv[2])
+queue = preannotation_queue.PreannotationQueue(sys.argv[1])
+taken = [queue.take() for _ in range(int(sys.argv[3]))]
+print(" ".join(str(item.task_id) for item in taken), flush=True)
+for _ in sys.stdin:
+    queue.done(taken[0])
+    print(queue.progress("1")["done"], flush=True)
+"""
+
+
+@pytest.fixture(autouse=True)
+def short_leases(monkeypatch):
+    monkeypatch.setattr(preannotation_queue, "LEASE_SECONDS", LEASE)
+
+
+def _holder(path: Path, count: int) -> tuple[subprocess.Popen, list[int]]:
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(LEASE), str(count)], cwd=ROOT,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    return process, [int(task) for task in process.stdout.readline().split()]
+
+
+def _drain(queue: PreannotationQueue) -> list[int]:
+    taken = []
+    while (item := queue.take()) is not None:
+        taken.append(item.task_id)
+    return taken
+
+
+def test_a_queue_opened_while_another_holds_tasks_takes_only_the_others(tmp_path):
+    first = PreannotationQueue(tmp_path / "q.sqlite3")
+    first.add("1", [1, 2, 3, 4], "v0")
+    held = [item.task_id for item in (first.take(), first.take()) if item is not None]
+    second = PreannotationQueue(tmp_path / "q.sqlite3")
+    taken = _drain(second)
+    time.sleep(2.5 * LEASE)  # the first queue's heartbeat keeps its tasks its own
+    taken += _drain(second) + _drain(first)
+    assert sorted(held + taken) == [1, 2, 3, 4]
+    first.close()
+    second.close()
+
+
+def test_a_task_held_by_a_live_process_is_not_taken_and_a_killed_one_s_is_after_its_lease(tmp_path):
+    path = tmp_path / "q.sqlite3"
+    queue = PreannotationQueue(path)
+    queue.add("1", [1, 2, 3, 4], "v0")
+    holder, held = _holder(path, 2)
+    try:
+        assert held == [1, 2]
+        opened_now = PreannotationQueue(path)
+        assert _drain(opened_now) == [3, 4]  # it leaves the holder's tasks alone
+        time.sleep(2.5 * LEASE)
+        assert queue.take() is None  # still held: the holder renews its leases
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        deadline = time.time() + 5 * LEASE
+        retaken: list[int] = []
+        while len(retaken) < 2 and time.time() < deadline:
+            retaken += _drain(queue)
+            time.sleep(0.1)
+        assert sorted(retaken) == [1, 2]
+    finally:
+        holder.kill()
+        holder.wait(10)
+    queue.close()
+    opened_now.close()
+
+
+def test_a_holder_that_lost_its_lease_does_not_finish_the_new_holder_s_task(tmp_path):
+    path = tmp_path / "q.sqlite3"
+    queue = PreannotationQueue(path)
+    queue.add("1", [1], "v0")
+    holder, held = _holder(path, 1)
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert held == [1]
+        holder.send_signal(signal.SIGSTOP)  # frozen: its heartbeat stops, its lease runs out
+        time.sleep(1.5 * LEASE)
+        item = queue.take()
+        assert item is not None and item.task_id == 1
+        holder.send_signal(signal.SIGCONT)
+        holder.stdin.write("done\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "0"  # its done changed nothing
+        assert queue.progress("1")["remaining"] == 1
+        queue.done(item)
+        assert queue.progress("1")["done"] == 1
+    finally:
+        holder.kill()
+        holder.wait(10)
+    queue.close()
