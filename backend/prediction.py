@@ -68,13 +68,16 @@ class Predictor:
             group, [Placed(c.to_pixels(width, height), c.id) for c in interaction.clicks],
             PlacedBox(box.to_pixels(width, height), box.id) if box else None)
         clicks = step.clicks
-        result = step.session.result
-        if step.run or result is None:
-            result = self.capabilities.tool.get().predict(image, clicks, box=step.box, previous=step.previous)
-            self.store.record_interactive(serving.project, task.id or 0, label,
-                                          [(c.x, c.y, c.positive) for c in clicks], result.mask,
-                                          step.session.region_id)
-        self.sessions.remember(group, step.session, result)
+        try:
+            result = step.session.result
+            if step.run or result is None:
+                result = self.capabilities.tool.get().predict(image, clicks, box=step.box, previous=step.previous)
+                self.store.record_interactive(serving.project, task.id or 0, label,
+                                              [(c.x, c.y, c.positive) for c in clicks], result.mask,
+                                              step.session.region_id)
+            self.sessions.remember(group, step.session, result)
+        finally:
+            self.sessions.release(group, step.session)  # a failed request leaves the object as it was
         self.metrics.predictions.labels("interactive").inc()
         log.info("task %s: interactive mask for %r (region %s) from %d clicks%s, %d pixels", task.id, label,
                  step.session.region_id, len(clicks), " and a box" if step.box else "", int(result.mask.sum()))

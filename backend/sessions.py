@@ -21,6 +21,12 @@ accepted, and they are for the object being worked on. Which one:
 
 Each object keeps its last mask (and the tool's state), which on a large image is tens of megabytes: the
 objects live within a byte budget, the least recently used evicted first, and end after a time unused.
+
+Requests come concurrently (a click sent before the last answer came back, a request sent twice): finding
+the object and claiming it are one step, and the object stays the request's until its result is
+remembered. A request that is for an object under way, or may be (its clicks are known to no object at
+rest, so an object's coming mask decides where they go), waits for that object's result and then builds
+on it; requests for other objects, tasks and labels run side by side.
 """
 from __future__ import annotations
 
@@ -126,6 +132,8 @@ class Sessions:
             maxsize=max(max_bytes, 1), ttu=lambda _key, _session, now: now + ttl,
             getsizeof=lambda session: session.nbytes)
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # notified whenever an object under way is let go
+        self._under_way: dict[Key, Session] = {}  # objects claimed by a request, as that request left them
         self._clock = count(1)
         self.hits = 0  # requests that continued an object
         self.misses = 0
@@ -140,42 +148,63 @@ class Sessions:
             self._items.expire()
             return len(self._items)
 
-    def objects(self, group: Group) -> list[Session]:
-        """The group's live objects, the most recently used first."""
-        with self._lock:
-            found = [self._items.get(key) for key in [key for key in self._items if key[:4] == group]]
-        return sorted([s for s in found if s is not None], key=lambda session: session.used, reverse=True)
-
     def resolve(self, group: Group, clicks: list[Placed], box: PlacedBox | None = None) -> Step:
-        """The object the request's clicks and box are for (see the module's docstring), and what to do."""
-        objects = self.objects(group)
-        session = _owner(objects, clicks, box, self.NEAR)
-        with self._lock:
+        """The object the request's clicks and box are for (see the module's docstring), and what to do. The
+        object is claimed for this request until remember() or release(); a request that depends on an
+        object under way waits for it first."""
+        with self._settled:
+            while True:
+                busy = [session for key, session in self._under_way.items() if key[:4] == group]
+                resting = self._resting(group)
+                known = _known(busy + resting, clicks, box)
+                waits_for_busy = any(known is session for session in busy) if known else bool(busy and box is None)
+                if not waits_for_busy:
+                    break
+                self._settled.wait()
+            session = _owner(resting, clicks, box, self.NEAR)
             self.hits += session is not None
             self.misses += session is None
-        return _step(session or Session(uuid.uuid4().hex[:10]), clicks, box)
+            step = _step(session or Session(uuid.uuid4().hex[:10]), clicks, box)
+            self._under_way[(*group, step.session.region_id)] = step.session
+            return step
 
     def remember(self, group: Group, session: Session, result: ToolResult) -> None:
+        """Keep the object's result, and let it go."""
         kept = replace(session, result=result, area=int(result.mask.sum()), used=next(self._clock))
         key = (*group, session.region_id)
-        with self._lock:
+        with self._settled:
             self._items.pop(key, None)
             if kept.nbytes <= self._items.maxsize:  # an object larger than the whole budget is not kept
                 self._items[key] = kept
+            self._under_way.pop(key, None)
+            self._settled.notify_all()
+
+    def release(self, group: Group, session: Session) -> None:
+        """Let the object go as it was before the request (nothing when its result was remembered)."""
+        with self._settled:
+            if self._under_way.pop((*group, session.region_id), None) is not None:
+                self._settled.notify_all()
+
+    def _resting(self, group: Group) -> list[Session]:
+        """The group's objects no request is working on, the most recently used first (the lock held)."""
+        found = [self._items.get(key) for key in list(self._items) if key[:4] == group and key not in self._under_way]
+        return sorted([s for s in found if s is not None], key=lambda session: session.used, reverse=True)
+
+
+def _known(objects: list[Session], clicks: list[Placed], box: PlacedBox | None) -> Session | None:
+    """The object that has seen the request's box, or (without a box) one of its clicks, the first click first."""
+    if box is not None:
+        return next((session for session in objects if session.knows(box)), None)
+    return next((session for placed in clicks for session in objects if session.knows(placed)), None)
 
 
 def _owner(objects: list[Session], clicks: list[Placed], box: PlacedBox | None, share: float) -> Session | None:
     """The object a request is for, None for a new one. A request is about one object: Label Studio sends all
     the smart keypoints of a label until they are accepted, and they are for the object being worked on."""
-    if box is not None:
-        return next((session for session in objects if session.knows(box)), None)
-    for placed in clicks:
-        for session in objects:
-            if session.knows(placed):
-                return session
-    first = clicks[0].click if clicks else None
-    if first is None:
-        return None
+    known = _known(objects, clicks, box)
+    if known is not None or box is not None or not clicks:
+        return known
+    first = clicks[0].click
     near = next((session for session in objects if session.near(first, share)), None)
     if near is None and not first.positive:
         return next(iter(objects), None)  # a negative click alone starts nothing: it corrects the last object
