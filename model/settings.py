@@ -177,7 +177,7 @@ class Settings(BaseSettings):
     gate_turns: int = Field(200, ge=1, alias="SEGAGENT_GATE_TURNS",
                             description="held-out steps the gate asks for their next action")
     gate_episodes: int = Field(16, ge=1, alias="SEGAGENT_GATE_EPISODES",
-                               description="held-out objects the gate segments from scratch")
+                               description="held-out objects the gate segments from scratch with each version")
     gate_tolerance: float = Field(0.0, alias="SEGAGENT_GATE_TOLERANCE",
                                   description=(
                                       "how much worse than the active version a candidate may be and still be "

@@ -1,10 +1,9 @@
-"""The one settings model: the environment it reads, its rules, the README's table of it, and the
-training job spec that carries it."""
+"""The one settings model: the environment it reads, its rules, and the training job spec that carries it.
+The page rendered from it, docs/configuration.md, is checked in tests/test_docs.py."""
 from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from pathlib import Path
 from typing import get_args
 
@@ -15,7 +14,6 @@ from model.flywheel.job import JobSpec
 from model.settings import SECRETS, Settings
 from model.tools import TOOL_NAMES
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 ENV_NAMES = {field.alias: name for name, field in Settings.model_fields.items()}
 
 
@@ -30,35 +28,6 @@ def env(monkeypatch):
             monkeypatch.setenv(name, value)
 
     return set_env
-
-
-def readme_table() -> dict[str, str]:
-    """Each variable of the README's settings table, with its default as written ("" for empty)."""
-    section = README.read_text().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| `")]
-    table = {}
-    for row in rows:
-        names_cell, default_cell = row.split("|")[1:3]
-        names = re.findall(r"`([^`]+)`", names_cell)
-        defaults = [""] * len(names) if default_cell.strip().startswith("empty") else \
-            re.findall(r"`([^`]+)`", default_cell)[:len(names)]
-        assert len(defaults) == len(names), row
-        table.update(zip(names, defaults))
-    return table
-
-
-def test_the_readme_table_lists_every_setting_with_its_default(env):
-    table = readme_table()
-    assert set(table) == set(ENV_NAMES)
-    defaults = Settings()
-    for variable, written in table.items():
-        field = ENV_NAMES[variable]
-        if not written:
-            assert not getattr(defaults, field), f"{variable} is not empty by default"
-            continue
-        env(**{variable: written})
-        assert getattr(Settings(), field) == getattr(defaults, field), f"{variable}: the README says {written}"
-        env(**{variable: ""})
 
 
 def test_reads_the_environment(env):
