@@ -7,29 +7,50 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from model.settings import Settings
+
+from .errors import LabelStudioFailed
 
 log = logging.getLogger(__name__)
 
 
 class LabelStudio:
-    """One Label Studio host and the token that came with it."""
+    """The one client of one Label Studio host: its address and the token that came with it, kept as a pair, and
+    every call the backend makes to it (tasks, predictions, the project's label config, the quality write-back,
+    and the header an image download from the host needs). Reads and PATCHes are retried with backoff on 429 and
+    5xx (Retry-After honoured); a POST is never retried, since a retry after a lost answer would write twice.
+    Every failure is a LabelStudioFailed that says which call failed."""
 
-    def __init__(self, url: str = "", key: str = ""):
+    def __init__(self, url: str = "", key: str = "", timeout: float = 30.0):
         self.url = url.rstrip("/")
         self.key = key if self.url else ""
+        self.timeout = timeout
         self._access: tuple[str, float] | None = None  # a short-lived JWT from a personal access token
         self._lock = threading.Lock()
+        self._session = requests.Session()
+        self._session.trust_env = False  # proxies from the environment must not reroute Label Studio calls
+        adapter = HTTPAdapter(max_retries=Retry(
+            total=3, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504), raise_on_status=False,
+            allowed_methods=frozenset({"GET", "PATCH"}), respect_retry_after_header=True))
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
 
     @property
     def pair(self) -> tuple[str, str]:
         return self.url, self.key
 
-    def auth_header(self, session: requests.Session, timeout: float) -> dict:
+    @property
+    def known(self) -> bool:
+        return bool(self.url and self.key)
+
+    def auth_header(self) -> dict:
         """The header for this host; send it only where owns() says so."""
         if not self.key:
             return {}
@@ -37,20 +58,62 @@ class LabelStudio:
             return {"Authorization": f"Token {self.key}"}
         with self._lock:  # a personal access token (a JWT refresh token): trade it for an access token
             if self._access is None or self._access[1] < time.time():
-                response = session.post(f"{self.url}/api/token/refresh", json={"refresh": self.key}, timeout=timeout)
+                response = self._session.post(f"{self.url}/api/token/refresh", json={"refresh": self.key},
+                                              timeout=self.timeout, allow_redirects=False)
                 response.raise_for_status()
                 self._access = (response.json()["access"], time.time() + 240)
             return {"Authorization": f"Bearer {self._access[0]}"}
 
-    def api(self, session: requests.Session, method: str, path: str, timeout: float, **kwargs) -> dict:
-        """A call to Label Studio's API; raises requests' errors."""
-        if not self.key:
-            raise requests.ConnectionError("Label Studio is unknown: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, "
-                                           "or connect the backend from Label Studio")
-        response = session.request(method, f"{self.url}{path}", headers=self.auth_header(session, timeout),
-                                   timeout=timeout, **kwargs)
-        response.raise_for_status()
-        return response.json() if response.content else {}
+    def call(self, method: str, path: str, **kwargs) -> Any:
+        """One API call; its JSON answer (an empty dict for none)."""
+        if not self.known:
+            raise LabelStudioFailed("Label Studio is unknown: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or "
+                                    "connect the backend from Label Studio")
+        try:
+            response = self._session.request(method, f"{self.url}{path}", headers=self.auth_header(),
+                                             timeout=self.timeout, allow_redirects=False, **kwargs)
+            response.raise_for_status()
+            return response.json() if response.content else {}
+        except (requests.RequestException, ValueError) as exc:
+            raise LabelStudioFailed(f"Label Studio at {self.url}: {method} {path.split('?')[0]} failed: "
+                                    f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+
+    def task(self, task_id: int) -> dict:
+        return self.call("GET", f"/api/tasks/{int(task_id)}")
+
+    def task_ids(self, project: str, page_size: int = 100) -> list[int]:
+        """Every task id of the project, page by page (Label Studio says how many there are)."""
+        ids: list[int] = []
+        page = 1
+        while True:
+            body = self.call("GET", f"/api/tasks/?project={int(project)}&page={page}&page_size={page_size}"
+                                    "&fields=task_only")
+            tasks = body.get("tasks", []) if isinstance(body, dict) else body
+            ids += [int(task["id"]) for task in tasks]
+            total = body.get("total") if isinstance(body, dict) else None
+            if len(tasks) < page_size or (isinstance(total, int) and len(ids) >= total):
+                return ids
+            page += 1
+
+    def predictions(self, task_id: int) -> list[dict]:
+        body = self.call("GET", f"/api/predictions/?task={int(task_id)}")
+        return body if isinstance(body, list) else body.get("results", [])
+
+    def create_prediction(self, task_id: int, prediction: dict) -> None:
+        self.call("POST", "/api/predictions/", json={**prediction, "task": int(task_id)})
+
+    def label_config(self, project: str) -> str:
+        return str(self.call("GET", f"/api/projects/{int(project)}")["label_config"])
+
+    def set_task_field(self, task_id: int, field: str, value: Any) -> None:
+        """Set one field of the task's data, as the task is now: Label Studio's PATCH replaces `data` whole, so the
+        data is read first and sent back with only this field changed."""
+        data = self.task(task_id).get("data") or {}
+        self.call("PATCH", f"/api/tasks/{int(task_id)}", json={"data": {**data, field: value}})
+
+    def api(self, _session: object, method: str, path: str, _timeout: float, **kwargs) -> Any:
+        """Transitional: the old call's shape, while the quality write-back moves to set_task_field."""
+        return self.call(method, path, **kwargs)
 
     def owns(self, url: str) -> bool:
         if not self.url:
@@ -67,7 +130,8 @@ class LabelStudioConnection:
     set, else the pair each project's /setup sent."""
 
     def __init__(self, settings: Settings):
-        self._env = LabelStudio(settings.label_studio_url, settings.label_studio_api_key) \
+        self.timeout = settings.fetch_timeout
+        self._env = LabelStudio(settings.label_studio_url, settings.label_studio_api_key, self.timeout) \
             if settings.label_studio_url else None
         if settings.label_studio_api_key and not settings.label_studio_url:
             log.warning("LABEL_STUDIO_API_KEY is unused until LABEL_STUDIO_URL is set: it is never sent to a host "
@@ -80,7 +144,7 @@ class LabelStudioConnection:
         host is dropped. Nothing a request sends changes what the environment set."""
         if self._env or not _is_web_origin(hostname or ""):
             return
-        pair = LabelStudio(hostname or "", access_token or "")
+        pair = LabelStudio(hostname or "", access_token or "", self.timeout)
         with self._lock:
             if self._projects.get(project, NOWHERE).pair != pair.pair:
                 self._projects[project] = pair  # a new pair: its access token is fetched anew

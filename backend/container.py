@@ -12,6 +12,7 @@ from model.settings import Settings
 
 from .capabilities import Capabilities
 from .connection import LabelStudioConnection
+from .dispatch import Dispatcher, InProcess, Rq
 from .images import ImageFetcher
 from .ingest import AnnotationIngest
 from .jobs import BackgroundJobs
@@ -29,40 +30,8 @@ from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Predicting:
-    """What predicting a task needs: the web process builds it, and so does a pre-annotation worker."""
-
-    capabilities: Capabilities
-    connection: LabelStudioConnection
-    fetcher: ImageFetcher
-    configs: ProjectConfigs
-    annotations: AnnotationStore
-    registry: Registry
-    server: VersionServer
-    predictor: Predictor
-
-    @classmethod
-    def build(cls, settings: Settings, metrics: Metrics) -> Predicting:
-        capabilities = Capabilities.build(settings)
-        connection = LabelStudioConnection(settings)
-        fetcher = ImageFetcher(settings, connection)
-        annotations = AnnotationStore(settings.data_dir / "annotations.sqlite3")
-        registry = Registry(settings.data_dir / "models")
-        server = VersionServer(settings, capabilities, registry)
-        sessions = Sessions(settings.interactive_ttl, settings.session_cache_bytes)
-        caches: dict[str, object] = {"images": fetcher, "sessions": sessions}
-        if capabilities.tool.on:
-            caches["tool"] = capabilities.tool.get().cache
-        metrics.watch_caches(caches)
-        return cls(capabilities, connection, fetcher, ProjectConfigs(settings.output), annotations, registry, server,
-                   Predictor(settings, capabilities, fetcher, sessions, annotations, metrics))
-
-    def preannotator(self, settings: Settings, local_workers: bool) -> Preannotator:
-        return Preannotator(settings, self.capabilities, self.connection, self.fetcher, self.configs, self.server,
-                            self.predictor, PreannotationQueue(settings.data_dir / "preannotation.sqlite3"),
-                            local_workers)
+PREANNOTATE_TIMEOUT = 600.0  # seconds an RQ worker may spend on one task (a policy's whole episode included)
+ANNOTATION_TIMEOUT = 600.0
 
 
 @dataclass
@@ -82,36 +51,63 @@ class Backend:
     training: Training
     preannotator: Preannotator
     webhooks: Webhooks
+    dispatcher: Dispatcher
     background: BackgroundJobs
     started: float = field(default_factory=time.time)
 
     @classmethod
-    def build(cls, settings: Settings) -> Backend:
+    def build(cls, settings: Settings, worker: bool = False) -> Backend:
+        """The backend as the web process runs it, or (worker=True) as `segagent-worker` runs it: the same
+        components and handlers, without the periodic training thread and without handing out again what the
+        stores say is owed (the web process does that at its start)."""
         metrics = Metrics()
-        parts = Predicting.build(settings, metrics)
+        capabilities = Capabilities.build(settings)
+        connection = LabelStudioConnection(settings)
+        fetcher = ImageFetcher(settings, connection)
+        annotations = AnnotationStore(settings.data_dir / "annotations.sqlite3")
+        registry = Registry(settings.data_dir / "models")
+        server = VersionServer(settings, capabilities, registry)
+        sessions = Sessions(settings.interactive_ttl, settings.session_cache_bytes)
+        metrics.watch_caches({"images": fetcher, "sessions": sessions,
+                              **({"tool": capabilities.tool.get().cache} if capabilities.tool.on else {})})
+        predictor = Predictor(settings, capabilities, fetcher, sessions, annotations, metrics)
+        configs = ProjectConfigs(settings.output)
+        dispatcher = make_dispatcher(settings)
         trajectories = TrajectoryStore(settings.data_dir / "trajectories")
         background = BackgroundJobs("background")
-        training = Training(settings, parts.registry, trajectories, parts.server,
-                            TrainingJobs(settings, parts.registry), background, metrics)
-        ingest = AnnotationIngest(settings, parts.capabilities, parts.annotations, trajectories, parts.fetcher,
-                                  parts.connection, background, training.after_new_trajectories)
-        preannotator = parts.preannotator(settings, local_workers=not settings.redis_url)
-        ingest.resume()
-        preannotator.resume()
-        return cls(settings=settings, metrics=metrics, capabilities=parts.capabilities, connection=parts.connection,
-                   fetcher=parts.fetcher, configs=parts.configs, annotations=parts.annotations,
-                   trajectories=trajectories, registry=parts.registry, server=parts.server, predictor=parts.predictor,
-                   ingest=ingest, training=training, preannotator=preannotator,
-                   webhooks=Webhooks(settings, ingest, training, preannotator, parts.configs, metrics),
-                   background=background)
+        training = Training(settings.model_copy(update={"train_interval": 0}) if worker else settings, registry,
+                            trajectories, server, TrainingJobs(settings, registry), background, metrics)
+        ingest = AnnotationIngest(settings, capabilities, annotations, trajectories, fetcher, connection, dispatcher,
+                                  training.after_new_trajectories)
+        preannotator = Preannotator(settings, capabilities, connection, fetcher, configs, server, predictor,
+                                    PreannotationQueue(settings.data_dir / "preannotation.sqlite3"), dispatcher)
+        dispatcher.register("preannotate", preannotator.run_task)
+        dispatcher.register("annotation", ingest.do_owed_work)
+        if not worker:
+            ingest.resume()
+            preannotator.resume()
+        return cls(settings=settings, metrics=metrics, capabilities=capabilities, connection=connection,
+                   fetcher=fetcher, configs=configs, annotations=annotations, trajectories=trajectories,
+                   registry=registry, server=server, predictor=predictor, ingest=ingest, training=training,
+                   preannotator=preannotator, webhooks=Webhooks(settings, ingest, training, preannotator, configs,
+                                                                metrics),
+                   dispatcher=dispatcher, background=background)
 
     def close(self) -> None:
-        """Stop the periodic training thread and the pre-annotation workers, let the background job under way
-        finish, close the stores."""
+        """Stop the periodic training thread, let the background work under way finish, close the stores."""
         self.training.close()
-        self.preannotator.close()
-        self.preannotator.queue.close()
+        self.dispatcher.close()
         self.background.close()
+        self.preannotator.queue.close()
+        self.predictor.close()
         self.annotations.close()
         self.trajectories.close()
         log.info("backend closed")
+
+
+def make_dispatcher(settings: Settings) -> Dispatcher:
+    """The one place that decides where background work runs."""
+    if settings.redis_url:
+        return Rq(settings.redis_url, {"preannotate": PREANNOTATE_TIMEOUT, "annotation": ANNOTATION_TIMEOUT,
+                                       "train": settings.train_timeout})
+    return InProcess({"preannotate": settings.preannotate_workers, "annotation": 1, "train": 4})

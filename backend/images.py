@@ -143,7 +143,7 @@ class ImageFetcher:
         if not label_studio.owns(url):
             return {}
         try:
-            return label_studio.auth_header(self.session, _remaining(deadline, url))
+            return label_studio.auth_header()
         except requests.RequestException as exc:
             raise ImageUnavailable(f"{_short(url)}: cannot authenticate to Label Studio ({type(exc).__name__})") from exc
 

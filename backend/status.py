@@ -36,7 +36,7 @@ def status(backend: Backend, project: str) -> dict:
         "webhook_events": dict(backend.webhooks.events),
         "training": backend.training.status(project),
         "quality": {"scorer": caps.scorer.name},
-        "background_jobs": backend.background.status(),
+        "background_jobs": backend.dispatcher.status(),
         "derived_work": backend.ingest.work_status(),
         "preannotation": backend.preannotator.status(),
         "label_studio": {"url": label_studio.url or None, "token": bool(label_studio.key)},

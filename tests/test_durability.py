@@ -39,7 +39,7 @@ def test_work_that_failed_is_owed_and_a_replay_does_it(tmp_path, image_server):
     payload, image = _event_for_missing_image(image_server, 51)
     assert client.post("/webhook", json=payload).json["status"] == "ok"
     owed = lambda: client.get("/status").json["derived_work"]  # noqa: E731
-    assert _wait_for(lambda: client.get("/status").json["background_jobs"]["failed"] == 1)
+    assert _wait_for(lambda: client.get("/status").json["background_jobs"]["annotation"]["failed"] == 1)
     assert owed()["pending"] == 1 and client.get("/status").json["trajectories"]["total"] == 0
 
     shutil.copy(image_server.folder / "object.png", image)
@@ -52,7 +52,7 @@ def test_work_owed_at_a_stop_is_resumed_at_the_next_start(tmp_path, image_server
     client = App(_settings(tmp_path)).client
     payload, image = _event_for_missing_image(image_server, 52)
     client.post("/webhook", json=payload)
-    assert _wait_for(lambda: client.get("/status").json["background_jobs"]["failed"] == 1)
+    assert _wait_for(lambda: client.get("/status").json["background_jobs"]["annotation"]["failed"] == 1)
     close_all()
 
     shutil.copy(image_server.folder / "object.png", image)
@@ -62,7 +62,7 @@ def test_work_owed_at_a_stop_is_resumed_at_the_next_start(tmp_path, image_server
 
 
 def _fails_once_more(client) -> bool:
-    return _wait_for(lambda: client.get("/status").json["background_jobs"]["failed"] == 1)
+    return _wait_for(lambda: client.get("/status").json["background_jobs"]["annotation"]["failed"] == 1)
 
 
 def test_work_that_keeps_failing_is_given_up_after_three_attempts(tmp_path, image_server):
@@ -76,7 +76,7 @@ def test_work_that_keeps_failing_is_given_up_after_three_attempts(tmp_path, imag
     close_all()
     client = App(_settings(tmp_path)).client  # the fourth start gives it up
     assert client.get("/status").json["derived_work"] == {"pending": 0, "failed": 1, "max_attempts": 3}
-    assert client.get("/status").json["background_jobs"]["pending"] == 0
+    assert client.get("/status").json["background_jobs"]["annotation"]["pending"] == 0
 
 
 def _start(data: Path, port: int, log: Path) -> subprocess.Popen:
@@ -117,7 +117,7 @@ def test_a_burst_acknowledged_before_a_kill_9_is_learned_after_the_restart(tmp_p
         for annotation_id in range(1000, 1000 + count):  # replays find the work done: nothing queued
             payload = _annotation_for(image_server, annotation_id=annotation_id, task_id=annotation_id)
             assert requests.post(f"{url}/webhook", json=payload, timeout=30).json()["status"] == "unchanged"
-        assert status()["background_jobs"]["pending"] == 0
+        assert status()["background_jobs"]["annotation"]["pending"] == 0
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=20)

@@ -101,13 +101,13 @@ def use_label_studio(app: App, project: str, mask) -> None:
     for reference in (f"/data/upload/{project}/object.png", "s3://bucket/object.png"):
         app.client.post("/predict", json={"tasks": [{"id": 7, "data": {"image": reference}}], "label_config": CONFIG,
                                           "project": project, "params": {"context": {"result": [keypoint(50, 50)]}}})
-    jobs = app.backend.background
-    finished = jobs.done + jobs.failed + 1
+    jobs = lambda: app.backend.dispatcher.status()["annotation"]  # noqa: E731
+    finished = jobs()["done"] + jobs()["failed"] + 1
     annotation = brush_annotation(mask, annotation_id=next(ANNOTATION_IDS))
     annotation["project"]["id"] = int(project)
     annotation["task"]["data"]["image"] = f"/data/upload/{project}/object.png"
     assert app.client.post("/webhook", json=annotation).status_code == 200
-    assert _wait_for(lambda: jobs.pending == 0 and jobs.done + jobs.failed == finished, timeout=20)
+    assert _wait_for(lambda: jobs()["pending"] == 0 and jobs()["done"] + jobs()["failed"] == finished, timeout=20)
 
 
 def header_sent(token: str) -> str:
