@@ -1,6 +1,7 @@
-"""What a request asks for, in the model's terms: parsed once at the edge (labelstudio/parsing.py),
-then predicted or learned from. Positions stay in Label Studio's percentages until the image's size is
-known; `to_pixels` is the one place they become pixels."""
+"""What a request asks for, in the model's terms: validated once at the edge (schemas.py, with the Label
+Studio results typed by labelstudio/results.py), turned into these by labelstudio/parsing.py, then predicted
+or learned from. Positions stay in Label Studio's percentages until the image's size is known; `to_pixels`
+is the one place they become pixels."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

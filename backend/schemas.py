@@ -1,12 +1,16 @@
 """The request bodies, validated at the edge: a body that does not match is a 400 that names the field.
-Label Studio sends more than the backend reads, so unknown fields are allowed and ignored."""
+Label Studio sends more than the backend reads, so unknown fields are allowed and ignored. The Label Studio
+results a body carries are validated here too, into labelstudio/results.py's models; only those a task already
+has (its annotations and predictions, or those of a project export) are the task's data rather than the
+request: one of them that does not validate is kept as Unreadable, for its reader to skip and log."""
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, Strict, TypeAdapter, ValidationError
 
 from .errors import InvalidRequest
+from .labelstudio.results import Result
 
 MAX_ID = 2**63 - 1  # Label Studio's ids are 64-bit integers
 Id = Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]
@@ -34,15 +38,56 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
-class TaskBody(Body):
+def problems(exc: ValidationError) -> str:
+    """What is wrong, field by field (the first five), never echoing more than a little of the input."""
+    return "; ".join(f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
+                     for error in exc.errors()[:5])
+
+
+class Unreadable(BaseModel):
+    """A result or annotation a task already has that does not validate, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    problem: str
+
+
+def _or_unreadable(adapter: TypeAdapter[Any]) -> PlainValidator:
+    def validate(value: Any) -> Any:
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            return Unreadable(problem=problems(exc))
+    return PlainValidator(validate)
+
+
+KeptResult = Annotated[Result | Unreadable, _or_unreadable(TypeAdapter(Result))]
+
+
+class TaskLabels(Body):
+    """One of a task's annotations or predictions, as far as a predict request reads it."""
+
+    result: list[KeptResult] = []
+
+
+class TaskData(Body):
     id: Id | None = None
     data: dict[str, Any]
-    annotations: list[Any] | None = None
-    predictions: list[Any] | None = None
+
+
+class TaskBody(TaskData):
+    annotations: list[TaskLabels] | None = None
+    predictions: list[TaskLabels] | None = None
+
+
+class PredictContext(Body):
+    """What the labeling editor sends with an interactive request: the smart regions and the text."""
+
+    result: list[Result] | None = None
 
 
 class PredictParams(Body):
-    context: dict[str, Any] | None = None
+    context: PredictContext | None = None
 
 
 class PredictBody(Body):
@@ -63,7 +108,7 @@ def _project_ref(value: Any) -> Any:
 
 class AnnotationBody(Body):
     id: Id
-    result: list[dict[str, Any]] | None = None
+    result: list[Result] | None = None
     updated_at: str | None = None
     created_at: str | None = None
     was_cancelled: bool = False
@@ -102,10 +147,16 @@ class SetupBody(Body):
     access_token: Annotated[str, Field(max_length=4000)] | None = None
 
 
+class ExportedTask(TaskData):
+    """A task of a project export, as legacy /train carries them, with its annotations."""
+
+    annotations: list[Annotated[AnnotationBody | Unreadable, _or_unreadable(TypeAdapter(AnnotationBody))]] = []
+
+
 class TrainBody(Body):
     project: ProjectId = ""
     label_config: Text | None = None
-    annotations: list[Any] | None = None
+    annotations: list[ExportedTask] | None = None  # the project's annotated tasks
 
 
 class JobStatusBody(Body):
@@ -133,8 +184,4 @@ def parse(model: type[Body], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors()[:5]:
-            where = ".".join(str(part) for part in error["loc"]) or "body"
-            problems.append(f"{where}: {error['msg']}")
-        raise InvalidRequest("; ".join(problems)) from None
+        raise InvalidRequest(problems(exc)) from None

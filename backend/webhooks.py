@@ -13,7 +13,7 @@ from .labelstudio.parsing import annotation_input
 from .metrics import Metrics
 from .preannotation import Preannotator
 from .projects import ProjectConfigs
-from .schemas import AnnotationBody, TaskBody, WebhookBody
+from .schemas import AnnotationBody, ExportedTask, TaskData, Unreadable, WebhookBody
 from .training import Training
 
 log = logging.getLogger(__name__)
@@ -65,23 +65,22 @@ class Webhooks:
         log.info("webhook %s ignored", action)
         return {"status": "ignored", "action": action}
 
-    def keep(self, project: str, label_config: str | None, task: TaskBody, annotation: AnnotationBody) -> dict:
+    def keep(self, project: str, label_config: str | None, task: TaskData, annotation: AnnotationBody) -> dict:
         schema = self.configs.schema(project, label_config)
         return self.ingest.keep(annotation_input(project, task, annotation, schema, self.settings.prompt_fields,
                                                  self.settings.max_image_pixels))
 
-    def keep_exported(self, project: str, label_config: str | None, tasks: list) -> int:
-        """Legacy /train carries the project's tasks with their annotations: keep those not seen before."""
+    def keep_exported(self, project: str, label_config: str | None, tasks: list[ExportedTask]) -> int:
+        """Legacy /train carries the project's tasks with their annotations: keep those not seen before. One
+        that cannot be kept is logged and skipped: the export is the project's history, not this request."""
         kept = 0
-        for raw in tasks:
-            if not isinstance(raw, dict):
-                continue
-            for annotation in raw.get("annotations") or []:
+        for task in tasks:
+            for annotation in task.annotations:
                 try:
-                    task, body = TaskBody.model_validate(raw), AnnotationBody.model_validate(annotation)
-                    kept += self.keep(project, label_config, task, body)["status"] == "ok"
-                except (InvalidRequest, ValueError) as exc:
-                    log.warning("training request: an annotation of task %s not kept: %s", raw.get("id"),
-                                str(exc)[:200])
+                    if isinstance(annotation, Unreadable):
+                        raise InvalidRequest(annotation.problem)
+                    kept += self.keep(project, label_config, task, annotation)["status"] == "ok"
+                except InvalidRequest as exc:
+                    log.warning("training request: an annotation of task %s not kept: %s", task.id, exc.message[:200])
         log.info("training request: %d annotations not seen before are kept", kept)
         return kept

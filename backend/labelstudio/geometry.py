@@ -1,44 +1,41 @@
-"""Geometry as Label Studio sends it (percentages of the image, its original size in pixels), checked
-before anything is allocated from it: finite, inside the image but for a small margin, the image within
-the pixel limit."""
+"""Geometry as Label Studio sends it (percentages of the image, its original size in pixels), checked while a
+result is validated (labelstudio/results.py), before anything is allocated from it: finite, inside the image but
+for a small margin; and, when a mask is made, the image within the pixel limit."""
 from __future__ import annotations
 
-import math
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, Strict
+from pydantic_core import PydanticCustomError
 
 from ..errors import InvalidRequest
 
 MARGIN = 1.0  # percent: clicks and outlines a hair outside the image are clipped, not refused
 
 
-def number(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidRequest(f"{what} must be a finite number, got {str(value)[:40]!r}")
-    return float(value)
+def _within_image(value: float) -> float:
+    if not -MARGIN <= value <= 100.0 + MARGIN:
+        raise PydanticCustomError("outside_image", f"{value:g}% lies outside the image")
+    return value
 
 
-def percent(value: object, what: str) -> float:
-    """A coordinate in percent of the image size, within the image (and its margin)."""
-    result = number(value, what)
-    if not -MARGIN <= result <= 100.0 + MARGIN:
-        raise InvalidRequest(f"{what} = {result:g}% lies outside the image")
-    return result
+def _a_size(value: float) -> float:
+    if not 0.0 < value <= 100.0 + 2 * MARGIN:
+        raise PydanticCustomError("not_a_size", f"{value:g}% is not a size within the image")
+    return value
 
 
-def extent(value: object, what: str) -> float:
-    """A width or height in percent: positive, at most the image."""
-    result = number(value, what)
-    if not 0.0 < result <= 100.0 + 2 * MARGIN:
-        raise InvalidRequest(f"{what} = {result:g}% is not a size within the image")
-    return result
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]  # an int or a float, finite; never a bool or text
+Percent = Annotated[Number, AfterValidator(_within_image)]  # a coordinate in percent of the image size
+Extent = Annotated[Number, AfterValidator(_a_size)]  # a width or height in percent: positive, at most the image
+Pixels = Annotated[int, Strict(), Field(ge=1)]  # an image's side
 
 
-def image_size(result: dict, max_pixels: int) -> tuple[int, int]:
-    """(width, height) a result says its image has: positive integers within the pixel limit."""
-    width, height = result.get("original_width"), result.get("original_height")
-    for value, what in ((width, "original_width"), (height, "original_height")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidRequest(f"a {result.get('type', 'result')} result needs a positive integer {what}")
-    assert isinstance(width, int) and isinstance(height, int)
+def image_size(width: int | None, height: int | None, kind: str, max_pixels: int) -> tuple[int, int]:
+    """(width, height) a result says its image has, which a mask is about to be made at: both given, within
+    the pixel limit."""
+    if width is None or height is None:
+        raise InvalidRequest(f"a {kind} result needs original_width and original_height")
     if width * height > max_pixels:
         raise InvalidRequest(f"a result on a {width} x {height} image: more than the {max_pixels} pixels allowed")
     return width, height
