@@ -16,8 +16,8 @@ from werkzeug.exceptions import HTTPException
 from . import schemas, status
 from .container import Backend
 from .errors import InvalidLabelConfig, message_for, status_for
-from .labelstudio import formatting, parsing
 from .labelstudio.config import Schema
+from .task_predictions import predict_task
 
 log = logging.getLogger("backend")
 
@@ -126,14 +126,8 @@ def _label_studio_protocol(app: Flask, backend: Backend) -> None:
         schema = backend.configs.schema(predict.project, predict.label_config)
         serving = backend.server.serving(predict.project)
         context = predict.params.context if predict.params else None
-        results = []
-        for task in predict.tasks:
-            task_input = parsing.task_input(task, schema, context, settings.prompt_fields, serving.agent.on,
-                                            settings.max_image_pixels)
-            regions = backend.predictor.predict(task_input, schema, serving)
-            results.append([] if regions is None else
-                           formatting.prediction(regions, schema, serving.version, settings.return_clicks,
-                                                 settings.polygon_tolerance))
+        results = [predict_task(settings, backend.predictor, task, schema, serving, context) or []
+                   for task in predict.tasks]
         return jsonify(results=results, model_version=serving.version)
 
     @app.post("/webhook")

@@ -104,6 +104,8 @@ class AnnotationIngest:
         return {**self.store.work_counts(MAX_ATTEMPTS), "max_attempts": MAX_ATTEMPTS}
 
     def delete(self, annotation_ids: list[int]) -> int:
+        # In this order: a trajectory write under way either sees the annotation gone or is undone here
+        # (TrajectoryStore.replace_annotation).
         removed = self.store.delete(annotation_ids)
         self.trajectories.delete_annotations(annotation_ids)
         return removed
@@ -131,9 +133,16 @@ class AnnotationIngest:
                         "known for project %s (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or /setup)",
                         annotation.annotation_id, annotation.task_id, scores, annotation.project)
             return
-        data = {**annotation.task_data, QUALITY_FIELD: min(scores)}
-        label_studio.api(self.fetcher.session, "PATCH", f"/api/tasks/{annotation.task_id}", self.settings.fetch_timeout,
-                         json={"data": data})
+        if not self.store.is_current(annotation.annotation_id, annotation.version):
+            log.info("annotation %s was deleted or updated while its work ran: its quality is not written to task "
+                     "%s", annotation.annotation_id, annotation.task_id)
+            return
+        # Label Studio's PATCH replaces `data` whole and takes no precondition: the task's data as it is now (its
+        # stored URIs, not the links a GET resolves them to), with only our field changed, sent at once.
+        path = f"/api/tasks/{annotation.task_id}"
+        task = label_studio.api(self.fetcher.session, "GET", f"{path}?resolve_uri=false", self.settings.fetch_timeout)
+        data = {**(task.get("data") or {}), QUALITY_FIELD: min(scores)}
+        label_studio.api(self.fetcher.session, "PATCH", path, self.settings.fetch_timeout, json={"data": data})
         log.info("annotation %s of task %s: quality %s", annotation.annotation_id, annotation.task_id, scores)
 
     def _record_trajectories(self, annotation: AnnotationInput, image: np.ndarray) -> None:
@@ -155,8 +164,9 @@ class AnnotationIngest:
                 clicks = [(Click(*clicked[-1]), mask) for clicked, mask in steps if clicked]
                 records.append(from_human_clicks(clicks, region.mask, region.label, description, sha))
         records = [r for r in records if r.steps]
-        if self.trajectories.replace_annotation(project, task_id, annotation.annotation_id, annotation.version,
-                                                records):
+        if self.trajectories.replace_annotation(
+                project, task_id, annotation.annotation_id, annotation.version, records,
+                still_current=lambda: self.store.is_current(annotation.annotation_id, annotation.version)):
             log.info("annotation %s: %d trajectories (%s)", annotation.annotation_id, len(records),
                      ", ".join(r.source for r in records))
             self.on_trajectories(project)

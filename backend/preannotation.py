@@ -18,12 +18,12 @@ from .connection import LabelStudio, LabelStudioConnection
 from .dispatch import Dispatcher
 from .errors import CapabilityOff, InvalidRequest
 from .images import ImageFetcher
-from .labelstudio import formatting, parsing
 from .preannotation_queue import MAX_ATTEMPTS, Item, PreannotationQueue
 from .prediction import Predictor
 from .projects import ProjectConfigs
 from .schemas import TaskBody
 from .serving import VersionServer
+from .task_predictions import predict_task
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,12 @@ class Preannotator:
         if not self.configs.known(item.project):
             self.configs.remember(item.project, label_studio.label_config(item.project))
         schema = self.configs.schema(item.project, None)
-        serving = self.server.serving(item.project)
-        task = parsing.task_input(TaskBody.model_validate(raw), schema, None, self.settings.prompt_fields,
-                                  serving.agent.on, self.settings.max_image_pixels)
-        if self.capabilities.tool.on:  # the embedding a first click will need (cached by content)
-            self.capabilities.tool.get().encode(self.fetcher.fetch(task.image, task.id, project=item.project))
-        regions = self.predictor.predict(task, schema, serving)
-        if not regions:
+        task = TaskBody.model_validate(raw)
+        prediction = predict_task(self.settings, self.predictor, task, schema, self.server.serving(item.project))
+        image = task.data.get(schema.image_key)
+        if self.capabilities.tool.on and isinstance(image, str):  # the embedding a first click will need
+            self.capabilities.tool.get().encode(self.fetcher.fetch(image, task.id, project=item.project))
+        if not prediction or not prediction["result"]:
             return "nothing to predict from"
-        label_studio.create_prediction(item.task_id, formatting.prediction(
-            regions, schema, item.model_version, self.settings.return_clicks, self.settings.polygon_tolerance))
+        label_studio.create_prediction(item.task_id, prediction)
         return None

@@ -143,6 +143,11 @@ class AnnotationStore:
             return sum(db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?", (annotation_id,)).rowcount
                        for annotation_id in annotation_ids)
 
+    def is_current(self, annotation_id: int, updated_at: str) -> bool:
+        """Whether the annotation is kept at this version (not deleted, not updated since)."""
+        return self._db.fetchone("SELECT 1 FROM annotation_regions WHERE annotation_id = ? AND updated_at = ? LIMIT 1",
+                                 (annotation_id, updated_at)) is not None
+
     def pending_work(self, annotation_id: int | None = None, max_attempts: int | None = None) -> list[PendingWork]:
         """The derived work still owed: of one annotation, or of all, oldest first (those that failed
         max_attempts times or more left out)."""

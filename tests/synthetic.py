@@ -118,6 +118,74 @@ class RecordingServer:
         self.server.server_close()
 
 
+class LabelStudioTasks:
+    """A stand-in for Label Studio 1.23's task API on 127.0.0.1. GET /api/tasks/<id> answers the task, with the
+    storage URIs (s3://) of its data resolved to Label Studio's proxy links unless ?resolve_uri=false; PATCH
+    /api/tasks/<id> replaces the fields it sends, `data` whole (Label Studio's ModelSerializer update). `tasks`
+    (id: data) is the task table, which a test may edit as a reviewer would; `requests` records each request's
+    method, path and Authorization header."""
+
+    def __init__(self, tasks: dict[int, dict]):
+        import json
+        from urllib.parse import parse_qs, urlsplit
+
+        self.tasks = tasks
+        self.requests: list[tuple[str, str, str | None]] = []
+        stand_in = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def _task_id(self) -> int | None:
+                stand_in.requests.append((self.command, self.path, self.headers.get("Authorization")))
+                parts = urlsplit(self.path).path.strip("/").split("/")
+                if parts[:2] != ["api", "tasks"] or len(parts) != 3 or not parts[2].isdigit() \
+                        or int(parts[2]) not in stand_in.tasks:
+                    self.send_error(404)
+                    return None
+                return int(parts[2])
+
+            def _answer(self, task_id: int, data: dict) -> None:
+                payload = json.dumps({"id": task_id, "data": data}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self):
+                task_id = self._task_id()
+                if task_id is None:
+                    return
+                data = stand_in.tasks[task_id]
+                if parse_qs(urlsplit(self.path).query).get("resolve_uri", ["true"])[0] != "false":
+                    data = {key: f"/tasks/{task_id}/resolve/?fileuri={value}" if str(value).startswith("s3://")
+                            else value for key, value in data.items()}
+                self._answer(task_id, data)
+
+            def do_PATCH(self):
+                task_id = self._task_id()
+                if task_id is None:
+                    return
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if "data" in body:
+                    stand_in.tasks[task_id] = body["data"]
+                self._answer(task_id, stand_in.tasks[task_id])
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> LabelStudioTasks:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def record_predictions(predictor, monkeypatch) -> list[dict]:
     """Every later call to a SAM predictor's predict: its keywords and its answer."""
     calls: list[dict] = []

@@ -14,7 +14,7 @@ from model.core.clicks import Click
 from model.core.masks import iou
 from model.settings import Settings
 from tests.apps import App
-from tests.synthetic import RecordingServer, free_port
+from tests.synthetic import LabelStudioTasks, RecordingServer, free_port
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -428,20 +428,20 @@ def test_interactive_answers_carry_the_tool_s_own_confidence_by_default(client, 
 
 
 def test_submitted_annotations_are_scored_and_listed_worst_first(tmp_path, image_server):
-    with RecordingServer() as label_studio:
+    image = f"{image_server.url}/object.png"
+    with LabelStudioTasks({1: {"image": image}, 2: {"image": image}}) as label_studio:
         client = make_client(tmp_path, label_studio_url=label_studio.url, label_studio_api_key="key")
         for annotation_id, task_id, mask in ((21, 1, image_server.mask), (22, 2, np.roll(image_server.mask, 70, 1))):
             payload = brush_annotation(mask, annotation_id=annotation_id)
-            payload["task"] = {"id": task_id, "data": {"image": f"{image_server.url}/object.png"}}
+            payload["task"] = {"id": task_id, "data": {"image": image}}
             assert client.post("/webhook", json=payload).status_code == 200
         assert _wait_for(lambda: client.get("/status").json["background_jobs"]["done"] == 2)
         worst = client.get("/quality?project=3").json
         assert [row["task_id"] for row in worst["annotations"]] == [2, 1]
         assert worst["annotations"][0]["link"] == f"{label_studio.url}/projects/3/data?task=2"
-        auth, body = label_studio.seen["/api/tasks/2"]
-        assert auth == "Token key" and body["data"]["image"].endswith("object.png")
-        assert body["data"]["segagent_quality"] == worst["annotations"][0]["quality"]
-        assert label_studio.seen["/api/tasks/1"][1]["data"]["segagent_quality"] > body["data"]["segagent_quality"]
+        assert ("PATCH", "/api/tasks/2", "Token key") in label_studio.requests
+        assert label_studio.tasks[2] == {"image": image, "segagent_quality": worst["annotations"][0]["quality"]}
+        assert label_studio.tasks[1]["segagent_quality"] > label_studio.tasks[2]["segagent_quality"]
     assert client.get("/quality").status_code == 400
     assert client.get("/quality?project=3&limit=x").status_code == 400
 

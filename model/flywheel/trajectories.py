@@ -12,7 +12,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,9 +119,16 @@ class TrajectoryStore:
 
     # ------------------------------------------------------------ trajectories
     def replace_annotation(self, project: str, task_id: int, annotation_id: int, version: str,
-                           records: list[TrajectoryRecord]) -> bool:
-        """Keep what one version of an annotation produced; False when that version is kept already."""
+                           records: list[TrajectoryRecord], still_current: Callable[[], bool] = lambda: True) -> bool:
+        """Keep what one version of an annotation produced; False when that version is kept already, or when
+        `still_current` (asked while this store's write lock is held) says the annotation was deleted or updated
+        while its trajectories were made. A delete that removes the annotation from its own store first, and its
+        trajectories after, therefore always wins: either the check sees it, or the delete's removal of the
+        trajectories waits for this write and removes what it wrote. The same holds for an update, whose own
+        trajectories are written after it is kept."""
         with self._db.transaction() as db:
+            if not still_current():
+                return False
             row = db.execute("SELECT annotation_version FROM trajectories WHERE annotation_id = ? LIMIT 1",
                              (annotation_id,)).fetchone()
             if row is not None and row[0] == version:
