@@ -92,7 +92,7 @@ def test_the_backend_and_the_worker_reserve_the_gpu_under_the_gpu_profile_only()
     reserved = {}
     for name in files[1:]:
         reserved.update(yaml.safe_load((DOCKER / name).read_text())["services"])
-    assert set(reserved) == {"backend", "worker"}
+    assert set(reserved) == {"backend", "worker", "trainer"}
     assert all(gpus(service) == [NVIDIA_GPU] for service in reserved.values())
     for name in ("backend", "worker", "policy"):  # SEGAGENT_DEVICE reaches every service that runs a model
         environment = services[name]["environment"]
@@ -114,7 +114,7 @@ def test_the_one_gpu_command_resolves_to_the_gpu_setup():
         return yaml.safe_load(run.stdout)["services"]
 
     gpu = config("--profile", "gpu", "--env-file", "gpu.env")  # the header's command, from docker/
-    for name in ("backend", "worker", "policy"):
+    for name in ("backend", "worker", "trainer", "policy"):
         assert gpus(gpu[name]) == [NVIDIA_GPU], name
         assert gpu[name]["environment"]["SEGAGENT_DEVICE"] == "cuda", name
     for name in ("backend", "worker"):

@@ -33,15 +33,15 @@ def test_compose_wires_label_studio_and_the_backend():
     assert backend_env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
     assert services["backend"]["build"]["dockerfile"] == "Dockerfile"
     assert services["policy"]["profiles"] == ["gpu"]
-    from backend.preannotation_rq import QUEUE as PREANNOTATION
-    from backend.runners import QUEUE as TRAINING
-
     assert backend_env["REDIS_URL"] == "redis://redis:6379/0" and services["redis"]["image"].startswith("redis:")
-    command = services["worker"]["command"]
-    assert command[:2] == ["rq", "worker"] and {TRAINING, PREANNOTATION} <= set(command)
-    worker_env = services["worker"]["environment"]
-    assert worker_env["LABEL_STUDIO_URL"] == backend_env["LABEL_STUDIO_URL"]  # pre-annotation reaches Label Studio
-    assert services["worker"]["volumes"] == services["backend"]["volumes"]  # one /data: trajectories, versions
+    # the project's own worker command: every kind of work is taken by one of them, training in forked processes
+    worker, trainer = services["worker"]["command"], services["trainer"]["command"]
+    assert worker[:4] == trainer[:4] == ["python", "-m", "backend", "worker"]
+    assert set(worker[4:]) | set(trainer[4:]) == {"preannotate", "annotation", "train", "--fork"}
+    assert "--fork" in trainer and "--fork" not in worker
+    for name in ("worker", "trainer"):
+        assert services[name]["environment"] == {k: v for k, v in backend_env.items() if not k.startswith("BASIC_")}
+        assert services[name]["volumes"] == services["backend"]["volumes"]  # one /data: trajectories, versions
     gpu_env = dict(line.split("=", 1) for line in (ROOT / "docker" / "gpu.env").read_text().splitlines()
                    if line and not line.startswith("#"))
     assert gpu_env["SEGAGENT_POLICY"] == "http://policy:8000/v1"
