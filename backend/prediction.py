@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -24,6 +26,43 @@ from .sessions import Placed, PlacedBox, Sessions
 from .store import AnnotationStore
 
 log = logging.getLogger(__name__)
+RECORDS_WAITING = 32  # interactive records handed to the writer and not yet written, at most
+
+
+class InteractiveRecorder:
+    """Each interactive request's record (its clicks so far and the mask they gave, which the annotation
+    submitted later joins as the real clicks) written to the store by one thread, in the order handed
+    over, so that a click never waits for SQLite: a long transaction of the learning thread, a checkpoint,
+    another process's write lock. At most `waiting` records wait (their masks are held); a click beyond
+    that waits for room. close() writes those waiting; a kill -9 loses them (derived, never acknowledged)."""
+
+    def __init__(self, store: AnnotationStore, waiting: int = RECORDS_WAITING):
+        self.store = store
+        self._room = threading.BoundedSemaphore(waiting)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="interactive-records")
+
+    def record(self, project: str, task_id: int, label: str, clicks: list[tuple[float, float, bool]],
+               mask: np.ndarray, region_id: str) -> None:
+        self._room.acquire()
+        try:
+            self._writer.submit(self._write, project, task_id, label, clicks, mask, region_id)
+        except RuntimeError:  # closed: the backend is stopping
+            self._room.release()
+            log.warning("task %s: the interactive record of region %s is not kept: the backend is stopping",
+                        task_id, region_id)
+
+    def _write(self, project: str, task_id: int, label: str, clicks: list[tuple[float, float, bool]],
+               mask: np.ndarray, region_id: str) -> None:
+        try:
+            self.store.record_interactive(project, task_id, label, clicks, mask, region_id)
+        except Exception:  # the click was answered; only this record of it is lost
+            log.exception("task %s: the interactive record of region %s is not kept", task_id, region_id)
+        finally:
+            self._room.release()
+
+    def close(self) -> None:
+        """Write the records waiting, then stop."""
+        self._writer.shutdown(wait=True)
 
 
 class Predictor:
@@ -35,6 +74,7 @@ class Predictor:
         self.sessions = sessions
         self.store = store
         self.metrics = metrics
+        self.records = InteractiveRecorder(store)
 
     def predict(self, task: TaskInput, schema: Schema, serving: Serving) -> list[RegionPrediction] | None:
         """The task's regions; None when there is nothing to predict from (the reason is logged)."""
@@ -56,6 +96,10 @@ class Predictor:
                      len(regions) - len(found), len(regions))
         return found
 
+    def close(self) -> None:
+        """Write the interactive records still waiting (before the store closes)."""
+        self.records.close()
+
     def _interactive(self, task: TaskInput, schema: Schema, image: np.ndarray, serving: Serving) -> RegionPrediction:
         """The object the clicks (or the box) are for, refined or started (sessions.py says which), answered
         with that object's region id."""
@@ -72,9 +116,8 @@ class Predictor:
             result = step.session.result
             if step.run or result is None:
                 result = self.capabilities.tool.get().predict(image, clicks, box=step.box, previous=step.previous)
-                self.store.record_interactive(serving.project, task.id or 0, label,
-                                              [(c.x, c.y, c.positive) for c in clicks], result.mask,
-                                              step.session.region_id)
+                self.records.record(serving.project, task.id or 0, label, [(c.x, c.y, c.positive) for c in clicks],
+                                    result.mask, step.session.region_id)
             self.sessions.remember(group, step.session, result)
         finally:
             self.sessions.release(group, step.session)  # a failed request leaves the object as it was

@@ -1,19 +1,26 @@
 """Concurrent clicks through the real app on loopback (werkzeug's threaded server, requests from threads),
 with a tool whose predict waits at a gate the test opens: requests that may be for one object are answered
-as one object (one region id), requests for other objects or tasks still run side by side."""
+as one object (one region id), requests for other objects or tasks still run side by side. And a click
+does not wait for the store: its record is written behind it, and kept when the backend closes."""
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import requests
 from werkzeug.serving import make_server
 
 from backend.app import create_app
 from backend.container import Backend
+from backend.prediction import InteractiveRecorder
+from backend.store import AnnotationStore
+from model.settings import Settings
 from model.tools import Tool
 from tests.synthetic import FileServer, png_bytes, two_objects
 from tests.test_backend import CONFIG, make_app
@@ -117,3 +124,58 @@ def test_clicks_on_other_tasks_and_objects_run_side_by_side(served):
         refined_a, refined_b, other_task = (answer.result(WAIT) for answer in answers)
     assert refined_a["id"] == on_a["id"] and refined_b["id"] == on_b["id"]
     assert len({refined_a["id"], refined_b["id"], other_task["id"]}) == 3
+
+
+def test_a_click_does_not_wait_for_a_locked_store_and_its_record_is_kept_at_close(tmp_path, image_url):
+    """Another connection holds the store's write lock (as a long transaction or another process would):
+    the click is answered at once (SQLite would have it wait 30 s, then fail), its record written later."""
+    backend = Backend.build(Settings(data_dir=tmp_path, banned_subnets="169.254.0.0/16"))
+    client = create_app(backend).test_client()
+    locker = sqlite3.connect(tmp_path / "annotations.sqlite3", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(client.post, "/predict", json={
+                "tasks": [{"id": 7, "data": {"image": image_url}}], "label_config": CONFIG, "project": "3",
+                "params": {"context": {"result": [point(A, "k1")]}}})
+            try:
+                assert answer.result(timeout=10).status_code == 200
+            finally:
+                locker.execute("COMMIT")
+    finally:
+        backend.close()
+        locker.close()
+    [(clicks, mask)] = AnnotationStore(tmp_path / "annotations.sqlite3").interactive_steps("3", 7, "Object")
+    assert len(clicks) == 1 and mask.any()
+
+
+def test_records_wait_within_their_bound_are_written_in_order_and_close_writes_those_waiting(tmp_path):
+    store = AnnotationStore(tmp_path / "annotations.sqlite3")
+    recorder = InteractiveRecorder(store, waiting=2)
+    locker = sqlite3.connect(tmp_path / "annotations.sqlite3", isolation_level=None)
+    mask = np.ones((4, 4), bool)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            locker.execute("BEGIN IMMEDIATE")
+            for n in range(2):
+                recorder.record("3", 7, "Object", [(n, n, True)], mask, "r1")
+            third = pool.submit(recorder.record, "3", 7, "Object", [(2, 2, True)], mask, "r1")
+            time.sleep(GIVEN_TIME)
+            assert not third.done(), "a third record did not wait for room"
+            locker.execute("COMMIT")
+            third.result(WAIT)
+            deadline = time.monotonic() + WAIT
+            while len(store.interactive_steps("3", 7, "Object")) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+            locker.execute("BEGIN IMMEDIATE")  # nothing left to write: the next record is the only one waiting
+            recorder.record("3", 7, "Object", [(3, 3, True)], mask, "r1")
+            closed = pool.submit(recorder.close)
+            time.sleep(GIVEN_TIME)
+            assert not closed.done(), "close did not wait for the record still to write"
+            locker.execute("COMMIT")
+            closed.result(WAIT)
+        assert [clicks[0][0] for clicks, _ in store.interactive_steps("3", 7, "Object")] == [0, 1, 2, 3]
+    finally:
+        locker.close()
+        store.close()
