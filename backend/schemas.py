@@ -40,7 +40,7 @@ class Body(BaseModel):
 
 def problems(exc: ValidationError) -> str:
     """What is wrong, field by field (the first five), never echoing more than a little of the input."""
-    return "; ".join(f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']}"
+    return "; ".join(": ".join(filter(None, (".".join(str(part) for part in error["loc"]), error["msg"])))
                      for error in exc.errors()[:5])
 
 
@@ -67,7 +67,10 @@ KeptResult = Annotated[Result | Unreadable, _or_unreadable(TypeAdapter(Result))]
 class TaskLabels(Body):
     """One of a task's annotations or predictions, as far as a predict request reads it."""
 
-    result: list[KeptResult] = []
+    result: list[KeptResult] | None = None
+
+
+KeptLabels = Annotated[TaskLabels | Unreadable, _or_unreadable(TypeAdapter(TaskLabels))]
 
 
 class TaskData(Body):
@@ -76,8 +79,8 @@ class TaskData(Body):
 
 
 class TaskBody(TaskData):
-    annotations: list[TaskLabels] | None = None
-    predictions: list[TaskLabels] | None = None
+    annotations: list[KeptLabels] | None = None
+    predictions: list[KeptLabels] | None = None
 
 
 class PredictContext(Body):

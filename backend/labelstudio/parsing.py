@@ -3,7 +3,7 @@ context, and a submitted annotation's regions as masks."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from label_studio_sdk.converter import brush
@@ -12,7 +12,7 @@ from model.core.masks import polygons_to_mask
 
 from ..errors import InvalidRequest
 from ..inputs import AnnotationInput, Interaction, PercentBox, PercentClick, Region, Start, TaskInput
-from ..schemas import AnnotationBody, PredictContext, TaskBody, TaskData, Unreadable
+from ..schemas import AnnotationBody, PredictContext, TaskBody, TaskData, TaskLabels, Unreadable
 from .config import Schema
 from .results import BrushResult, KeypointResult, PolygonResult, RectangleResult, Result, TextAreaResult
 
@@ -63,9 +63,9 @@ def task_starts(task: TaskBody, schema: Schema, with_masks: bool, max_pixels: in
     wanted = (RectangleResult, BrushResult) if with_masks else (RectangleResult,)
     for labelled in (task.annotations, task.predictions):
         starts: list[Start] = []
-        for result in (result for item in labelled or [] for result in item.result):
+        for result in _results(labelled or []):
             if isinstance(result, Unreadable):
-                log.warning("task %s: skipping a result it already has: %s", task.id, result.problem)
+                log.warning("task %s: skipping part of a stored annotation or prediction: %s", task.id, result.problem)
             elif isinstance(result, wanted) and result.to_name in (None, schema.image_name):
                 try:
                     starts.append(_start(result, schema, max_pixels))
@@ -74,6 +74,11 @@ def task_starts(task: TaskBody, schema: Schema, with_masks: bool, max_pixels: in
         if starts:
             return starts
     return []
+
+
+def _results(labelled: list[TaskLabels | Unreadable]) -> Iterator[Result | Unreadable]:
+    for item in labelled:
+        yield from [item] if isinstance(item, Unreadable) else item.result or []
 
 
 def _start(result: RectangleResult | BrushResult, schema: Schema, max_pixels: int) -> Start:

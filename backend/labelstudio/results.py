@@ -103,8 +103,7 @@ class KnownResult(BaseModel):
     kind: ClassVar[str]
 
     id: RegionId = None
-    from_name: str | None = None
-    to_name: str | None = None
+    to_name: str | None = None  # the image it is on
     original_width: Pixels | None = None
     original_height: Pixels | None = None
 
