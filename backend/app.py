@@ -126,8 +126,8 @@ def _label_studio_protocol(app: Flask, backend: Backend) -> None:
         schema = backend.configs.schema(predict.project, predict.label_config)
         serving = backend.server.serving(predict.project)
         context = predict.params.context if predict.params else None
-        results = [predict_task(settings, backend.predictor, task, schema, serving, context) or []
-                   for task in predict.tasks]
+        results: list[dict | list] = [predict_task(settings, backend.predictor, task, schema, serving, context) or []
+                                      for task in predict.tasks]
         return jsonify(results=results, model_version=serving.version)
 
     @app.post("/webhook")
