@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from model.flywheel.job import JobSpec
-from model.flywheel.registry import Registry, this_host
+from model.flywheel.registry import JobRecord, Registry, this_host
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class TrainingRunner(Protocol):
     def start(self, job_id: str, spec: JobSpec) -> None:
         """Start (or enqueue) the job; raises when it cannot."""
 
-    def ended(self, job: dict) -> str | None:
+    def ended(self, job: JobRecord) -> str | None:
         """Why an active job will never finish (its process is gone, RQ failed it), or None."""
 
 
@@ -66,16 +66,16 @@ class ProcessRunner:
         how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
         self.on_died(job_id, f"the training process {how} before it finished; the active version is unchanged")
 
-    def ended(self, job: dict) -> str | None:
+    def ended(self, job: JobRecord) -> str | None:
         with self._lock:
-            if job["id"] in self._processes:
+            if job.id in self._processes:
                 return None
-        if job.get("host") != this_host() or job.get("runner") != "process":
+        if job.host != this_host() or job.runner != "process":
             return None
-        pid = job.get("pid")  # the training process, once started
+        pid = job.pid  # the training process, once started
         if pid and not _alive(pid):
             return f"the training process {pid} is gone; the active version is unchanged"
-        if not pid and not _alive(job.get("owner") or 0):
+        if not pid and not _alive(job.owner or 0):
             return "the backend that queued the job stopped before starting it"
         return None
 
@@ -99,16 +99,16 @@ class RqRunner:
         self.registry.write_job(job_id, enqueued=time.time())
         log.info("training job %s sent to the RQ queue %s", job_id, QUEUE)
 
-    def ended(self, job: dict) -> str | None:
+    def ended(self, job: JobRecord) -> str | None:
         """Why RQ will never run (or finish) the job, if it will not: gone from Redis, failed, stopped."""
         from redis.exceptions import RedisError
         from rq.exceptions import NoSuchJobError
         from rq.job import Job
 
-        if job.get("runner") != "rq" or not job.get("enqueued"):
+        if job.runner != "rq" or not job.enqueued:
             return None
         try:
-            status = Job.fetch(job["id"], connection=self.queue.connection).get_status()
+            status = Job.fetch(job.id, connection=self.queue.connection).get_status()
         except NoSuchJobError:
             return "the job is gone from the RQ queue; the active version is unchanged"
         except RedisError:

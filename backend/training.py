@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 
-from model.flywheel.registry import BASE_VERSION, Registry, project_of
+from model.flywheel.registry import BASE_VERSION, JobRecord, JobState, Registry, project_of
 from model.flywheel.trajectories import TrajectoryStore
 from model.settings import Settings
 
@@ -18,6 +18,9 @@ from .serving import VersionServer
 from .training_jobs import TrainingJobs
 
 log = logging.getLogger(__name__)
+
+# how Label Studio's /job_status names a job's state
+JOB_STATUS = {JobState.queued: "queued", JobState.running: "started", JobState.failed: "failed"}
 
 
 class Training:
@@ -41,6 +44,7 @@ class Training:
         self._stop.set()
         if self._periodic is not None:
             self._periodic.join(timeout=5)
+        self.jobs.close()
 
     def start(self, project: str, kind: str, trigger: str) -> dict:
         """Queue a job for the project's scope (kind: request, every or interval; trigger: why, in words)."""
@@ -55,8 +59,8 @@ class Training:
         job, new = self.jobs.queue(scope, trigger, self.trajectories.newest_id(project_of(scope)))
         if new:
             self.metrics.training_jobs.labels(kind).inc()
-            self.launcher.submit(self.jobs.start, job["id"])
-        return {"status": "queued" if new else "running", "job": job["id"], "scope": scope}
+            self.launcher.submit(self.jobs.start, job.id)
+        return {"status": "queued" if new else "running", "job": job.id, "scope": scope}
 
     def after_new_trajectories(self, project: str) -> None:
         """Every SEGAGENT_TRAIN_EVERY new trajectories of a scope, a job."""
@@ -83,11 +87,10 @@ class Training:
 
     def job_status(self, job_id: str) -> dict:
         """Label Studio's /job_status: queued, started, finished or failed, with our details."""
-        job = self.jobs.view(self.registry.job(job_id))
+        job = self.registry.job(job_id)
         if job is None:
             raise Gone(f"no training job {job_id}")
-        label = {"queued": "queued", "running": "started", "failed": "failed"}.get(job["state"], "finished")
-        return {"job_status": label, **job}
+        return {"job_status": JOB_STATUS.get(job.state, "finished"), **job.to_json()}
 
     def versions(self, project: str) -> dict:
         """Label Studio's /versions: the base version and every version promoted since, of one project or
@@ -112,9 +115,10 @@ class Training:
 
     def status(self, project: str) -> dict:
         scopes = [self.server.scope(project)] if project else self.registry.scopes()
-        by_scope = {scope: self._scope_status(scope) for scope in scopes}
-        jobs = [s["last_job"] for s in by_scope.values() if s["last_job"]]
-        last = max(jobs, key=lambda j: j["created"]) if jobs else self.last_skipped
+        last_jobs = {scope: self.jobs.last_job(scope) for scope in scopes}
+        by_scope = {scope: self._scope_status(scope, last_jobs[scope]) for scope in scopes}
+        jobs = [job for job in last_jobs.values() if job is not None]
+        last = max(jobs, key=lambda j: j.created).to_json() if jobs else self.last_skipped
         return {"state": (last or {}).get("state", "idle"), "last_job": last,
                 "available": self.server.trainable is None, "reason": self.server.trainable,
                 "runner": self.jobs.runner.name, "policy_scope": self.settings.policy_scope,
@@ -122,7 +126,7 @@ class Training:
                              "interval_seconds": self.settings.train_interval},
                 "scopes": by_scope}
 
-    def _scope_status(self, scope: str) -> dict:
+    def _scope_status(self, scope: str, last_job: JobRecord | None) -> dict:
         active = self.registry.active(scope)
         return {
             "active_version": self.server.version_name(scope, active) if active != BASE_VERSION
@@ -130,6 +134,6 @@ class Training:
             "versions": len(self.registry.versions(scope)),
             "new_trajectories": self.trajectories.count_after(self.registry.trained_through(scope),
                                                               project_of(scope)),
-            "last_job": self.jobs.last_job(scope),
+            "last_job": last_job.to_json() if last_job else None,
             "serving_error": self.server.errors.get(scope),
         }

@@ -1,41 +1,52 @@
-"""Training jobs as the registry's job files tell them: at most one active job per scope, started by a
-runner, and reported failed when it died without saying so."""
+"""Training jobs as the registry's job records tell them: at most one active job per scope, started by a
+runner. Reading them writes nothing; a job that died without saying so is reported failed by a writer:
+the reaper thread, every so often, and queueing the scope's next job."""
 from __future__ import annotations
 
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from model.flywheel.job import JobSpec
-from model.flywheel.registry import Registry, this_host
+from model.flywheel.registry import JobRecord, JobState, Registry, this_host
 from model.settings import Settings
 
 from .runners import ProcessRunner, RqRunner, TrainingRunner
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATES = ("queued", "running")
 LOST_AFTER = 900.0  # seconds without a heartbeat before a running job counts as lost
+REAP_EVERY = 10.0  # seconds between the reaper's looks at the active jobs
 
 
 class TrainingJobs:
-    def __init__(self, settings: Settings, registry: Registry):
+    def __init__(self, settings: Settings, registry: Registry, reap_every: float = REAP_EVERY):
         self.settings = settings
         self.registry = registry
         self.runner: TrainingRunner = (
             RqRunner(settings.redis_url, settings.train_timeout, registry) if settings.redis_url
             else ProcessRunner(registry, self.fail_if_active))
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_periodically, args=(reap_every,), daemon=True,
+                                        name="training-reaper")
+        self._reaper.start()
 
-    def queue(self, scope: str, trigger: str, through_id: int) -> tuple[dict, bool]:
+    def close(self) -> None:
+        self._stop.set()
+        self._reaper.join(timeout=5)
+
+    def queue(self, scope: str, trigger: str, through_id: int) -> tuple[JobRecord, bool]:
         """(the job, whether it is new): a scope's job already queued or running is answered instead of a second."""
         with self._lock:
+            self.reap(scope)
             current = self.active_job(scope)
             if current is not None:
                 return current, False
             job_id = self.registry.new_job_id(scope)
-            job = self.registry.write_job(job_id, state="queued", trigger=trigger, through_id=through_id,
+            job = self.registry.write_job(job_id, state=JobState.queued, trigger=trigger, through_id=through_id,
                                           runner=self.runner.name, host=this_host(), owner=os.getpid())
             log.info("training job %s queued (%s)", job_id, trigger)
             return job, True
@@ -44,39 +55,53 @@ class TrainingJobs:
         """Hand a queued job to the runner; a job that cannot start is failed (the active version serves on)."""
         job = self.registry.job(job_id)
         assert job is not None  # queue() wrote it
-        spec = JobSpec(scope=job["scope"], job_id=job_id, settings=self.settings)
+        spec = JobSpec(scope=job.scope, job_id=job_id, settings=self.settings)
         try:
             self.runner.start(job_id, spec)
         except Exception as exc:  # Redis down, no process: the job is failed and the caller's queue counts it
-            self.fail(job_id, f"could not start: {type(exc).__name__}: {exc}")
+            self.fail_if_active(job_id, f"could not start: {type(exc).__name__}: {exc}")
             raise
 
-    def fail(self, job_id: str, error: str) -> dict:
-        log.error("training job %s: %s", job_id, error)
-        return self.registry.write_job(job_id, state="failed", error=error, finished=time.time())
-
     def fail_if_active(self, job_id: str, error: str) -> None:
-        if (self.registry.job(job_id) or {}).get("state") in ACTIVE_STATES:
-            self.fail(job_id, error)
+        """Fail the job unless it has finished (a job that ended on its own keeps its outcome)."""
+        self._fail(job_id, error, lambda job: job.state.active)
 
-    def view(self, job: dict | None) -> dict | None:
-        """The job as it stands: one that claims to be active but will never finish is failed."""
-        if not job or job.get("state") not in ACTIVE_STATES:
-            return job
-        ended = self.runner.ended(job)
-        if ended:
-            return self.fail(job["id"], ended)
-        if job.get("state") == "running" and time.time() - job.get("updated", 0) > LOST_AFTER:
-            return self.fail(job["id"], f"no heartbeat for {LOST_AFTER:.0f} s; the active version is unchanged")
-        return job
+    def reap(self, scope: str) -> None:
+        """Fail the scope's jobs that claim to be active but will never finish: their process is gone, RQ
+        dropped them, or they stopped beating."""
+        for job in self.registry.jobs(scope):
+            if not job.state.active:
+                continue
+            why = self.runner.ended(job)
+            if why is None and job.state is JobState.running and time.time() - job.updated > LOST_AFTER:
+                why = f"no heartbeat for {LOST_AFTER:.0f} s; the active version is unchanged"
+            if why is not None:
+                self._fail_unless_changed(job, why)
 
-    def active_job(self, scope: str) -> dict | None:
-        for job in reversed(self.registry.jobs(scope)):
-            viewed = self.view(job)
-            if viewed and viewed.get("state") in ACTIVE_STATES:
-                return viewed
-        return None
+    def _fail_unless_changed(self, seen: JobRecord, error: str) -> None:
+        """Fail the job as it was seen; one that wrote since spoke for itself and is left as it is."""
+        self._fail(seen.id, error, lambda current: current == seen)
 
-    def last_job(self, scope: str) -> dict | None:
+    def _fail(self, job_id: str, error: str, still_to_fail: Callable[[JobRecord], bool]) -> None:
+        def failed(job: JobRecord | None) -> dict | None:
+            if job is None or not still_to_fail(job):
+                return None
+            log.error("training job %s: %s", job_id, error)
+            return {"state": JobState.failed, "error": error, "finished": time.time()}
+
+        self.registry.update_job(job_id, failed)
+
+    def _reap_periodically(self, every: float) -> None:
+        while not self._stop.wait(every):
+            for scope in self.registry.scopes():
+                try:
+                    self.reap(scope)
+                except Exception:  # one scope's trouble does not stop the others' reaping
+                    log.exception("reaping the training jobs of %s", scope)
+
+    def active_job(self, scope: str) -> JobRecord | None:
+        return next((job for job in reversed(self.registry.jobs(scope)) if job.state.active), None)
+
+    def last_job(self, scope: str) -> JobRecord | None:
         jobs = self.registry.jobs(scope)
-        return self.view(jobs[-1]) if jobs else None
+        return jobs[-1] if jobs else None

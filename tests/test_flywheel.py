@@ -23,7 +23,7 @@ from model.core.masks import iou
 from model.flywheel.finetune import split_by_task
 from model.flywheel.gate import decide
 from model.flywheel.job import JobSpec, run_job
-from model.flywheel.registry import Registry, RegistryError, scope_for
+from model.flywheel.registry import JobState, Registry, RegistryError, scope_for
 from model.flywheel.sources import simulated
 from model.flywheel.trajectories import TrajectoryStore, TrajectorySummary
 from model.settings import Settings
@@ -140,8 +140,8 @@ def test_gate_promotes_only_what_is_not_worse():
 # ---------------------------------------------------------------- training jobs
 def test_lora_run_lowers_the_loss_and_registers_a_promoted_version(trained, taught_vlm):
     data, result = trained
-    losses = result["training"]["epoch_losses"]
-    assert result["state"] == "promoted" and result["version"] == "v1"
+    losses = result.training["epoch_losses"]
+    assert result.state is JobState.promoted and result.version == "v1"
     assert losses[-1] < 0.5 * losses[0], losses
     registry = Registry(data / "models")
     assert registry.active("project-3") == "v1"
@@ -166,7 +166,7 @@ def test_a_failing_job_leaves_the_active_version(trained, tmp_path):
         run_job(spec(data, tmp_path / "no-such-model", job_id=job_id))
     registry = Registry(data / "models")
     job = registry.job(job_id)
-    assert job["state"] == "failed" and "no-such-model" in job["error"]
+    assert job.state is JobState.failed and "no-such-model" in job.error
     assert registry.active("project-3") == "v1"
     assert [m["name"] for m in registry.versions("project-3")] == ["v1"]
     assert not (data / "models" / "project-3" / "versions" / "v2").exists()
@@ -177,7 +177,7 @@ def test_a_worse_candidate_is_kept_but_not_promoted(trained, taught_vlm, tmp_pat
     shutil.copytree(trained[0], data)
     # a learning rate that destroys the model
     result = run_job(spec(data, taught_vlm, train_epochs=2, train_learning_rate=5.0))
-    assert result["state"] == "rejected" and result["version"] == "v2" and "worse" in result["reason"]
+    assert result.state is JobState.rejected and result.version == "v2" and "worse" in result.reason
     registry = Registry(data / "models")
     assert registry.active("project-3") == "v1"
     assert registry.version("project-3", "v2")["parent"] == "v1"
@@ -187,7 +187,7 @@ def test_a_worse_candidate_is_kept_but_not_promoted(trained, taught_vlm, tmp_pat
 def test_one_task_is_not_enough_to_train(taught_vlm, tmp_path):
     add_trajectories(tmp_path, [1])
     result = run_job(spec(tmp_path, taught_vlm))
-    assert result["state"] == "skipped" and "two tasks" in result["reason"]
+    assert result.state is JobState.skipped and "two tasks" in result.reason
     assert Registry(tmp_path / "models").versions("project-3") == []
 
 
@@ -296,7 +296,7 @@ def annotate(client, image_url: str, mask, task_id: int, project: int = 5) -> No
 
 def finished_job(registry: Registry, scope: str):
     jobs = registry.jobs(scope)
-    return jobs[-1] if jobs and jobs[-1]["state"] not in ("queued", "running") else None
+    return jobs[-1] if jobs and not jobs[-1].state.active else None
 
 
 def test_every_n_new_trajectories_start_a_job(taught_vlm, image_server, tmp_path):
@@ -307,15 +307,15 @@ def test_every_n_new_trajectories_start_a_job(taught_vlm, image_server, tmp_path
     assert Registry(tmp_path / "models").jobs("project-5") == []  # one annotation's trajectories: not yet
     annotate(client, url, image_server.mask, task_id=2)
     job = wait_for(lambda: finished_job(Registry(tmp_path / "models"), "project-5"))
-    assert "SEGAGENT_TRAIN_EVERY=2" in job["trigger"] and job["state"] in ("promoted", "rejected"), job
-    assert job["through_id"] == client.get("/status").json["trajectories"]["total"]
+    assert "SEGAGENT_TRAIN_EVERY=2" in job.trigger and job.state in (JobState.promoted, JobState.rejected), job
+    assert job.through_id == client.get("/status").json["trajectories"]["total"]
     assert client.get("/status?project=5").json["training"]["scopes"]["project-5"]["new_trajectories"] == 0
 
 
 def test_the_interval_trigger_trains_projects_with_new_trajectories(data, taught_vlm):
     App(settings(data, taught_vlm, train_interval=0.5))
     job = wait_for(lambda: finished_job(Registry(data / "models"), "project-3"))
-    assert job["trigger"].startswith("interval") and job["state"] == "promoted", job
+    assert job.trigger.startswith("interval") and job.state is JobState.promoted, job
 
 
 # ---------------------------------------------------------------- RQ + Redis
@@ -332,15 +332,16 @@ def test_with_redis_an_rq_worker_runs_the_job(data, taught_vlm, redis_url):
     assert job["job_status"] == "finished" and job["state"] == "promoted", job
     assert client.get("/versions?project=3").json["versions"][-1].endswith("project-3-v1")
 
-    # a job lost from Redis (flushed, expired) is reported failed, and does not block the next one
+    # a job lost from Redis (flushed, expired) does not block the next one, and is reported failed
     lost = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json["job"]
-    wait_for(lambda: _queued(redis_url))
+    wait_for(lambda: Registry(data / "models").job(lost).enqueued)  # in the RQ queue
     from redis import Redis
 
     Redis.from_url(redis_url).flushdb()
+    assert client.post("/job_status", json={"job": lost}).json["job_status"] == "queued"  # a read changes nothing
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json["status"] == "queued"
     job = client.post("/job_status", json={"job": lost}).json
     assert job["job_status"] == "failed" and "gone from the RQ queue" in job["error"]
-    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json["status"] == "queued"
 
 
 def _queued(redis_url: str) -> int:
@@ -360,8 +361,8 @@ def test_legacy_train_keeps_the_annotations_it_carries_before_the_job(taught_vlm
                                          "label_config": event["project"]["label_config"]}).json
     assert answer["status"] == "queued" and answer["scope"] == "project-6"
     job = wait_for(lambda: finished_job(Registry(tmp_path / "models"), "project-6"))
-    assert job["state"] == "skipped" and "two tasks" in job["reason"]  # one task: nothing to hold out
-    assert job["data"]["trajectories"] >= 1  # the carried annotation's trajectories were there before it ran
+    assert job.state is JobState.skipped and "two tasks" in job.reason  # one task: nothing to hold out
+    assert job.data["trajectories"] >= 1  # the carried annotation's trajectories were there before it ran
     assert client.get("/status").json["annotations"]["annotations"] == 1
 
 

@@ -25,7 +25,7 @@ from PIL import Image
 
 from model.flywheel.finetune import TrainConfig, split_by_task
 from model.flywheel.job import JobSpec, run_job
-from model.flywheel.registry import Registry
+from model.flywheel.registry import JobState, Registry
 from model.flywheel.remote_training import QUEUE, export_turns, untrainable_reason
 from model.flywheel.trajectories import TrajectoryStore
 from model.policies.actions import Coordinates, parse_action
@@ -203,7 +203,7 @@ def test_the_backend_trains_the_remote_qwen_only_with_a_trainer_to_reach(tmp_pat
 def test_a_job_without_a_trainer_for_the_remote_policy_is_skipped_and_says_why(tmp_path):
     add_trajectories(tmp_path, range(1, 5))
     result = run_job(JobSpec(scope="project-3", settings=qwen_settings(tmp_path)))
-    assert result["state"] == "skipped" and "SEGAGENT_POLICY_PYTHON" in result["reason"]
+    assert result.state is JobState.skipped and "SEGAGENT_POLICY_PYTHON" in result.reason
     assert Registry(tmp_path / "models").versions("project-3") == []
 
 

@@ -32,7 +32,7 @@ from model.core.clicks import Click
 from model.core.datasets import Dataset, Sample
 from model.core.masks import iou
 from model.flywheel.job import JobSpec, run_job
-from model.flywheel.registry import BASE_VERSION, Registry, scope_for
+from model.flywheel.registry import BASE_VERSION, JobRecord, JobState, Registry, scope_for
 from model.flywheel.sources import simulated
 from model.flywheel.trajectories import TrajectoryStore
 from model.flywheel.versions import version_policy
@@ -208,11 +208,11 @@ def run_bench(dataset: Dataset, settings: Settings, config: BenchConfig, progres
     job = run_job(JobSpec(scope=config.scope, settings=settings))
     seconds["train"] = time.perf_counter() - started
     trained = None
-    if job["state"] in ("promoted", "rejected"):
-        adapter = Registry(settings.data_dir / "models").adapter_path(config.scope, job["version"])
-        policy = version_policy(policy_from(settings), config.scope, job["version"], str(adapter))
+    if job.state in (JobState.promoted, JobState.rejected) and job.version:
+        adapter = Registry(settings.data_dir / "models").adapter_path(config.scope, job.version)
+        policy = version_policy(policy_from(settings), config.scope, job.version, str(adapter))
         trained, seconds["evaluate_trained"] = _timed_evaluation(agent_for(settings, segmenter, policy), dataset,
-                                                                 config, job["version"], progress)
+                                                                 config, job.version, progress)
     return _report(dataset, settings, config, annotated, base, trained, job, seconds)
 
 
@@ -225,7 +225,7 @@ def _timed_evaluation(agent: Agent, dataset: Dataset, config: BenchConfig, versi
 
 
 def _report(dataset: Dataset, settings: Settings, config: BenchConfig, annotated: dict, base: dict,
-            trained: dict | None, job: dict, seconds: dict) -> dict:
+            trained: dict | None, job: JobRecord, seconds: dict) -> dict:
     delta = None
     if trained is not None:
         delta = {key: trained[key] - base[key] for key in base if key not in ("version", "objects", "per_object")}
@@ -234,7 +234,7 @@ def _report(dataset: Dataset, settings: Settings, config: BenchConfig, annotated
         "steps": settings.agent_steps, "thresholds": list(THRESHOLDS), "config": asdict(config),
         "split": {"annotated": annotated.pop("names"), "held_out": [r["name"] for r in base["per_object"]]},
         "annotated": annotated,
-        "job": {key: job.get(key) for key in ("state", "version", "parent", "reason", "data", "training", "gate")},
+        "job": job.model_dump(mode="json", include={"state", "version", "parent", "reason", "data", "training", "gate"}),
         "base": base, "trained": trained, "delta": delta,
         "seconds": {**{phase: round(value, 1) for phase, value in seconds.items()},
                     "total": round(sum(seconds.values()), 1)},

@@ -165,14 +165,15 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from model.flywheel.job import JobSpec, run_job
+    from model.flywheel.registry import JobState
 
     if not args.policy:
         raise SystemExit("give --base (or set SEGAGENT_POLICY): the policy the adapters are trained for")
     flags = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
     settings = Settings.model_validate({**args.settings.model_dump(), **flags})
     result = run_job(JobSpec(scope=_scope(args), settings=settings))
-    print(json.dumps(result, indent=2))
-    return 0 if result["state"] in ("promoted", "rejected", "skipped") else 1
+    print(json.dumps(result.to_json(), indent=2))
+    return 0 if result.state in (JobState.promoted, JobState.rejected, JobState.skipped) else 1
 
 
 def _versions(args: argparse.Namespace) -> int:

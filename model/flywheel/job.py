@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
 
 from model.flywheel.finetune import TrainConfig, TurnReader, split_by_task, train_lora
 from model.flywheel.gate import GateConfig, decide, measure
-from model.flywheel.registry import BASE_VERSION, Busy, Registry, project_of, this_host
+from model.flywheel.registry import BASE_VERSION, Busy, JobRecord, JobState, Registry, project_of, this_host
 from model.flywheel.remote_training import is_remote_qwen, train_remote, untrainable_reason
 from model.flywheel.trajectories import TrajectoryStore
 from model.flywheel.versions import version_policy
@@ -65,7 +65,7 @@ class JobSpec(BaseModel):
                           tolerance=s.gate_tolerance, observation=s.policy_format)
 
 
-def run_job(spec: JobSpec | dict) -> dict:
+def run_job(spec: JobSpec | dict) -> JobRecord:
     """Run one job; returns its final state (also written to its job file). Raises on failure, after
     recording it, so that a worker marks the job failed too."""
     spec = JobSpec.model_validate(spec)
@@ -75,16 +75,16 @@ def run_job(spec: JobSpec | dict) -> dict:
         with registry.lock(spec.scope), registry.heartbeat(job_id):
             return _run_locked(spec, registry, job_id)
     except Busy as exc:
-        return registry.write_job(job_id, state="skipped", reason=str(exc), finished=time.time())
+        return registry.write_job(job_id, state=JobState.skipped, reason=str(exc), finished=time.time())
     except Exception as exc:
         log.exception("training job %s failed", job_id)
-        registry.write_job(job_id, state="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+        registry.write_job(job_id, state=JobState.failed, error=f"{type(exc).__name__}: {exc}", finished=time.time())
         raise
 
 
-def _run_locked(spec: JobSpec, registry: Registry, job_id: str) -> dict:
+def _run_locked(spec: JobSpec, registry: Registry, job_id: str) -> JobRecord:
     scope, base = spec.scope, spec.settings.policy
-    registry.write_job(job_id, state="running", stage="data", pid=os.getpid(), host=this_host(),
+    registry.write_job(job_id, state=JobState.running, stage="data", pid=os.getpid(), host=this_host(),
                        started=time.time(), progress=0.0)
     store = TrajectoryStore(spec.settings.data_dir / "trajectories")
     summaries = store.summaries(project_of(scope))
@@ -100,11 +100,11 @@ def _run_locked(spec: JobSpec, registry: Registry, job_id: str) -> dict:
         reason = (f"{len(summaries)} trajectories from {data['tasks']} tasks: training needs trajectories of at least "
                   "two tasks (one is held out for the gate)")
         log.info("job %s skipped: %s", job_id, reason)
-        return registry.write_job(job_id, state="skipped", reason=reason, finished=time.time())
+        return registry.write_job(job_id, state=JobState.skipped, reason=reason, finished=time.time())
     untrainable = untrainable_reason(spec.settings)
     if untrainable:
         log.info("job %s skipped: %s", job_id, untrainable)
-        return registry.write_job(job_id, state="skipped", reason=untrainable, finished=time.time())
+        return registry.write_job(job_id, state=JobState.skipped, reason=untrainable, finished=time.time())
 
     parent = registry.active(scope)
     if parent != BASE_VERSION and registry.version(scope, parent).get("base") != base:
@@ -123,7 +123,7 @@ def _run_locked(spec: JobSpec, registry: Registry, job_id: str) -> dict:
 
 
 def _train_gate_register(spec, registry, job_id, store, train, held_out, data, parent, parent_adapter, name,
-                         folder) -> dict:
+                         folder) -> JobRecord:
     from model.tools import segmenter_from
 
     scope, settings, started = spec.scope, spec.settings, time.time()
@@ -161,7 +161,7 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
         meta = registry.register(scope, name, {**meta, "status": "rejected", "reason": reason})
     if promoted:
         registry.activate(scope, name, f"job {job_id}: {reason}")
-    return registry.write_job(job_id, state=meta["status"], stage="done", version=name, reason=reason,
+    return registry.write_job(job_id, state=JobState(meta["status"]), stage="done", version=name, reason=reason,
                               finished=time.time(),
                               seconds=round(time.time() - started, 1), gate=meta["gate"])
 

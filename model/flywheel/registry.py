@@ -5,7 +5,8 @@ active, and the state of training jobs.
     models/<scope>/versions/vN/meta.json    base, parent, data counts, metrics, time, status
     models/<scope>/active.json              the version serving now ("v0" or missing: the base policy)
     models/<scope>/history.jsonl            every change of the active version, and why
-    models/<scope>/jobs/<job id>.json       one training job's state, progress and outcome
+    models/<scope>/jobs/<job id>.json       one training job's record (JobRecord): state, progress, outcome
+    models/<scope>/jobs.lock                held while a job's record is read, changed and written again
     models/<scope>/train.lock               held by the one training job of the scope
 
 A scope is a Label Studio project ("project-3") or "shared". Every file is replaced atomically (write
@@ -15,14 +16,20 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 BASE_VERSION = "v0"
 SHARED_SCOPE = "shared"
@@ -30,6 +37,7 @@ _SCOPE = re.compile(r"^(shared|project-\d{1,12})$")
 _VERSION = re.compile(r"^v\d{1,6}$")
 _JOB = re.compile(r"^(shared|project-\d{1,12})_\d+_[0-9a-f]{6}$")  # also a valid RQ job id
 _JOB_WRITES = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 class RegistryError(ValueError):
@@ -42,6 +50,57 @@ class UnknownVersion(RegistryError):
 
 class Busy(RuntimeError):
     """Another training job of the scope holds its lock."""
+
+
+class JobState(StrEnum):
+    queued = "queued"  # written by the backend, not started yet
+    running = "running"
+    skipped = "skipped"  # nothing to train (too little data, no trainer): no version
+    failed = "failed"
+    promoted = "promoted"  # a version that passed the gate and serves now
+    rejected = "rejected"  # a version kept but not served
+
+    @property
+    def active(self) -> bool:
+        """Whether the job may still change the registry."""
+        return self in (JobState.queued, JobState.running)
+
+
+class JobRecord(BaseModel):
+    """A training job's file: who started it and where it runs, its progress, its outcome. Fields no
+    step has written yet are None and left out of the file and of the JSON answers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    scope: str
+    created: float
+    updated: float
+    state: JobState = JobState.queued
+    trigger: str | None = None  # why it was queued, in words
+    through_id: int | None = None  # the newest trajectory it takes into account
+    runner: str | None = None  # process or rq
+    host: str | None = None
+    owner: int | None = None  # the backend process that queued it
+    pid: int | None = None  # the training process
+    log: str | None = None
+    enqueued: float | None = None  # sent to RQ
+    started: float | None = None
+    stage: str | None = None  # data, training, gate, done
+    progress: float | None = None
+    loss: float | None = None
+    data: dict[str, Any] | None = None
+    version: str | None = None
+    parent: str | None = None
+    training: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+    reason: str | None = None
+    error: str | None = None
+    finished: float | None = None
+    seconds: float | None = None
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 def scope_for(project: str, shared: bool = False) -> str:
@@ -168,13 +227,45 @@ class Registry:
             raise RegistryError(f"{job_id!r} is not a training job id")
         return self.scope_dir(job_scope(job_id)) / "jobs" / f"{job_id}.json"
 
-    def write_job(self, job_id: str, **fields) -> dict:
+    def write_job(self, job_id: str, **fields: Any) -> JobRecord:
+        """Set these fields of the job's record (created with them if it has none); ValueError for a field
+        or value a record cannot hold."""
+        written = self.update_job(job_id, lambda job: fields)
+        assert written is not None  # fields, even none, are always written
+        return written
+
+    def update_job(self, job_id: str,
+                   change: Callable[[JobRecord | None], dict[str, Any] | None]) -> JobRecord | None:
+        """Read the job's record (None if it has none), set the fields `change` returns for it and write it
+        back, as one step against every other writer: the backend, the job's process and its heartbeat
+        thread, on this machine or another sharing the folder. `change` answering None writes nothing."""
         path = self.job_path(job_id)
-        with _JOB_WRITES:  # a job's heartbeat thread and its main thread both write its file
-            job = {**(_read_json(path) or {"id": job_id, "scope": job_scope(job_id), "created": time.time()}),
-                   **fields, "updated": time.time()}
-            _write_json(path, job)
+        with self._jobs_locked(job_scope(job_id)):
+            current = self.job(job_id)
+            fields = change(current)
+            if fields is None:
+                return current
+            unknown = set(fields) - set(JobRecord.model_fields)
+            if unknown:
+                raise ValueError(f"a job record has no field {', '.join(sorted(unknown))}")
+            now = time.time()
+            base = current.model_dump() if current else {"id": job_id, "scope": job_scope(job_id), "created": now}
+            job = JobRecord.model_validate({**base, **fields, "updated": now})
+            _write_json(path, job.to_json())
         return job
+
+    @contextmanager
+    def _jobs_locked(self, scope: str):
+        # flock excludes other processes (and other open files of this one); the thread lock covers a
+        # folder on NFS, where flock is emulated with per-process POSIX locks
+        path = self.scope_dir(scope) / "jobs.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _JOB_WRITES, open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextmanager
     def heartbeat(self, job_id: str, every: float = 30.0):
@@ -194,19 +285,19 @@ class Registry:
             done.set()
             thread.join()
 
-    def job(self, job_id: str) -> dict | None:
-        return _read_json(self.job_path(job_id))
+    def job(self, job_id: str) -> JobRecord | None:
+        return _read_job(self.job_path(job_id))
 
-    def jobs(self, scope: str) -> list[dict]:
+    def jobs(self, scope: str) -> list[JobRecord]:
         folder = self.scope_dir(scope) / "jobs"
         if not folder.is_dir():
             return []
-        jobs = [_read_json(p) for p in folder.glob("*.json") if _JOB.match(p.stem)]
-        return sorted((j for j in jobs if j), key=lambda j: j["created"])
+        jobs = [_read_job(p) for p in folder.glob("*.json") if _JOB.match(p.stem)]
+        return sorted((j for j in jobs if j), key=lambda j: j.created)
 
     def trained_through(self, scope: str) -> int:
         """The newest trajectory id a job of this scope has taken (or will take) into account."""
-        return max((int(j.get("through_id") or 0) for j in self.jobs(scope)), default=0)
+        return max((j.through_id or 0 for j in self.jobs(scope)), default=0)
 
     @contextmanager
     def lock(self, scope: str):
@@ -222,6 +313,17 @@ class Registry:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_job(path: Path) -> JobRecord | None:
+    data = _read_json(path)
+    if data is None:
+        return None
+    try:
+        return JobRecord.model_validate(data)
+    except ValidationError as exc:
+        log.warning("the job file %s is not a job record; left out: %s", path, exc)
+        return None
 
 
 def job_scope(job_id: str) -> str:

@@ -1,0 +1,126 @@
+"""Training jobs' records: one writer at a time across processes, reads that write nothing, and a writer
+(the reaper, or queueing the next job) that reports a job whose process died."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from backend.training_jobs import TrainingJobs
+from model.flywheel.registry import JobRecord, JobState, Registry, this_host
+from model.settings import Settings
+from tests.apps import App
+
+UPDATES = 1000
+
+
+def _update_one_field(root: str, job_id: str, field: str, start, regressions) -> None:
+    """Write `field` UPDATES times, each time first reading the job's file to check that its previous
+    value survived the other process's writes; counts the times it did not."""
+    registry = Registry(root)
+    path = registry.job_path(job_id)
+    start.wait()
+    for value in range(1, UPDATES + 1):
+        if json.loads(path.read_text()).get(field) != value - 1:
+            regressions.value += 1
+        registry.write_job(job_id, **{field: value})
+
+
+def test_two_processes_writing_one_job_lose_no_update(tmp_path):
+    """The backend (its runner writes the pid) and the job process (its data, progress, heartbeat) both
+    update one job file: each read-change-write holds a lock across processes, so none undoes another."""
+    registry = Registry(tmp_path)
+    job_id = registry.new_job_id("project-1")
+    registry.write_job(job_id, state="running", through_id=0, pid=0)
+    context = multiprocessing.get_context("spawn")
+    regressions = {field: context.Value("i", 0) for field in ("through_id", "pid")}
+    start = context.Barrier(len(regressions))  # both write at once
+    workers = [context.Process(target=_update_one_field, args=(str(tmp_path), job_id, field, start, regressions[field]))
+               for field in regressions]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    on_disk = json.loads(registry.job_path(job_id).read_text())
+    lost = {field: count.value for field, count in regressions.items()}
+    assert lost == {"through_id": 0, "pid": 0}, f"updates overwritten by the other process: {lost}"
+    assert on_disk["through_id"] == on_disk["pid"] == UPDATES and on_disk["state"] == "running"
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def _a_job_whose_process_died(registry: Registry, scope: str = "project-3") -> JobRecord:
+    """A job as the backend's process runner leaves it when its training process is killed while the
+    backend is down: running on this host, its process gone, nobody left to say so."""
+    job_id = registry.new_job_id(scope)
+    return registry.write_job(job_id, state="running", runner="process", host=this_host(), owner=_dead_pid(),
+                              pid=_dead_pid(), trigger="request", through_id=4)
+
+
+def test_status_job_status_and_versions_write_nothing(tmp_path):
+    client = App(Settings(data_dir=tmp_path)).client
+    registry = Registry(tmp_path / "models")
+    job = _a_job_whose_process_died(registry)
+    before = registry.job_path(job.id).read_bytes()
+
+    answer = client.post("/job_status", json={"job": job.id}).json
+    assert answer == {"job_status": "started", **json.loads(before)}
+    training = client.get("/status?project=3").json["training"]
+    assert training["state"] == "running" and training["last_job"] == json.loads(before)
+    assert training["scopes"]["project-3"]["last_job"]["id"] == job.id
+    assert client.get("/status").json["training"]["last_job"]["id"] == job.id
+    assert client.get("/versions?project=3").json["versions"] == [client.get("/health").json["model_version"]]
+    assert registry.job_path(job.id).read_bytes() == before  # no read wrote the job's file
+
+
+def test_queueing_the_next_job_fails_the_one_that_died(tmp_path):
+    registry = Registry(tmp_path / "models")
+    dead = _a_job_whose_process_died(registry)
+    jobs = TrainingJobs(Settings(data_dir=tmp_path), registry, reap_every=3600)
+    try:
+        queued, new = jobs.queue("project-3", "request", through_id=5)
+    finally:
+        jobs.close()
+    assert new and queued.id != dead.id and queued.state is JobState.queued
+    failed = registry.job(dead.id)
+    assert failed is not None and failed.state is JobState.failed
+    assert f"training process {dead.pid} is gone" in (failed.error or "") and failed.finished
+
+
+def test_the_reaper_fails_a_dead_job_with_no_request(tmp_path):
+    registry = Registry(tmp_path / "models")
+    dead = _a_job_whose_process_died(registry)
+    alive = registry.write_job(registry.new_job_id("project-4"), state="running", runner="process",
+                               host=this_host(), pid=os.getpid())
+    jobs = TrainingJobs(Settings(data_dir=tmp_path), registry, reap_every=0.2)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and registry.job(dead.id).state is not JobState.failed:
+            time.sleep(0.1)
+    finally:
+        jobs.close()
+    assert registry.job(dead.id).state is JobState.failed
+    assert registry.job(alive.id) == alive  # a job whose process runs is left alone, not even touched
+
+
+def test_a_record_refuses_what_a_job_file_cannot_hold(tmp_path):
+    registry = Registry(tmp_path)
+    job_id = registry.new_job_id("project-1")
+    with pytest.raises(ValueError, match="no field stat"):
+        registry.write_job(job_id, stat="running")  # a misspelt field
+    with pytest.raises(ValueError):
+        registry.write_job(job_id, state="exploded")
+    assert registry.job(job_id) is None
+    registry.write_job(job_id, state="running")
+    registry.job_path(job_id).write_text(json.dumps({"id": job_id, "state": "exploded"}))
+    assert registry.job(job_id) is None and registry.jobs("project-1") == []  # left out, not a 500
