@@ -8,12 +8,12 @@ and agent steps on one image encode it once.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from cachetools import LRUCache, cached
 
 from model.core.clicks import Click
 from model.core.imageio import as_rgb_uint8, image_digest
@@ -52,39 +52,34 @@ class Tool(Protocol):
 
 
 class ImageCache:
-    """A thread-safe LRU of encoded images, bounded in bytes, with hit and miss counts."""
+    """A thread-safe LRU of encoded images, bounded in bytes, with hit and miss counts. Requests that miss
+    one image together wait for one encoding (cachetools' single flight: a key is pending while it encodes);
+    different images encode at the same time. An encoding that fails is not kept: its caller gets the
+    error and the next caller waiting encodes again. One encoding larger than the bound is not kept."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self.hits = 0
-        self.misses = 0
-        self._items: OrderedDict[str, Encoded] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
+        self._items: LRUCache[str, Encoded] = LRUCache(max_bytes, getsizeof=lambda encoded: encoded.nbytes)
+        self._get = cached(self._items, key=lambda key, compute: key, condition=threading.Condition(), info=True)(
+            lambda key, compute: compute())  # the lock is held only around the cache, never while encoding
+
+    @property
+    def hits(self) -> int:
+        return self._get.cache_info().hits
+
+    @property
+    def misses(self) -> int:
+        return self._get.cache_info().misses
 
     @property
     def size_bytes(self) -> int:
-        return self._bytes
+        return int(self._items.currsize)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def get_or_compute(self, key: str, compute: Callable[[], Encoded]) -> Encoded:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return self._items[key]
-            self.misses += 1
-        encoded = compute()  # outside the lock: encoding can take seconds
-        with self._lock:
-            if key not in self._items:
-                self._items[key] = encoded
-                self._bytes += encoded.nbytes
-            while self._bytes > self.max_bytes and len(self._items) > 1:
-                _, evicted = self._items.popitem(last=False)
-                self._bytes -= evicted.nbytes
-        return encoded
+        return self._get(key, compute)
 
 
 class ToolInputError(ValueError):
