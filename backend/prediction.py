@@ -118,12 +118,12 @@ class Predictor:
                 result = self.capabilities.tool.get().predict(image, clicks, box=step.box, previous=step.previous)
                 self.records.record(serving.project, task.id or 0, label, [(c.x, c.y, c.positive) for c in clicks],
                                     result.mask, step.session.region_id)
-            self.sessions.remember(group, step.session, result)
+            kept = self.sessions.remember(group, step.session, result)
         finally:
             self.sessions.release(group, step.session)  # a failed request leaves the object as it was
         self.metrics.predictions.labels("interactive").inc()
         log.info("task %s: interactive mask for %r (region %s) from %d clicks%s, %d pixels", task.id, label,
-                 step.session.region_id, len(clicks), " and a box" if step.box else "", int(result.mask.sum()))
+                 step.session.region_id, len(clicks), " and a box" if step.box else "", kept.area)
         score = result.score if self.settings.interactive_score == "tool" else \
             self.capabilities.estimate(image, result.mask, interaction.text or label, result.score)
         return RegionPrediction(label, result.mask, score, id=step.session.region_id)

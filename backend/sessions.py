@@ -168,8 +168,8 @@ class Sessions:
             self._under_way[(*group, step.session.region_id)] = step.session
             return step
 
-    def remember(self, group: Group, session: Session, result: ToolResult) -> None:
-        """Keep the object's result, and let it go."""
+    def remember(self, group: Group, session: Session, result: ToolResult) -> Session:
+        """Keep the object's result, and let it go: the object as kept."""
         kept = replace(session, result=result, area=int(result.mask.sum()), used=next(self._clock))
         key = (*group, session.region_id)
         with self._settled:
@@ -178,6 +178,7 @@ class Sessions:
                 self._items[key] = kept
             self._under_way.pop(key, None)
             self._settled.notify_all()
+        return kept
 
     def release(self, group: Group, session: Session) -> None:
         """Let the object go as it was before the request (nothing when its result was remembered)."""
