@@ -43,6 +43,7 @@ class Preannotator:
         self.predictor = predictor
         self.queue = queue
         self.dispatcher = dispatcher
+        queue.on_expired = self._hand_out  # a task whose holder stopped (kill -9) runs again after its lease
 
     @property
     def runner(self) -> str:

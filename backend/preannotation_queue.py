@@ -2,11 +2,12 @@
 predicted once per version however often it is asked for, and what was queued survives a restart.
 
 Several queues may share the file (worker threads, RQ workers and web processes on one SEGAGENT_DATA_DIR),
-and a task is taken by one of them at a time: taking it leases it, for LEASE_SECONDS, to a token of that
-take, and the taking queue's heartbeat renews its leases while its process lives. A task whose lease has
-expired (its holder killed with `kill -9`, or frozen) is taken again; what a holder says about a task
-whose lease it lost (done, failed, later) changes nothing. A queue closed cleanly hands back the tasks it
-still holds, so that the next start takes them at once."""
+and a task is claimed by one of them at a time: claiming it leases it, for LEASE_SECONDS, to a token of that
+claim, and the claiming queue's heartbeat renews its leases while its process lives. The heartbeats also
+queue again, counting an attempt, each task whose lease has expired (its holder killed with `kill -9`, or
+frozen), and hand it to `on_expired` (the runner hands it out); what a holder says about a task whose
+lease it lost (done, failed, later) changes nothing. A queue closed cleanly hands back the tasks it still
+holds, so that the next start runs them at once."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +15,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +44,10 @@ ALTER TABLE items ADD COLUMN lease_expires REAL NOT NULL DEFAULT 0;
 """]
 MAX_ATTEMPTS = 3
 RATE_WINDOW = 300.0  # seconds of finished tasks the rate is measured over
-# How long a taken task stays its holder's without a renewal: what a kill costs before the task runs
+# How long a claimed task stays its holder's without a renewal: what a kill costs before the task runs
 # elsewhere. The heartbeat renews every quarter of it, so a holder keeps its task through three missed beats.
 LEASE_SECONDS = 60.0
 KEY = "project = ? AND task_id = ? AND model_version = ?"
-TAKEABLE = "((state = 'queued' AND not_before <= :now) OR (state = 'running' AND lease_expires < :now))"
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Item:
     task_id: int
     model_version: str
     attempts: int
-    lease: str = ""  # the token of the take that holds it; empty for an item not taken
+    lease: str = ""  # the token of the claim that holds it; empty for an item not claimed
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -69,6 +70,7 @@ class PreannotationQueue:
         self._held: set[Item] = set()
         self._held_lock = threading.Lock()
         self._stop = threading.Event()
+        self.on_expired: Callable[[list[Item]], None] | None = None  # hands out again what a stopped holder held
         self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="preannotation-leases")
         self._heartbeat.start()
 
@@ -82,39 +84,23 @@ class PreannotationQueue:
                 (project, task_id, model_version, now)).rowcount]
 
     def waiting(self) -> list[Item]:
-        """Every item no one holds, oldest first (for a runner that hands them out elsewhere)."""
+        """Every queued item, oldest first (for a runner that hands them out elsewhere)."""
         rows = self._db.fetchall("SELECT project, task_id, model_version, attempts FROM items WHERE state = 'queued' "
-                                 "OR (state = 'running' AND lease_expires < ?) ORDER BY queued, task_id",
-                                 (time.time(),))
+                                 "ORDER BY queued, task_id")
         return [Item(*row) for row in rows]
 
     def claim(self, project: str, task_id: int, model_version: str) -> Item | None:
-        """This item, leased, if it is queued or its lease expired (not done, failed for good, or held)."""
+        """This item, leased to this claim, if it is queued (not done, failed for good, or held)."""
         with self._db.transaction() as db:
-            row = db.execute(f"SELECT attempts FROM items WHERE {KEY} AND (state = 'queued' OR (state = 'running' "
-                             "AND lease_expires < ?))", (project, task_id, model_version, time.time())).fetchone()
-            leased = None if row is None else self._lease(db, Item(project, task_id, model_version, row[0]))
-        return self._hold(leased)
-
-    def take(self) -> Item | None:
-        """The oldest task that may run now (queued and past its backoff, or its lease expired), leased."""
-        with self._db.transaction() as db:
-            row = db.execute(f"SELECT project, task_id, model_version, attempts FROM items WHERE {TAKEABLE} "
-                             "ORDER BY queued, task_id LIMIT 1", {"now": time.time()}).fetchone()
-            leased = None if row is None else self._lease(db, Item(*row))
-        return self._hold(leased)
-
-    def _lease(self, db: sqlite3.Connection, item: Item) -> Item:
-        leased = Item(*item.key, item.attempts, uuid.uuid4().hex)
-        db.execute(f"UPDATE items SET state = 'running', lease = ?, lease_expires = ? WHERE {KEY}",
-                   (leased.lease, time.time() + self.lease_seconds, *item.key))
-        return leased
-
-    def _hold(self, item: Item | None) -> Item | None:
-        """An item this queue leased (once committed): its heartbeat renews the lease from now on."""
-        if item is not None:
-            with self._held_lock:
-                self._held.add(item)
+            row = db.execute(f"SELECT attempts FROM items WHERE {KEY} AND state = 'queued'",
+                             (project, task_id, model_version)).fetchone()
+            if row is None:
+                return None
+            item = Item(project, task_id, model_version, row[0], uuid.uuid4().hex)
+            db.execute(f"UPDATE items SET state = 'running', lease = ?, lease_expires = ? WHERE {KEY}",
+                       (item.lease, time.time() + self.lease_seconds, *item.key))
+        with self._held_lock:  # once committed: the heartbeat renews the lease from now on
+            self._held.add(item)
         return item
 
     def done(self, item: Item, note: str | None = None) -> None:
@@ -140,38 +126,70 @@ class PreannotationQueue:
         self._settle(item, f"state = 'queued', lease = NULL, {changes}", values)
 
     def _settle(self, item: Item, changes: str, values: tuple) -> None:
-        """Change the item's row if this take still holds it; a holder whose lease ran out changes nothing."""
+        """Change the item's row if this claim still holds it; a holder whose lease ran out changes nothing."""
         with self._held_lock:  # before the write, so that the heartbeat never counts a settled item as lost
             self._held.discard(item)
         with self._db.transaction() as db:
             settled = db.execute(f"UPDATE items SET {changes} WHERE {KEY} AND state = 'running' AND lease = ?",
                                  (*values, *item.key, item.lease)).rowcount
         if not settled:
-            log.warning("project %s, task %s: its lease ran out and it was taken again; what this worker found is "
+            log.warning("project %s, task %s: its lease ran out and it was queued again; what this worker found is "
                         "dropped", item.project, item.task_id)
 
     def _beat(self) -> None:
-        """Renew the leases this queue holds, every quarter lease, until closed."""
+        """Every quarter lease until closed: renew the leases this queue holds, then, if it can hand them out,
+        queue again the tasks whose lease expired (a queue that cannot leaves them to one that can)."""
         while not self._stop.wait(self.lease_seconds / 4):
-            with self._held_lock:
-                held = list(self._held)
-            if not held:
-                continue
+            hand_out = self.on_expired
             try:
-                with self._db.transaction() as db:
-                    expires = time.time() + self.lease_seconds
-                    lost = [item for item in held if not db.execute(
-                        f"UPDATE items SET lease_expires = ? WHERE {KEY} AND state = 'running' AND lease = ?",
-                        (expires, *item.key, item.lease)).rowcount]
+                self._renew()
+                expired = self._requeue_expired() if hand_out is not None else []
             except sqlite3.Error as exc:  # busy past its timeout: the next beat tries again
-                log.warning("pre-annotation leases not renewed: %s: %s", type(exc).__name__, exc)
+                log.warning("pre-annotation leases: %s: %s", type(exc).__name__, exc)
                 continue
-            with self._held_lock:
-                lost = [item for item in lost if item in self._held]
-                self._held.difference_update(lost)
-            for item in lost:
-                log.warning("project %s, task %s: its lease ran out (this process stalled) and it was taken again",
-                            item.project, item.task_id)
+            if expired and hand_out is not None:
+                try:
+                    hand_out(expired)
+                except Exception as exc:  # they are queued: the next start hands them out
+                    log.warning("pre-annotation: %d tasks whose holder stopped are queued but not handed out: %s: %s",
+                                len(expired), type(exc).__name__, exc)
+
+    def _renew(self) -> None:
+        with self._held_lock:
+            held = list(self._held)
+        if not held:
+            return
+        with self._db.transaction() as db:
+            expires = time.time() + self.lease_seconds
+            lost = [item for item in held if not db.execute(
+                f"UPDATE items SET lease_expires = ? WHERE {KEY} AND state = 'running' AND lease = ?",
+                (expires, *item.key, item.lease)).rowcount]
+        with self._held_lock:
+            lost = [item for item in lost if item in self._held]
+            self._held.difference_update(lost)
+        for item in lost:
+            log.warning("project %s, task %s: its lease ran out (this process stalled) and it was queued again",
+                        item.project, item.task_id)
+
+    def _requeue_expired(self) -> list[Item]:
+        """Queue again the tasks whose holder stopped renewing, an attempt counted (a task that kills its worker
+        fails for good after MAX_ATTEMPTS); the items queued again."""
+        now = time.time()
+        with self._db.transaction() as db:
+            rows = db.execute("SELECT project, task_id, model_version, attempts FROM items WHERE state = 'running' "
+                              "AND lease_expires < ?", (now,)).fetchall()
+            expired = [Item(project, task_id, version, attempts + 1) for project, task_id, version, attempts in rows]
+            for item in expired:
+                final = item.attempts >= MAX_ATTEMPTS
+                db.execute(f"UPDATE items SET state = ?, lease = NULL, attempts = ?, error = ?, finished = ? WHERE {KEY}",
+                           ("failed" if final else "queued", item.attempts,
+                            f"its worker stopped while running it (attempt {item.attempts})", now if final else None,
+                            *item.key))
+        requeued = [item for item in expired if item.attempts < MAX_ATTEMPTS]
+        for item in requeued:
+            log.warning("project %s, task %s: its worker stopped while running it; queued again", item.project,
+                        item.task_id)
+        return requeued
 
     def progress(self, project: str) -> dict:
         """done, total, failed (with reasons), rate (tasks a minute, lately) and the time left."""
@@ -194,7 +212,7 @@ class PreannotationQueue:
         return [row[0] for row in self._db.fetchall("SELECT DISTINCT project FROM items ORDER BY project")]
 
     def close(self) -> None:
-        """Stop renewing, and hand back what this queue still holds (a clean stop: the next start takes it)."""
+        """Stop renewing, and hand back what this queue still holds (a clean stop: the next start runs it)."""
         self._stop.set()
         self._heartbeat.join()
         with self._held_lock:

@@ -2,10 +2,15 @@
 POST /preannotate; the whole path against a real Label Studio is in tests/e2e/test_preannotation.py."""
 from __future__ import annotations
 
-from backend.preannotation_queue import MAX_ATTEMPTS, PreannotationQueue
+from backend.preannotation_queue import MAX_ATTEMPTS, Item, PreannotationQueue
 from model.settings import Settings
 from tests.apps import App
 from tests.synthetic import free_port
+
+
+def _claim_oldest(queue: PreannotationQueue) -> Item | None:
+    waiting = queue.waiting()
+    return queue.claim(*waiting[0].key) if waiting else None
 
 
 def test_a_task_is_queued_once_per_version(tmp_path):
@@ -19,22 +24,20 @@ def test_a_task_is_queued_once_per_version(tmp_path):
 def test_what_was_taken_but_not_finished_is_taken_again_after_a_restart(tmp_path):
     queue = PreannotationQueue(tmp_path / "q.sqlite3")
     queue.add("1", [1, 2], "v0")
-    first = queue.take()
+    first = _claim_oldest(queue)
     assert first is not None and first.task_id == 1
     queue.close()  # a clean stop hands task 1 back (after a kill, its lease runs out: test_preannotation_leases.py)
     reopened = PreannotationQueue(tmp_path / "q.sqlite3")
-    assert [reopened.take().task_id, reopened.take().task_id] == [1, 2]
-    assert reopened.take() is None
+    assert [item.task_id for item in reopened.waiting()] == [1, 2]
 
 
-def test_failures_back_off_and_give_up_after_the_last_attempt(tmp_path):
+def test_failures_are_counted_and_give_up_after_the_last_attempt(tmp_path):
     queue = PreannotationQueue(tmp_path / "q.sqlite3")
     queue.add("1", [7], "v0")
-    item = queue.take()
+    item = queue.claim("1", 7, "v0")
     queue.failed(item, "HTTP 503")
-    assert queue.take() is None  # not before its backoff has passed
     for attempt in range(1, MAX_ATTEMPTS):
-        item = queue.claim("1", 7, "v0")  # as an RQ job does, after waiting the backoff itself
+        item = queue.claim("1", 7, "v0")  # as the job handed out again after the backoff does
         assert item is not None and item.attempts == attempt
         queue.failed(item, "HTTP 503")
     progress = queue.progress("1")
@@ -46,10 +49,10 @@ def test_done_tasks_give_a_rate_and_nothing_left_gives_no_wait(tmp_path):
     queue = PreannotationQueue(tmp_path / "q.sqlite3")
     queue.add("1", [1, 2, 3], "v0")
     for _ in range(2):
-        queue.done(queue.take())
+        queue.done(_claim_oldest(queue))
     progress = queue.progress("1")
     assert progress["done"] == 2 and progress["remaining"] == 1
-    while (item := queue.take()) is not None:
+    while (item := _claim_oldest(queue)) is not None:
         queue.done(item)
     assert queue.progress("1")["eta_seconds"] == 0
 
