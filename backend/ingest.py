@@ -7,7 +7,6 @@ replayed annotation whose work is still owed has it queued again."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -20,9 +19,9 @@ from model.settings import Settings
 
 from .capabilities import Capabilities
 from .connection import LabelStudioConnection
+from .dispatch import Dispatcher
 from .images import ImageFetcher
 from .inputs import AnnotationInput, Region
-from .jobs import BackgroundJobs
 from .store import AnnotationStore, PendingWork
 
 log = logging.getLogger(__name__)
@@ -35,18 +34,16 @@ MAX_ATTEMPTS = 3  # a derived job that failed this often (an image gone for good
 class AnnotationIngest:
     def __init__(self, settings: Settings, capabilities: Capabilities, store: AnnotationStore,
                  trajectories: TrajectoryStore, fetcher: ImageFetcher, connection: LabelStudioConnection,
-                 jobs: BackgroundJobs, on_trajectories: Callable[[str], None]):
+                 dispatcher: Dispatcher, on_trajectories: Callable[[str], None]):
         self.settings = settings
         self.capabilities = capabilities
         self.store = store
         self.trajectories = trajectories
         self.fetcher = fetcher
         self.connection = connection
-        self.jobs = jobs
+        self.dispatcher = dispatcher
         self.on_trajectories = on_trajectories  # the training triggers count new trajectories
         self._pruned = 0.0
-        self._queued: set[int] = set()  # annotations whose derived work is in the background queue
-        self._lock = threading.Lock()
 
     def keep(self, annotation: AnnotationInput) -> dict:
         if annotation.cancelled:
@@ -74,16 +71,13 @@ class AnnotationIngest:
         return len(owed)
 
     def _queue(self, annotation_id: int) -> None:
-        with self._lock:
-            if annotation_id in self._queued:
-                return
-            self._queued.add(annotation_id)
-        self.jobs.submit(self._do_owed_work, annotation_id)
+        # A job submitted twice (a replayed webhook) finds its work struck off and does nothing: the store, not
+        # this process's memory, says what is owed, since with RQ the job runs in a worker process.
+        self.dispatcher.submit("annotation", annotation_id)
 
-    def _do_owed_work(self, annotation_id: int) -> None:
-        """The work the store says the annotation owes, for its newest version; struck off when done."""
-        with self._lock:
-            self._queued.discard(annotation_id)
+    def do_owed_work(self, annotation_id: int) -> None:
+        """The `annotation` job: the work the store says the annotation owes, for its newest version; struck off
+        when done."""
         owed = self.store.pending_work(annotation_id)
         if not owed:
             return  # deleted, or done by an earlier run of this job

@@ -435,7 +435,7 @@ def test_submitted_annotations_are_scored_and_listed_worst_first(tmp_path, image
             payload = brush_annotation(mask, annotation_id=annotation_id)
             payload["task"] = {"id": task_id, "data": {"image": image}}
             assert client.post("/webhook", json=payload).status_code == 200
-        assert _wait_for(lambda: client.get("/status").json["background_jobs"]["done"] == 2)
+        assert _wait_for(lambda: client.get("/status").json["background_jobs"]["annotation"]["done"] == 2)
         worst = client.get("/quality?project=3").json
         assert [row["task_id"] for row in worst["annotations"]] == [2, 1]
         assert worst["annotations"][0]["link"] == f"{label_studio.url}/projects/3/data?task=2"
@@ -450,7 +450,7 @@ def test_without_label_studio_the_scores_are_kept_and_the_write_back_skipped(cli
     payload = brush_annotation(image_server.mask, annotation_id=31)
     payload["task"] = {"id": 9, "data": {"image": f"{image_server.url}/object.png"}}
     client.post("/webhook", json=payload)
-    assert _wait_for(lambda: client.get("/status").json["background_jobs"]["done"] == 1)
+    assert _wait_for(lambda: client.get("/status").json["background_jobs"]["annotation"]["done"] == 1)
     assert client.get("/quality?project=3").json["annotations"][0]["task_id"] == 9
     assert "not written to the task: no Label Studio is known for project 3" in caplog.text
     assert client.get("/status").json["derived_work"]["pending"] == 0
@@ -461,8 +461,8 @@ def test_write_back_failures_are_counted_not_fatal_and_stay_owed(tmp_path, image
     payload = brush_annotation(image_server.mask, annotation_id=32)
     payload["task"] = {"id": 9, "data": {"image": f"{image_server.url}/object.png"}}
     client.post("/webhook", json=payload)  # Label Studio is down: the scores are kept, the push fails
-    assert _wait_for(lambda: client.get("/status").json["background_jobs"]["failed"] == 1)
-    assert "ConnectionError" in client.get("/status").json["background_jobs"]["last_error"]
+    assert _wait_for(lambda: client.get("/status").json["background_jobs"]["annotation"]["failed"] == 1)
+    assert "ConnectionError" in client.get("/status").json["background_jobs"]["annotation"]["last_error"]
     assert client.get("/quality?project=3").json["annotations"][0]["task_id"] == 9
     assert client.get("/status").json["derived_work"]["pending"] == 1  # owed: retried at the next start
 
@@ -481,7 +481,7 @@ def test_annotations_become_trajectories_with_the_real_clicks(app, client, image
     url = f"{image_server.url}/object.png"
     predict(client, url, {"result": [keypoint(50, 50)]})
     predict(client, url, {"result": [keypoint(50, 50), keypoint(62.5, 50, positive=False)]})
-    jobs = lambda: client.get("/status").json["background_jobs"]  # noqa: E731
+    jobs = lambda: client.get("/status").json["background_jobs"]["annotation"]  # noqa: E731
     client.post("/webhook", json=_annotation_for(image_server))
     assert _wait_for(lambda: jobs()["pending"] == 0 and jobs()["done"] + jobs()["failed"] == 1)
     counts = client.get("/status").json["trajectories"]
