@@ -91,6 +91,8 @@ class QwenPolicyModel:
         stops = [self.tokenizer.im_end_id, self.tokenizer.im_start_id, self.tokenizer.eod_id]
         sampling = samples > 1 or temperature > 0
         options = {"temperature": max(temperature, 0.7), "top_p": 0.95} if sampling else {}
+        if adapter is not None:
+            self._prepare(*adapter)  # without the lock: generations with other adapters go on
         with self._lock, torch.inference_mode(), self._acting_as(adapter) as qwen:
             output = qwen.generate(input_ids, stop_words_ids=[[stop] for stop in stops], do_sample=sampling,
                                    num_return_sequences=samples,
@@ -119,14 +121,23 @@ class QwenPolicyModel:
             else:
                 yield self.model
             return
-        self._load(*adapter)
-        assert isinstance(self.model, PeftModel)  # _load made it one
+        self._attach(*adapter)
+        assert isinstance(self.model, PeftModel)  # _attach made it one
         self.model.set_adapter(adapter[0])
         yield self.model.base_model.model
 
-    def _load(self, name: str, folder: str) -> None:
+    def _prepare(self, name: str, folder: str) -> None:
+        with self._adapter_errors(name, folder):
+            self.adapters.prepare(name, folder)
+
+    def _attach(self, name: str, folder: str) -> None:
+        with self._adapter_errors(name, folder):
+            self.model = self.adapters.attach(self.model, name, folder)
+
+    @contextmanager
+    def _adapter_errors(self, name: str, folder: str):
         try:
-            self.model = self.adapters.load(self.model, name, folder)
+            yield
         except Exception as exc:
             log.exception("adapter %s from %s does not load", name, folder)
             raise AdapterError(f"the adapter in {folder} does not load on this base: {exc}") from exc

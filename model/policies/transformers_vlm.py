@@ -57,16 +57,20 @@ class TransformersPolicy:
 
     def with_adapter(self, name: str, path: str) -> AdapterPolicy:
         """This policy acting through the LoRA adapter at `path`, loaded under `name`."""
+        self._prepare(name, path)
         with self._lock:
-            self._load(name, path)
+            self._attach(name, path)
         return AdapterPolicy(self, name, path)
 
-    def _load(self, name: str, path: str) -> None:
-        """Load an adapter unless it is loaded (call with the lock held)."""
-        try:
-            self.model = self.adapters.load(self.model, name, path)
-        except Exception as exc:
-            raise PolicyError(f"cannot load adapter {path}: {exc}") from exc
+    def _prepare(self, name: str, path: str) -> None:
+        """Read an adapter that is not loaded (without the lock: generations with other adapters go on)."""
+        with _adapter_errors(path):
+            self.adapters.prepare(name, path)
+
+    def _attach(self, name: str, path: str) -> None:
+        """Attach an adapter unless it is attached (call with the lock held)."""
+        with _adapter_errors(path):
+            self.model = self.adapters.attach(self.model, name, path)
 
     @contextmanager
     def _adapter(self, name: str | None):
@@ -98,14 +102,24 @@ class TransformersPolicy:
         sampling = samples > 1 or temperature > 0
         options = {"do_sample": True, "temperature": max(temperature, 0.7), "top_p": 0.95} if sampling else {
             "do_sample": False}
+        if adapter is not None:
+            self._prepare(*adapter)
         with self._lock:
             if adapter is not None:
-                self._load(*adapter)
+                self._attach(*adapter)
             with self._adapter(adapter[0] if adapter else None):
                 output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
                                              num_return_sequences=samples, **options)
         texts = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         return [texts[i * samples:(i + 1) * samples] for i in range(len(observations))]
+
+
+@contextmanager
+def _adapter_errors(path: str):
+    try:
+        yield
+    except Exception as exc:
+        raise PolicyError(f"cannot load adapter {path}: {exc}") from exc
 
 
 class AdapterPolicy:
