@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 class LabelStudio:
     """The one client of one Label Studio host: its address and the token that came with it, kept as a pair, and
     every call the backend makes to it (tasks, predictions, the project's label config, the quality write-back,
-    and the header an image download from the host needs). Reads and PATCHes are retried with backoff on 429 and
-    5xx (Retry-After honoured); a POST is never retried, since a retry after a lost answer would write twice.
+    and the header an image download from the host needs). Reads are retried with backoff on 429 and 5xx
+    (Retry-After honoured); writes are not, since a retry after a lost answer would write twice or write what was
+    read before the wait.
     Every failure is a LabelStudioFailed that says which call failed."""
 
     def __init__(self, url: str = "", key: str = "", timeout: float = 30.0):
@@ -38,7 +39,7 @@ class LabelStudio:
         self._session.trust_env = False  # proxies from the environment must not reroute Label Studio calls
         adapter = HTTPAdapter(max_retries=Retry(
             total=3, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504), raise_on_status=False,
-            allowed_methods=frozenset({"GET", "PATCH"}), respect_retry_after_header=True))
+            allowed_methods=frozenset({"GET"}), respect_retry_after_header=True))
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
 
@@ -106,14 +107,12 @@ class LabelStudio:
         return str(self.call("GET", f"/api/projects/{int(project)}")["label_config"])
 
     def set_task_field(self, task_id: int, field: str, value: Any) -> None:
-        """Set one field of the task's data, as the task is now: Label Studio's PATCH replaces `data` whole, so the
-        data is read first and sent back with only this field changed."""
-        data = self.task(task_id).get("data") or {}
+        """Set one field of the task's data, as the task is now. Label Studio's PATCH replaces `data` whole and
+        takes no precondition, so the data is read (its stored URIs, not the links a GET resolves them to) and sent
+        back at once with only this field changed; the PATCH is not retried, since a retry would send data read
+        before its backoff. An edit made within that one round trip can still be lost."""
+        data = self.call("GET", f"/api/tasks/{int(task_id)}?resolve_uri=false").get("data") or {}
         self.call("PATCH", f"/api/tasks/{int(task_id)}", json={"data": {**data, field: value}})
-
-    def api(self, _session: object, method: str, path: str, _timeout: float, **kwargs) -> Any:
-        """Transitional: the old call's shape, while the quality write-back moves to set_task_field."""
-        return self.call(method, path, **kwargs)
 
     def owns(self, url: str) -> bool:
         if not self.url:

@@ -15,7 +15,6 @@ from .connection import LabelStudioConnection
 from .dispatch import Dispatcher, InProcess, Rq
 from .images import ImageFetcher
 from .ingest import AnnotationIngest
-from .jobs import BackgroundJobs
 from .metrics import Metrics
 from .preannotation import Preannotator
 from .preannotation_queue import PreannotationQueue
@@ -52,7 +51,6 @@ class Backend:
     preannotator: Preannotator
     webhooks: Webhooks
     dispatcher: Dispatcher
-    background: BackgroundJobs
     started: float = field(default_factory=time.time)
 
     @classmethod
@@ -74,15 +72,16 @@ class Backend:
         configs = ProjectConfigs(settings.output)
         dispatcher = make_dispatcher(settings)
         trajectories = TrajectoryStore(settings.data_dir / "trajectories")
-        background = BackgroundJobs("background")
+        training_jobs = TrainingJobs(settings, registry, dispatcher, annotations)
         training = Training(settings.model_copy(update={"train_interval": 0}) if worker else settings, registry,
-                            trajectories, server, TrainingJobs(settings, registry), background, metrics)
+                            trajectories, server, training_jobs, metrics)
         ingest = AnnotationIngest(settings, capabilities, annotations, trajectories, fetcher, connection, dispatcher,
                                   training.after_new_trajectories)
         preannotator = Preannotator(settings, capabilities, connection, fetcher, configs, server, predictor,
                                     PreannotationQueue(settings.data_dir / "preannotation.sqlite3"), dispatcher)
         dispatcher.register("preannotate", preannotator.run_task)
         dispatcher.register("annotation", ingest.do_owed_work)
+        dispatcher.register("train", training_jobs.run)
         if not worker:
             ingest.resume()
             preannotator.resume()
@@ -91,13 +90,12 @@ class Backend:
                    registry=registry, server=server, predictor=predictor, ingest=ingest, training=training,
                    preannotator=preannotator, webhooks=Webhooks(settings, ingest, training, preannotator, configs,
                                                                 metrics),
-                   dispatcher=dispatcher, background=background)
+                   dispatcher=dispatcher)
 
     def close(self) -> None:
         """Stop the periodic training thread, let the background work under way finish, close the stores."""
         self.training.close()
         self.dispatcher.close()
-        self.background.close()
         self.preannotator.queue.close()
         self.predictor.close()
         self.annotations.close()

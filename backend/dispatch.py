@@ -10,15 +10,15 @@ record of what is owed (the pre-annotation queue, the annotation store, the regi
 finds its work done, taken or deleted does nothing, so a submission may be repeated safely."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, Protocol
-
-from .jobs import lower_this_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,15 @@ KINDS: tuple[Kind, ...] = ("preannotate", "annotation", "train")
 QUEUES: dict[Kind, str] = {"preannotate": "segagent-preannotation", "annotation": "segagent-annotations",
                            "train": "segagent-training"}
 Handler = Callable[..., Any]
+BACKGROUND_NICE = 10
+
+
+def lower_this_thread_priority() -> None:
+    """Background threads run at a lower CPU priority than request threads, so that learning from a burst of
+    annotations does not slow the clicks (on Linux a thread has a nice value of its own, and a process it
+    starts inherits it)."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: the thread runs as it is
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 @dataclass
@@ -49,6 +58,10 @@ class Dispatcher(Protocol):
     def submit(self, kind: Kind, *args: Any, delay: float = 0.0, job_id: str | None = None,
                timeout: float | None = None) -> None:
         """Run the work now or after `delay` seconds; raises when it cannot be handed over."""
+
+    def job_state(self, job_id: str) -> str | None:
+        """What the runner says of a job submitted with that id ("gone" when it knows nothing of it), or None
+        when it cannot tell."""
 
     def status(self) -> dict:
         """The runner's name and, per kind, what it knows of the work."""
@@ -111,6 +124,9 @@ class InProcess:
             with self._lock:
                 counts.pending -= 1
 
+    def job_state(self, job_id: str) -> str | None:
+        return None  # this process's jobs are known by their processes (training_runs.process_ended)
+
     def status(self) -> dict:
         with self._lock:
             return {"runner": self.name, **{kind: counts.view() for kind, counts in self._counts.items()}}
@@ -120,8 +136,9 @@ class InProcess:
             self._closed = True
             for timer in self._timers:
                 timer.cancel()
-        for pool in self._pools.values():
-            pool.shutdown(wait=True, cancel_futures=True)
+        for kind, pool in self._pools.items():
+            # A training process runs in its own session and outlives this one: its thread is not waited for.
+            pool.shutdown(wait=kind != "train", cancel_futures=True)
 
 
 class Rq:

@@ -54,8 +54,6 @@ class ImageFetcher:
     def __init__(self, settings: Settings, connection: LabelStudioConnection):
         self.settings = settings
         self.connection = connection
-        self.session = requests.Session()  # Label Studio's API (token refresh, ingest); images go by _get
-        self.session.trust_env = False  # proxies from the environment must not reroute Label Studio calls
         self._tls = ssl.create_default_context(cafile=DEFAULT_CA_BUNDLE_PATH)
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT_FETCHES)
         self._by_url: OrderedDict[str, tuple[str, float]] = OrderedDict()

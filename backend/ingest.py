@@ -122,7 +122,7 @@ class AnnotationIngest:
         if not self.capabilities.scorer.on:
             return
         label_studio = self.connection.for_project(annotation.project)
-        if not (label_studio.url and label_studio.key):  # nothing to retry until Label Studio is known
+        if not label_studio.known:  # nothing to retry until Label Studio is known
             log.warning("annotation %s of task %s: quality %s kept, not written to the task: no Label Studio is "
                         "known for project %s (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or /setup)",
                         annotation.annotation_id, annotation.task_id, scores, annotation.project)
@@ -131,12 +131,7 @@ class AnnotationIngest:
             log.info("annotation %s was deleted or updated while its work ran: its quality is not written to task "
                      "%s", annotation.annotation_id, annotation.task_id)
             return
-        # Label Studio's PATCH replaces `data` whole and takes no precondition: the task's data as it is now (its
-        # stored URIs, not the links a GET resolves them to), with only our field changed, sent at once.
-        path = f"/api/tasks/{annotation.task_id}"
-        task = label_studio.api(self.fetcher.session, "GET", f"{path}?resolve_uri=false", self.settings.fetch_timeout)
-        data = {**(task.get("data") or {}), QUALITY_FIELD: min(scores)}
-        label_studio.api(self.fetcher.session, "PATCH", path, self.settings.fetch_timeout, json={"data": data})
+        label_studio.set_task_field(annotation.task_id, QUALITY_FIELD, min(scores))
         log.info("annotation %s of task %s: quality %s", annotation.annotation_id, annotation.task_id, scores)
 
     def _record_trajectories(self, annotation: AnnotationInput, image: np.ndarray) -> None:

@@ -17,7 +17,7 @@ def health(backend: Backend) -> dict:
             "tool": {"on": caps.tool.on, "name": caps.tool.name, "error": caps.tool.reason},
             "policy": {"on": caps.policy.on, "name": caps.policy.name, "reason": caps.policy.reason},
             "quality": {"on": caps.scorer.on, "name": caps.scorer.name, "error": caps.scorer.reason},
-            "training": {"on": backend.server.trainable is None, "runner": backend.training.jobs.runner.name,
+            "training": {"on": backend.server.trainable is None, "runner": backend.dispatcher.name,
                          "reason": backend.server.trainable},
         },
     }

@@ -167,6 +167,12 @@ class AnnotationStore:
             db.execute("UPDATE derived_work SET attempts = attempts + 1, last_error = ? WHERE annotation_id = ? "
                        "AND updated_at = ?", (error[:500], annotation_id, updated_at))
 
+    def unlearned_before(self, moment: float) -> int:
+        """How many annotations acknowledged before `moment` owe work that has not run yet (work that failed
+        waits for a replay or a restart, so it is not counted)."""
+        return int(self._db.fetchall("SELECT COUNT(*) FROM derived_work WHERE queued <= ? AND attempts = 0",
+                                     (moment,))[0][0])
+
     def work_counts(self, max_attempts: int) -> dict:
         pending, failed = self._db.fetchall(
             "SELECT COUNT(*) FILTER (WHERE attempts < ?), COUNT(*) FILTER (WHERE attempts >= ?) FROM derived_work",

@@ -12,7 +12,6 @@ from model.flywheel.trajectories import TrajectoryStore
 from model.settings import Settings
 
 from .errors import Gone, InvalidRequest
-from .jobs import BackgroundJobs
 from .metrics import Metrics
 from .serving import VersionServer
 from .training_jobs import TrainingJobs
@@ -25,13 +24,12 @@ JOB_STATUS = {JobState.queued: "queued", JobState.running: "started", JobState.f
 
 class Training:
     def __init__(self, settings: Settings, registry: Registry, trajectories: TrajectoryStore, server: VersionServer,
-                 jobs: TrainingJobs, launcher: BackgroundJobs, metrics: Metrics):
+                 jobs: TrainingJobs, metrics: Metrics):
         self.settings = settings
         self.registry = registry
         self.trajectories = trajectories
         self.server = server
         self.jobs = jobs
-        self.launcher = launcher  # starts jobs off the request path, after the annotation work queued before
         self.metrics = metrics
         self.last_skipped: dict | None = None
         self._stop = threading.Event()
@@ -59,7 +57,7 @@ class Training:
         job, new = self.jobs.queue(scope, trigger, self.trajectories.newest_id(project_of(scope)))
         if new:
             self.metrics.training_jobs.labels(kind).inc()
-            self.launcher.submit(self.jobs.start, job.id)
+            self.jobs.start(job.id)  # the job itself waits for the annotation work acknowledged before it
         return {"status": "queued" if new else "running", "job": job.id, "scope": scope}
 
     def after_new_trajectories(self, project: str) -> None:
@@ -121,7 +119,7 @@ class Training:
         last = max(jobs, key=lambda j: j.created).to_json() if jobs else self.last_skipped
         return {"state": (last or {}).get("state", "idle"), "last_job": last,
                 "available": self.server.trainable is None, "reason": self.server.trainable,
-                "runner": self.jobs.runner.name, "policy_scope": self.settings.policy_scope,
+                "runner": self.jobs.dispatcher.name, "policy_scope": self.settings.policy_scope,
                 "triggers": {"webhook": "START_TRAINING", "every_trajectories": self.settings.train_every,
                              "interval_seconds": self.settings.train_interval},
                 "scopes": by_scope}

@@ -1,6 +1,7 @@
-"""Training jobs as the registry's job records tell them: at most one active job per scope, started by a
-runner. Reading them writes nothing; a job that died without saying so is reported failed by a writer:
-the reaper thread, every so often, and queueing the scope's next job."""
+"""Training jobs as the registry's job records tell them: at most one active job per scope, handed to the
+dispatcher as a `train` job (training_runs.py says what that job does). Reading them writes nothing; a job
+that died without saying so is reported failed by a writer: the reaper thread, every so often, and queueing
+the scope's next job."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,9 @@ from model.flywheel.job import JobSpec
 from model.flywheel.registry import JobRecord, JobState, Registry, this_host
 from model.settings import Settings
 
-from .runners import ProcessRunner, RqRunner, TrainingRunner
+from .dispatch import Dispatcher
+from .store import AnnotationStore
+from .training_runs import process_ended, rq_ended, run_in_process
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +25,14 @@ REAP_EVERY = 10.0  # seconds between the reaper's looks at the active jobs
 
 
 class TrainingJobs:
-    def __init__(self, settings: Settings, registry: Registry, reap_every: float = REAP_EVERY):
+    def __init__(self, settings: Settings, registry: Registry, dispatcher: Dispatcher, annotations: AnnotationStore,
+                 reap_every: float = REAP_EVERY):
         self.settings = settings
         self.registry = registry
-        self.runner: TrainingRunner = (
-            RqRunner(settings.redis_url, settings.train_timeout, registry) if settings.redis_url
-            else ProcessRunner(registry, self.fail_if_active))
+        self.dispatcher = dispatcher
+        self.annotations = annotations
+        self._running: set[str] = set()  # jobs whose training process this process waits for
+        self._running_lock = threading.Lock()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap_periodically, args=(reap_every,), daemon=True,
@@ -47,20 +52,43 @@ class TrainingJobs:
                 return current, False
             job_id = self.registry.new_job_id(scope)
             job = self.registry.write_job(job_id, state=JobState.queued, trigger=trigger, through_id=through_id,
-                                          runner=self.runner.name, host=this_host(), owner=os.getpid())
+                                          runner=self.dispatcher.name, host=this_host(), owner=os.getpid())
             log.info("training job %s queued (%s)", job_id, trigger)
             return job, True
 
     def start(self, job_id: str) -> None:
-        """Hand a queued job to the runner; a job that cannot start is failed (the active version serves on)."""
+        """Hand a queued job to the dispatcher; a job that cannot be handed over is failed (the active version
+        serves on)."""
         job = self.registry.job(job_id)
         assert job is not None  # queue() wrote it
         spec = JobSpec(scope=job.scope, job_id=job_id, settings=self.settings)
         try:
-            self.runner.start(job_id, spec)
-        except Exception as exc:  # Redis down, no process: the job is failed and the caller's queue counts it
+            self.dispatcher.submit("train", job_id, spec.to_dict(), job_id=job_id, timeout=self.settings.train_timeout)
+        except Exception as exc:  # Redis down: the job is failed and the caller says so
             self.fail_if_active(job_id, f"could not start: {type(exc).__name__}: {exc}")
             raise
+        if self.dispatcher.name == "rq":
+            self.registry.write_job(job_id, enqueued=time.time())
+
+    def run(self, job_id: str, spec: dict) -> None:
+        """The `train` job in this process's dispatcher: the training process, waited for."""
+        with self._running_lock:
+            self._running.add(job_id)
+        try:
+            died = run_in_process(self.registry, self.annotations, job_id, spec)
+        finally:
+            with self._running_lock:
+                self._running.discard(job_id)
+        if died:
+            self.fail_if_active(job_id, died)
+
+    def ended(self, job: JobRecord) -> str | None:
+        """Why an active job will never finish, or None."""
+        if job.runner == "rq":
+            return rq_ended(self.dispatcher.job_state(job.id)) if job.enqueued else None
+        with self._running_lock:
+            running = job.id in self._running
+        return process_ended(job, running) if job.runner == "process" else None
 
     def fail_if_active(self, job_id: str, error: str) -> None:
         """Fail the job unless it has finished (a job that ended on its own keeps its outcome)."""
@@ -72,7 +100,7 @@ class TrainingJobs:
         for job in self.registry.jobs(scope):
             if not job.state.active:
                 continue
-            why = self.runner.ended(job)
+            why = self.ended(job)
             if why is None and job.state is JobState.running and time.time() - job.updated > LOST_AFTER:
                 why = f"no heartbeat for {LOST_AFTER:.0f} s; the active version is unchanged"
             if why is not None:

@@ -33,10 +33,10 @@ _lock = threading.Lock()
 
 def perform(kind: Kind, *args: Any) -> Any:
     """The RQ job of every kind (backend/dispatch.py enqueues it by name)."""
-    if kind == "train":
-        from model.flywheel.job import run_job
+    if kind == "train":  # in a trainer's forked work horse, which builds only what training needs
+        from .training_runs import run_here
 
-        return {"kind": kind, "result": run_job(args[1]), "pid": os.getpid()}
+        return {"kind": kind, "result": run_here(*args).to_json(), "pid": os.getpid()}
     backend = _this_process_backend()
     return {"kind": kind, "result": backend_handler(backend, kind)(*args), "pid": os.getpid(), "built": _built}
 

@@ -8,9 +8,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from backend.dispatch import InProcess
+from backend.store import AnnotationStore
 from backend.training_jobs import TrainingJobs
 from model.flywheel.registry import JobRecord, JobState, Registry, this_host
 from model.settings import Settings
@@ -83,10 +86,15 @@ def test_status_job_status_and_versions_write_nothing(tmp_path):
     assert registry.job_path(job.id).read_bytes() == before  # no read wrote the job's file
 
 
+def _training_jobs(data: Path, registry: Registry, reap_every: float) -> TrainingJobs:
+    return TrainingJobs(Settings(data_dir=data), registry, InProcess({}), AnnotationStore(data / "annotations.sqlite3"),
+                        reap_every=reap_every)
+
+
 def test_queueing_the_next_job_fails_the_one_that_died(tmp_path):
     registry = Registry(tmp_path / "models")
     dead = _a_job_whose_process_died(registry)
-    jobs = TrainingJobs(Settings(data_dir=tmp_path), registry, reap_every=3600)
+    jobs = _training_jobs(tmp_path, registry, reap_every=3600)
     try:
         queued, new = jobs.queue("project-3", "request", through_id=5)
     finally:
@@ -102,7 +110,7 @@ def test_the_reaper_fails_a_dead_job_with_no_request(tmp_path):
     dead = _a_job_whose_process_died(registry)
     alive = registry.write_job(registry.new_job_id("project-4"), state="running", runner="process",
                                host=this_host(), pid=os.getpid())
-    jobs = TrainingJobs(Settings(data_dir=tmp_path), registry, reap_every=0.2)
+    jobs = _training_jobs(tmp_path, registry, reap_every=0.2)
     try:
         deadline = time.time() + 20
         while time.time() < deadline and registry.job(dead.id).state is not JobState.failed:

@@ -73,8 +73,8 @@ def test_imported_tasks_are_preannotated_once_each_across_a_kill(label_studio, i
 
 
 def test_with_redis_rq_workers_preannotate_once_each(label_studio, image_server, redis_url, tmp_path):
-    """With REDIS_URL the web process hands tasks to `rq worker segagent-preannotation` (what the compose
-    `worker` service runs), which predicts them with the same settings; handing them out again after a
+    """With REDIS_URL the web process hands tasks to `segagent-worker preannotate` (what the compose `worker`
+    service runs), which predicts them with the same settings; handing them out again after a
     restart adds no second prediction."""
     from model.settings import Settings
     from tests.apps import App, close_all
@@ -96,9 +96,8 @@ def test_with_redis_rq_workers_preannotate_once_each(label_studio, image_server,
     assert answer.status_code == 202 and answer.json["runner"] == "rq" and answer.json["queued"] == 6
 
     def burst_worker() -> None:
-        worker = subprocess.run([str(Path(sys.executable).with_name("rq")), "worker", "--burst", "--url", redis_url,
-                                 "segagent-preannotation"], cwd=ROOT, env={**os.environ, **env},
-                                capture_output=True, text=True, timeout=300)
+        worker = subprocess.run([str(Path(sys.executable).with_name("segagent-worker")), "preannotate", "--burst"],
+                                cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
         assert worker.returncode == 0, worker.stderr[-2000:]
 
     burst_worker()
