@@ -6,11 +6,11 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
-from label_studio_sdk.converter import brush
 
 from model.core.clicks import Click
 from model.core.polygons import mask_to_polygons
 
+from .brush_rle import mask_to_rle
 from .config import Schema
 
 
@@ -39,7 +39,7 @@ def brush_result(region: RegionPrediction, schema: Schema) -> dict:
         "original_width": int(width),
         "original_height": int(height),
         "image_rotation": 0,
-        "value": {"format": "rle", "rle": brush.mask2rle(region.mask.astype(np.uint8) * 255),
+        "value": {"format": "rle", "rle": mask_to_rle(region.mask),
                   "brushlabels": [region.label]},
         "score": round(float(region.score), 4),
         "readonly": False,
