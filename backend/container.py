@@ -12,7 +12,7 @@ from model.settings import Settings
 
 from .capabilities import Capabilities
 from .connection import LabelStudioConnection
-from .dispatch import Dispatcher, InProcess, Rq
+from .dispatch import Dispatcher, Handler, InProcess, Kind, Rq
 from .images import ImageFetcher
 from .ingest import AnnotationIngest
 from .metrics import Metrics
@@ -51,6 +51,7 @@ class Backend:
     preannotator: Preannotator
     webhooks: Webhooks
     dispatcher: Dispatcher
+    handlers: dict[Kind, Handler]  # what each kind of background work runs, here or in a worker
     started: float = field(default_factory=time.time)
 
     @classmethod
@@ -79,9 +80,10 @@ class Backend:
                                   training.after_new_trajectories)
         preannotator = Preannotator(settings, capabilities, connection, fetcher, configs, server, predictor,
                                     PreannotationQueue(settings.data_dir / "preannotation.sqlite3"), dispatcher)
-        dispatcher.register("preannotate", preannotator.run_task)
-        dispatcher.register("annotation", ingest.do_owed_work)
-        dispatcher.register("train", training_jobs.run)
+        handlers: dict[Kind, Handler] = {"preannotate": preannotator.run_task, "annotation": ingest.do_owed_work,
+                                         "train": training_jobs.run}
+        for kind, handler in handlers.items():
+            dispatcher.register(kind, handler)
         if not worker:
             ingest.resume()
             preannotator.resume()
@@ -90,7 +92,7 @@ class Backend:
                    registry=registry, server=server, predictor=predictor, ingest=ingest, training=training,
                    preannotator=preannotator, webhooks=Webhooks(settings, ingest, training, preannotator, configs,
                                                                 metrics),
-                   dispatcher=dispatcher)
+                   dispatcher=dispatcher, handlers=handlers)
 
     def close(self) -> None:
         """Stop the periodic training thread, let the background work under way finish, close the stores."""

@@ -21,6 +21,7 @@ from typing import Any
 
 from model.settings import Settings
 
+from .connection import redact_logs
 from .container import Backend
 from .dispatch import KINDS, QUEUES, Kind
 
@@ -37,12 +38,8 @@ def perform(kind: Kind, *args: Any) -> Any:
         from .training_runs import run_here
 
         return {"kind": kind, "result": run_here(*args).to_json(), "pid": os.getpid()}
-    backend = _this_process_backend()
-    return {"kind": kind, "result": backend_handler(backend, kind)(*args), "pid": os.getpid(), "built": _built}
-
-
-def backend_handler(backend: Backend, kind: Kind) -> Any:
-    return {"preannotate": backend.preannotator.run_task, "annotation": backend.ingest.do_owed_work}[kind]
+    result = _this_process_backend().handlers[kind](*args)
+    return {"kind": kind, "result": result, "pid": os.getpid(), "built": _built}
 
 
 def _this_process_backend() -> Backend:
@@ -69,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_logs()
     if not args.url:
         parser.error("the worker needs Redis: set REDIS_URL or pass --url")
     from redis import Redis
