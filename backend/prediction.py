@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
 from model.agent.loop import Agent, Episode, EpisodeTask
 from model.settings import Settings
+from model.tools import ToolResult
 
 from .capabilities import Capabilities
 from .images import ImageFetcher
@@ -21,8 +23,9 @@ from .inputs import TaskInput
 from .labelstudio.config import Schema
 from .labelstudio.formatting import RegionPrediction
 from .metrics import Metrics
+from .predicted_regions import PredictedRegions
 from .serving import Serving
-from .sessions import Placed, PlacedBox, Sessions
+from .sessions import UNKNOWN, Annotator, Placed, PlacedBox, Session, Sessions
 from .store import AnnotationStore
 
 log = logging.getLogger(__name__)
@@ -75,8 +78,10 @@ class Predictor:
         self.store = store
         self.metrics = metrics
         self.records = InteractiveRecorder(store)
+        self.predicted = PredictedRegions(settings.data_dir / "predicted_regions.sqlite3")
 
-    def predict(self, task: TaskInput, schema: Schema, serving: Serving) -> list[RegionPrediction] | None:
+    def predict(self, task: TaskInput, schema: Schema, serving: Serving,
+                annotator: Annotator = UNKNOWN) -> list[RegionPrediction] | None:
         """The task's regions; None when there is nothing to predict from (the reason is logged)."""
         agent_on = serving.agent.on
         if not task.interaction.has_geometry and not task.starts and not agent_on:
@@ -85,7 +90,7 @@ class Predictor:
         self.capabilities.tool.get()  # off: a 503 that says why, before the image is fetched
         image = self.fetcher.fetch(task.image, task.id, project=serving.project)
         if task.interaction.has_geometry:
-            regions = [self._interactive(task, schema, image, serving)]
+            regions = [self._interactive(task, schema, image, serving, annotator)]
         elif task.starts:
             regions = self._refine(task, image, serving)
         else:
@@ -99,8 +104,10 @@ class Predictor:
     def close(self) -> None:
         """Write the interactive records still waiting (before the store closes)."""
         self.records.close()
+        self.predicted.close()
 
-    def _interactive(self, task: TaskInput, schema: Schema, image: np.ndarray, serving: Serving) -> RegionPrediction:
+    def _interactive(self, task: TaskInput, schema: Schema, image: np.ndarray, serving: Serving,
+                     annotator: Annotator) -> RegionPrediction:
         """The object the clicks (or the box) are for, refined or started (sessions.py says which), answered
         with that object's region id."""
         height, width = image.shape[:2]
@@ -108,14 +115,18 @@ class Predictor:
         label = schema.choose_label(interaction.label)
         group = (serving.project, task.id, schema.region_name, label)
         box = interaction.box
-        step = self.sessions.resolve(
-            group, [Placed(c.to_pixels(width, height), c.id) for c in interaction.clicks],
-            PlacedBox(box.to_pixels(width, height), box.id) if box else None)
+        placed = [Placed(c.to_pixels(width, height), c.id) for c in interaction.clicks]
+        starts = partial(self._predicted_starts, serving, task, label, placed, (height, width))
+        step = self.sessions.resolve(group, placed, PlacedBox(box.to_pixels(width, height), box.id) if box else None,
+                                     annotator, starts)
         clicks = step.clicks
         try:
             result = step.session.result
             if step.run or result is None:
-                result = self.capabilities.tool.get().predict(image, clicks, box=step.box, previous=step.previous)
+                previous = step.previous
+                result = self.capabilities.tool.get().predict(  # a predicted region's mask alone: no tool state
+                    image, clicks, box=step.box,
+                    previous=previous.mask if previous is not None and previous.state is None else previous)
                 self.records.record(serving.project, task.id or 0, label, [(c.x, c.y, c.positive) for c in clicks],
                                     result.mask, step.session.region_id)
             kept = self.sessions.remember(group, step.session, result)
@@ -127,6 +138,16 @@ class Predictor:
         score = result.score if self.settings.interactive_score == "tool" else \
             self.capabilities.estimate(image, result.mask, interaction.text or label, result.score)
         return RegionPrediction(label, result.mask, score, id=step.session.region_id)
+
+    def _predicted_starts(self, serving: Serving, task: TaskInput, label: str, placed: list[Placed],
+                          shape: tuple[int, int]) -> list[Session]:
+        """The regions the backend predicted for the task that the first click may be on or next to (read with
+        the sessions' lock held, only for a click no object knows)."""
+        if task.id is None or task.interaction.box is not None or not placed:
+            return []
+        return [Session(region.region_id, result=ToolResult(region.mask, region.score), area=int(region.mask.sum()))
+                for region in self.predicted.around(serving.project, task.id, label, placed[0].click.pixel,
+                                                    Sessions.NEAR, shape)]
 
     def _refine(self, task: TaskInput, image: np.ndarray, serving: Serving) -> list[RegionPrediction]:
         """Each rectangle (or, with a policy, mask) the task has becomes a refined mask: a box through the

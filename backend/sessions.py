@@ -19,6 +19,22 @@ accepted, and they are for the object being worked on. Which one:
   elsewhere, the object worked on last (a negative click alone starts nothing);
 - else a new object. A rectangle is an object of its own, with the clicks sent with it.
 
+Where the annotator starts from a region one of the backend's predictions made (pre-annotation, Retrieve
+predictions, refine or auto mode; predicted_regions.py keeps them, since Label Studio does not send them), a
+click on or next to it, with no object of the annotator's there, starts from that region: its mask is the
+result refined, its region id the answer's, so accepting replaces it.
+
+Who is clicking, and what was deleted: Label Studio 1.23 sends neither the user nor the annotation's regions
+with the request; its server adds the task's `drafts` of the requesting user only (label_studio/ml/mixins.py,
+InteractiveMixin; label_studio/ml/models.py, interactive_annotating), each with its `user` and `result`, the
+annotation as the editor last autosaved it (at most 5 s after a change: web/libs/editor/src/stores/Annotation/
+Annotation.js, autosaveDelay). So an object belongs to the user of the drafts sent with its requests; one made
+before the annotator's first draft belongs to nobody yet and is claimed by the first request that carries a
+draft. A request with drafts sees its user's objects and nobody's; one without sees nobody's only. An object
+whose region id a draft has held (it was accepted) and the drafts now sent no longer hold was deleted (or
+undone): it is forgotten, and the next click there starts afresh. Deleting it gives no request, so a click
+before the next autosave still refines it.
+
 Each object keeps its last mask (and the tool's state), which on a large image is tens of megabytes: the
 objects live within a byte budget, the least recently used evicted first, and end after a time unused.
 
@@ -32,6 +48,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import count
 
@@ -42,7 +59,7 @@ from model.core.clicks import Click
 from model.tools import ToolResult
 
 Group = tuple[str, int | None, str, str]  # project, task, brush tag, label: the objects a request may be for
-Key = tuple[str, int | None, str, str, str]  # the group and the object's region id
+Key = tuple[str, int | None, str, str, str | None, str]  # the group, the object's annotator and region id
 Box = tuple[float, float, float, float]
 Identity = str | Click | Box
 
@@ -69,6 +86,32 @@ class PlacedBox:
         return self.id if self.id is not None else self.box
 
 
+@dataclass(frozen=True)
+class Annotator:
+    """Who sends a request, as far as Label Studio says: the user of the drafts it sends (None: no draft yet),
+    and the region ids those drafts hold (None when none was sent)."""
+
+    user: str | None = None
+    drafted: frozenset[str] | None = None
+
+    @classmethod
+    def from_drafts(cls, drafts: object) -> Annotator:
+        """From a task's `drafts` as Label Studio 1.23 sends them; anything else says nothing."""
+        if not isinstance(drafts, list):
+            return cls()
+        drafts = [draft for draft in drafts if isinstance(draft, dict)]
+        users = sorted({str(draft["user"]) for draft in drafts if draft.get("user") not in (None, "")})
+        ids = frozenset(str(result["id"]) for draft in drafts if isinstance(draft.get("result"), list)
+                        for result in draft["result"] if isinstance(result, dict) and result.get("id") is not None)
+        return cls(users[0] if users else None, ids if drafts else None)
+
+    def sees(self, owner: str | None) -> bool:
+        return owner is None or owner == self.user
+
+
+UNKNOWN = Annotator()  # a request that says nothing of who sends it
+
+
 @dataclass
 class Session:
     """One object: the region id its answers carry, the clicks (and box) placed on it, the tool's last result."""
@@ -80,6 +123,12 @@ class Session:
     area: int = 0  # of the result's mask
     live: frozenset[Identity] = frozenset()  # what Label Studio sent of it last
     used: int = 0  # when it was last remembered (a count of requests)
+    owner: str | None = None  # the annotator's user, None until a request with a draft says
+    drafted: bool = False  # a draft has held its region: it was accepted
+
+    @property
+    def key_part(self) -> tuple[str | None, str]:
+        return self.owner, self.region_id
 
     @property
     def nbytes(self) -> int:
@@ -148,32 +197,45 @@ class Sessions:
             self._items.expire()
             return len(self._items)
 
-    def resolve(self, group: Group, clicks: list[Placed], box: PlacedBox | None = None) -> Step:
-        """The object the request's clicks and box are for (see the module's docstring), and what to do. The
-        object is claimed for this request until remember() or release(); a request that depends on an
-        object under way waits for it first."""
+    def resolve(self, group: Group, clicks: list[Placed], box: PlacedBox | None = None,
+                annotator: Annotator = UNKNOWN, predicted: Callable[[], Sequence[Session]] = tuple) -> Step:
+        """The object the request's clicks and box are for (see the module's docstring), and what to do;
+        `predicted` reads the regions of the backend's predictions a first click may start from (only for
+        a click no object knows or is near: refining an object costs no read). The object is
+        claimed for this request until remember() or release(); a request that depends on an object under
+        way waits for it first."""
         with self._settled:
             while True:
-                busy = [session for key, session in self._under_way.items() if key[:4] == group]
-                resting = self._resting(group)
+                busy = [session for key, session in self._under_way.items()
+                        if key[:4] == group and annotator.sees(key[4])]
+                resting = self._resting(group, annotator)
                 known = _known(busy + resting, clicks, box)
                 waits_for_busy = any(known is session for session in busy) if known else bool(busy and box is None)
                 if not waits_for_busy:
                     break
                 self._settled.wait()
-            session = _owner(resting, clicks, box, self.NEAR)
+            taken = {session.region_id for session in busy + resting}
+            first_alone = known is None and box is None and bool(clicks) and not any(
+                session.near(clicks[0].click, self.NEAR) for session in resting)
+            starts = [start for start in (predicted() if first_alone else ()) if start.region_id not in taken and (
+                annotator.drafted is None or start.region_id in annotator.drafted)]
+            session = _owner(resting, starts, clicks, box, self.NEAR)
             self.hits += session is not None
             self.misses += session is None
-            step = _step(session or Session(uuid.uuid4().hex[:10]), clicks, box)
-            self._under_way[(*group, step.session.region_id)] = step.session
+            session = replace(session, owner=annotator.user or session.owner) if session else \
+                Session(uuid.uuid4().hex[:10], owner=annotator.user)
+            step = _step(session, clicks, box)
+            self._under_way[(*group, *step.session.key_part)] = step.session
             return step
 
     def remember(self, group: Group, session: Session, result: ToolResult) -> Session:
         """Keep the object's result, and let it go: the object as kept."""
         kept = replace(session, result=result, area=int(result.mask.sum()), used=next(self._clock))
-        key = (*group, session.region_id)
+        key = (*group, *session.key_part)
         with self._settled:
             self._items.pop(key, None)
+            if session.owner is not None:
+                self._items.pop((*group, None, session.region_id), None)  # nobody's until this request claimed it
             if kept.nbytes <= self._items.maxsize:  # an object larger than the whole budget is not kept
                 self._items[key] = kept
             self._under_way.pop(key, None)
@@ -183,13 +245,24 @@ class Sessions:
     def release(self, group: Group, session: Session) -> None:
         """Let the object go as it was before the request (nothing when its result was remembered)."""
         with self._settled:
-            if self._under_way.pop((*group, session.region_id), None) is not None:
+            if self._under_way.pop((*group, *session.key_part), None) is not None:
                 self._settled.notify_all()
 
-    def _resting(self, group: Group) -> list[Session]:
-        """The group's objects no request is working on, the most recently used first (the lock held)."""
-        found = [self._items.get(key) for key in list(self._items) if key[:4] == group and key not in self._under_way]
-        return sorted([s for s in found if s is not None], key=lambda session: session.used, reverse=True)
+    def _resting(self, group: Group, annotator: Annotator) -> list[Session]:
+        """The group's objects the annotator may continue and no request is working on, the most recently used
+        first; those the annotator's drafts say were deleted are forgotten (the lock held)."""
+        found = []
+        for key in list(self._items):
+            session = self._items.get(key)
+            if session is None or key[:4] != group or key in self._under_way or not annotator.sees(key[4]):
+                continue
+            if annotator.drafted is not None and session.region_id in annotator.drafted:
+                session.drafted = True
+            elif annotator.drafted is not None and session.drafted:
+                del self._items[key]  # accepted once, and no longer in the annotation: deleted
+                continue
+            found.append(session)
+        return sorted(found, key=lambda session: session.used, reverse=True)
 
 
 def _known(objects: list[Session], clicks: list[Placed], box: PlacedBox | None) -> Session | None:
@@ -199,14 +272,16 @@ def _known(objects: list[Session], clicks: list[Placed], box: PlacedBox | None) 
     return next((session for placed in clicks for session in objects if session.knows(placed)), None)
 
 
-def _owner(objects: list[Session], clicks: list[Placed], box: PlacedBox | None, share: float) -> Session | None:
-    """The object a request is for, None for a new one. A request is about one object: Label Studio sends all
-    the smart keypoints of a label until they are accepted, and they are for the object being worked on."""
+def _owner(objects: list[Session], starts: list[Session], clicks: list[Placed], box: PlacedBox | None,
+           share: float) -> Session | None:
+    """The object a request is for, None for a new one; `starts` (predicted regions) only for a first click on
+    or next to one. A request is about one object: Label Studio sends all the smart keypoints of a label
+    until they are accepted, and they are for the object being worked on."""
     known = _known(objects, clicks, box)
     if known is not None or box is not None or not clicks:
         return known
     first = clicks[0].click
-    near = next((session for session in objects if session.near(first, share)), None)
+    near = next((session for session in objects + starts if session.near(first, share)), None)
     if near is None and not first.positive:
         return next(iter(objects), None)  # a negative click alone starts nothing: it corrects the last object
     return near

@@ -156,3 +156,97 @@ def test_each_object_s_real_clicks_become_its_own_trajectory(tmp_path, scene):
     humans = {len(r.steps): r for r in app.backend.trajectories.records() if r.source == "human"}
     assert sorted(humans) == [1, 2]  # two clicks on A, one on B: not three on each
     assert all(step.click.x < 160 for step in humans[2].steps) and humans[1].steps[0].click.x > 160
+
+
+def ask_as(client, scene, drafts: list[dict] | None, *points: dict) -> dict:
+    """An interactive request as Label Studio 1.23 sends it for an annotator: with their drafts of the task."""
+    response = predict(client, scene["url"], {"result": list(points)},
+                       task_extra={} if drafts is None else {"drafts": drafts})
+    assert response.status_code == 200, response.json
+    [region] = response.json["results"][0]["result"]
+    return region
+
+
+def draft(user: str, *region_ids: str) -> dict:
+    """A draft as Label Studio's server adds it to the task: its user, and the annotation as last autosaved."""
+    return {"id": 1, "user": user, "annotation": None,
+            "result": [{"id": region_id, "type": "brushlabels", "from_name": "tag", "to_name": "image"}
+                       for region_id in region_ids]}
+
+
+def pre_annotate(client, scene, mask: np.ndarray) -> dict:
+    """The backend's prediction for the task from a rectangle around `mask` (refine mode, as pre-annotation
+    and Retrieve predictions ask for it): its one brush region."""
+    response = predict(client, scene["url"], task_extra={"predictions": [{"result": [rectangle_around(mask, pad=3)]}]})
+    assert response.status_code == 200, response.json
+    [region] = [r for r in response.json["results"][0]["result"] if r["type"] == "brushlabels"]
+    return region
+
+
+def at_pixel(row: int, col: int) -> tuple[float, float]:
+    return 100 * (col + 0.5) / 320, 100 * (row + 0.5) / 240
+
+
+def test_a_click_next_to_a_predicted_region_refines_it(client, scene):
+    """A pre-annotated mask that misses part of A (its right side), one click just beyond its edge: the answer
+    replaces the predicted region (its id) and covers A."""
+    left_part = scene["a"] & (np.arange(320)[None, :] <= 85)
+    predicted = pre_annotate(client, scene, left_part)
+    mask = decode(predicted)
+    assert iou(mask, scene["a"]) < 0.7 and not mask[:, 110:].any()
+    edge = int(np.nonzero(mask[120])[0].max())
+    refined = ask(client, scene, point(at_pixel(120, edge + 5), "k1"))
+    assert refined["id"] == predicted["id"]
+    assert iou(decode(refined), scene["a"]) >= 0.85
+
+
+def test_a_negative_click_on_a_predicted_region_carves_it(client, scene):
+    predicted = pre_annotate(client, scene, scene["a"])
+    carved = ask(client, scene, point(INSIDE_A, "k1", positive=False))
+    assert carved["id"] == predicted["id"]
+    assert not decode(carved)[120, 115] and 0 < decode(carved).sum() < decode(predicted).sum()
+
+
+def test_a_predicted_region_the_annotator_deleted_is_not_started_from(client, scene):
+    """The annotator's draft no longer holds the predicted region: a click there starts a new object."""
+    predicted = pre_annotate(client, scene, scene["a"])
+    again = ask_as(client, scene, [draft("ann@example.com")], point(A, "k1"))
+    assert again["id"] != predicted["id"] and iou(decode(again), scene["a"]) >= 0.85
+
+
+def test_a_deleted_region_is_forgotten(client, scene):
+    """A made with a negative click and accepted (a draft holds it), then deleted (the next draft does not):
+    the next click on A starts afresh, with a new id and without the deleted attempt's clicks."""
+    first = ask(client, scene, point(A, "k1"))
+    carved = ask(client, scene, point(A, "k1"), point(INSIDE_A, "k2", positive=False))
+    assert carved["id"] == first["id"] and not decode(carved)[120, 115]
+    other = ask_as(client, scene, [draft("ann@example.com", carved["id"])], point(B, "k3"))
+    assert other["id"] != carved["id"]
+    fresh = ask_as(client, scene, [draft("ann@example.com", other["id"])], point(A_EDGE, "k4"))
+    assert fresh["id"] not in (carved["id"], other["id"])
+    assert decode(fresh)[120, 115] and iou(decode(fresh), scene["a"]) >= 0.85
+
+
+def test_each_annotator_s_objects_are_their_own(client, scene):
+    """Annotator 1 carves A (their drafts say who they are); annotator 2's first click on A, without a draft
+    yet and with one, starts their own object; annotator 1's next click on A still refines theirs."""
+    one = [draft("one@example.com")]
+    first = ask_as(client, scene, one, point(A, "k1"))
+    carved = ask_as(client, scene, one, point(A, "k1"), point(INSIDE_A, "k2", positive=False))
+    assert carved["id"] == first["id"]
+    theirs = ask_as(client, scene, [], point(A_EDGE, "m1"))
+    assert theirs["id"] != first["id"] and decode(theirs)[120, 115]
+    drafted = ask_as(client, scene, [draft("two@example.com", theirs["id"])], point(A, "m2"))
+    assert drafted["id"] == theirs["id"] and decode(drafted)[120, 115]  # theirs, now named by their draft
+    mine = ask_as(client, scene, [draft("one@example.com", first["id"])], point(A_EDGE, "k3"))
+    assert mine["id"] == first["id"]
+
+
+def test_an_object_begun_before_the_first_draft_stays_its_annotator_s(client, scene):
+    """Annotator 1's first clicks come before any draft; a draft then names them: annotator 2 (no draft yet)
+    does not join that object."""
+    first = ask_as(client, scene, None, point(A, "k1"))
+    claimed = ask_as(client, scene, [draft("one@example.com")], point(A, "k1"), point(A_EDGE, "k2"))
+    assert claimed["id"] == first["id"]
+    other = ask_as(client, scene, [], point(A_EDGE, "m1"))
+    assert other["id"] != first["id"]

@@ -1,0 +1,90 @@
+"""The regions the backend predicted for each task (pre-annotation, Retrieve predictions, refine and auto mode),
+kept so that an annotator's click on or next to one refines it. Label Studio 1.23 does not send them with an
+interactive request: the editor sends only the smart keypoints (web/apps/labelstudio/src/pages/DataManager/
+DataManager.jsx, `lsf:regionFinishedDrawing`), and Label Studio's server adds the task's predictions as ids
+only (label_studio/data_export/serializers.py, BaseExportDataSerializer.predictions). An annotation made from a
+prediction keeps each result's id as its region's id (web/libs/editor/src/stores/Annotation/store.js,
+`addAnnotationFromPrediction`), so an answer with that id replaces the region.
+
+Each mask is kept bit-packed and compressed, with its bounding box, so that a click reads only the masks it
+may fall next to."""
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.core.sqlite import Database
+
+# Migrations are never edited once released: a change to the schema is a new one at the end.
+MIGRATIONS = ["""
+CREATE TABLE predicted_regions (
+    project TEXT NOT NULL, task INTEGER NOT NULL, region_id TEXT NOT NULL, label TEXT NOT NULL,
+    model_version TEXT NOT NULL, score REAL NOT NULL, height INTEGER NOT NULL, width INTEGER NOT NULL,
+    top INTEGER NOT NULL, left_ INTEGER NOT NULL, bottom INTEGER NOT NULL, right_ INTEGER NOT NULL,
+    mask BLOB NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (project, task, region_id));
+CREATE INDEX predicted_regions_by_label ON predicted_regions (project, task, label);
+"""]
+
+
+@dataclass(frozen=True)
+class PredictedRegion:
+    region_id: str
+    label: str
+    model_version: str
+    score: float
+    mask: np.ndarray  # bool (H, W)
+
+
+def _pack(mask: np.ndarray) -> bytes:
+    return zlib.compress(np.packbits(mask.astype(bool)).tobytes(), 1)
+
+
+def _unpack(blob: bytes, height: int, width: int) -> np.ndarray:
+    bits = np.frombuffer(zlib.decompress(blob), np.uint8)
+    return np.unpackbits(bits, count=height * width).reshape(height, width).astype(bool)
+
+
+class PredictedRegions:
+    def __init__(self, path: str | Path):
+        self._db = Database(path, MIGRATIONS)
+
+    def record(self, project: str, task_id: int, model_version: str,
+               regions: list[tuple[str, str, np.ndarray, float]]) -> None:
+        """Keep the (region id, label, mask, score) of each region a prediction of the task answered."""
+        rows = []
+        for region_id, label, mask, score in regions:
+            rows_on, cols_on = np.nonzero(mask)
+            if not len(rows_on):
+                continue
+            rows.append((project, task_id, region_id, label, model_version, float(score), *mask.shape,
+                         int(rows_on.min()), int(cols_on.min()), int(rows_on.max()), int(cols_on.max()), _pack(mask),
+                         time.time()))
+        with self._db.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO predicted_regions (project, task, region_id, label, model_version, score, "
+                "height, width, top, left_, bottom, right_, mask, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def around(self, project: str, task_id: int, label: str, pixel: tuple[int, int], reach_share: float,
+               shape: tuple[int, int]) -> list[PredictedRegion]:
+        """The task's predicted regions of the label, on the image's shape, whose bounding box widened by
+        `reach_share` of its size holds the pixel (row, column): those a click there may be on or next to,
+        the newest first."""
+        row, col = pixel
+        found = []
+        for region_id, label_, version, score, height, width, top, left, bottom, right, blob in self._db.fetchall(
+                "SELECT region_id, label, model_version, score, height, width, top, left_, bottom, right_, mask "
+                "FROM predicted_regions WHERE project = ? AND task = ? AND label = ? AND height = ? AND width = ? "
+                "ORDER BY created DESC", (project, task_id, label, *shape)):
+            reach = max(3, int(reach_share * np.sqrt((bottom - top + 1) * (right - left + 1))))
+            if top - reach <= row <= bottom + reach and left - reach <= col <= right + reach:
+                found.append(PredictedRegion(region_id, label_, version, score, _unpack(blob, height, width)))
+        return found
+
+    def close(self) -> None:
+        self._db.close()
