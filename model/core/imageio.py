@@ -1,14 +1,45 @@
-"""Turning whatever image arrives (grayscale, RGBA, 16-bit, float) into RGB uint8, and hashing it."""
+"""Turning whatever image arrives into RGB uint8, as a browser shows it, and hashing it.
+
+`decode_image` is the one path from encoded bytes to pixels (task images, the benchmarks' datasets, the CLI):
+
+- The size is read from the header and checked against the pixel limit before any pixel is decoded.
+- The first frame is used (GIF, APNG, multi-page TIFF, MPO): what a browser shows before it animates.
+- EXIF orientation is applied (PIL.ImageOps.exif_transpose), as browsers do for the editor: a click, a box, a
+  prediction, an annotation and what is learned from it all refer to the image as the annotator saw it, and
+  Label Studio's original_width/original_height are that upright image's size.
+- Modes: 16-bit gray (I;16, I;16B, ...) is scaled from 0..65535 to 0..255 (rounded), as a browser shows a
+  16-bit PNG; 32-bit integer (I) and float (F) images have no such range, so their finite minimum..maximum
+  is stretched to 0..255 (NaN and -inf become 0, +inf 255); palette, CMYK, YCbCr and 1-bit images go through
+  Pillow's conversion to RGB. Transparency (an alpha channel, or a palette's or gray/RGB PNG's transparent
+  colour) is composited over white, the editor's page, which is what the annotator sees there; dropping alpha
+  instead would show the model colours hidden under transparent pixels (often black, or leftovers) that the
+  annotator never saw.
+- Memory: the decoded frame in Pillow's own mode (at most 4 bytes a pixel; held twice for a moment while an
+  EXIF-rotated frame is turned upright), then the RGB result (3 bytes a pixel), converted BAND_PIXELS at a
+  time: about 8 bytes a pixel at the most, whatever the mode.
+
+`image_digest` is the one content digest: of the decoded, upright RGB pixels (never of the encoded bytes), so
+one picture has one digest however it is encoded or oriented, and caches keyed on it agree.
+"""
 from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 MAX_PIXELS = 80_000_000  # 8000 x 8000 and a little more; above this an image is refused
+BAND_PIXELS = 1 << 20  # pixels converted at a time: the conversion's working memory, whatever the image's size
+BACKGROUND = (255, 255, 255, 255)  # what transparent pixels are shown over in the editor
+SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+STRETCHED = frozenset({"I", "F"})  # no nominal range: their finite min..max is stretched to 0..255
+WITH_ALPHA = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+SIXTEEN_TO_EIGHT = ((np.arange(1 << 16, dtype=np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # rounded
+
+BandConverter = Callable[[Image.Image], np.ndarray]
 
 
 class ImageError(ValueError):
@@ -48,18 +79,22 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode encoded image bytes to RGB uint8, refusing decompression bombs before decoding pixels."""
+    """Decode encoded image bytes to upright RGB uint8 (module docstring), refusing images over max_pixels
+    before decoding any pixel."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
+            if width < 1 or height < 1:
+                raise ImageError("the image is empty")
             if width * height > max_pixels:
                 raise ImageTooLarge(f"the image is {width} x {height} pixels, more than {max_pixels} in all")
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                return as_rgb_uint8(np.array(img))
-            return as_rgb_uint8(np.array(img.convert("RGBA" if "A" in img.mode else "RGB")))
+            ImageOps.exif_transpose(img, in_place=True)
+            return _rgb(img)
     except ImageError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, should SEGAGENT_MAX_IMAGE_PIXELS exceed it
+        raise ImageTooLarge(str(exc)) from exc
     except Exception as exc:  # PIL raises many types for bad data
         raise ImageError(f"not a readable image: {exc}") from exc
 
@@ -73,3 +108,61 @@ def image_digest(image: np.ndarray) -> str:
     digest = hashlib.sha1(str(image.shape).encode())
     digest.update(np.ascontiguousarray(image).data)
     return digest.hexdigest()
+
+
+def _rgb(img: Image.Image) -> np.ndarray:
+    """The loaded image as (H, W, 3) uint8, converted a band of rows at a time into the one result array."""
+    width, height = img.size
+    rows = max(1, BAND_PIXELS // width)
+    convert = _band_converter(img, rows)
+    out = np.empty((height, width, 3), np.uint8)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        pixels = convert(img.crop((0, top, width, bottom)))
+        if pixels.ndim == 2:  # gray
+            np.stack([pixels] * 3, axis=-1, out=out[top:bottom])
+        else:
+            out[top:bottom] = pixels
+    return out
+
+
+def _band_converter(img: Image.Image, rows: int) -> BandConverter:
+    """What turns a band of this image into (H, W, 3) RGB or (H, W) gray uint8 rows."""
+    if img.mode in SIXTEEN_BIT:
+        return _sixteen_bit
+    if img.mode in STRETCHED:
+        low, high = _finite_range(img, rows)
+        return lambda band: _stretched(band, low, high)
+    if img.mode in WITH_ALPHA or "transparency" in img.info:
+        return _over_background
+    return lambda band: np.asarray(band.convert("RGB"))
+
+
+def _sixteen_bit(band: Image.Image) -> np.ndarray:
+    return SIXTEEN_TO_EIGHT[np.asarray(band)]
+
+
+def _finite_range(img: Image.Image, rows: int) -> tuple[float, float]:
+    """The smallest and largest finite values of an I or F image, read a band at a time; (0, 0) if none."""
+    width, height = img.size
+    low, high = np.inf, -np.inf
+    for top in range(0, height, rows):
+        values = np.asarray(img.crop((0, top, width, min(height, top + rows))))
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    return (low, high) if low <= high else (0.0, 0.0)
+
+
+def _stretched(band: Image.Image, low: float, high: float) -> np.ndarray:
+    values = np.asarray(band).astype(np.float64)  # float32's extremes apart overflow float32
+    scale = 255.0 / (high - low) if high > low else 0.0
+    with np.errstate(invalid="ignore"):  # inf * 0 for a flat image: NaN, made 0 below like any NaN
+        scaled = (values - low) * scale
+    np.nan_to_num(scaled, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def _over_background(band: Image.Image) -> np.ndarray:
+    rgba = band.convert("RGBA")
+    return np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND), rgba).convert("RGB"))
