@@ -5,6 +5,7 @@ with LABEL_STUDIO_API_KEY) for every project when LABEL_STUDIO_URL is set, else 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Any
@@ -20,6 +21,33 @@ from .errors import LabelStudioFailed
 
 log = logging.getLogger(__name__)
 
+# the user:password@ of a URL, up to its last @ (an unescaped @ in a password) before the path
+USERINFO = re.compile(r"(?<=://)[^/\s]*@")
+
+
+def redact(text: str) -> str:
+    """The text with every URL's user:password@ removed, for anything shown or logged."""
+    return USERINFO.sub("", text)
+
+
+class RedactedLogs(logging.Filter):
+    """A record's message and traceback without URLs' user:password@ (a policy endpoint's in an error, one in a
+    requests exception)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if USERINFO.search(message):
+            record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def redact_logs() -> None:
+    """On every handler of the root logger (a handler's filter sees every logger's records)."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactedLogs())
+
 
 class LabelStudio:
     """The one client of one Label Studio host: its address and the token that came with it, kept as a pair, and
@@ -30,7 +58,8 @@ class LabelStudio:
     Every failure is a LabelStudioFailed that says which call failed."""
 
     def __init__(self, url: str = "", key: str = "", timeout: float = 30.0):
-        self.url = url.rstrip("/")
+        self._base = url.rstrip("/")  # what the calls go to: a user:password@ in it is requests' basic auth
+        self.url = redact(self._base)  # what is shown, logged and built into links
         self.key = key if self.url else ""
         self.timeout = timeout
         self._access: tuple[str, float] | None = None  # a short-lived JWT from a personal access token
@@ -45,7 +74,7 @@ class LabelStudio:
 
     @property
     def pair(self) -> tuple[str, str]:
-        return self.url, self.key
+        return self._base, self.key
 
     @property
     def known(self) -> bool:
@@ -59,7 +88,7 @@ class LabelStudio:
             return {"Authorization": f"Token {self.key}"}
         with self._lock:  # a personal access token (a JWT refresh token): trade it for an access token
             if self._access is None or self._access[1] < time.time():
-                response = self._session.post(f"{self.url}/api/token/refresh", json={"refresh": self.key},
+                response = self._session.post(f"{self._base}/api/token/refresh", json={"refresh": self.key},
                                               timeout=self.timeout, allow_redirects=False)
                 response.raise_for_status()
                 self._access = (response.json()["access"], time.time() + 240)
@@ -71,13 +100,13 @@ class LabelStudio:
             raise LabelStudioFailed("Label Studio is unknown: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or "
                                     "connect the backend from Label Studio")
         try:
-            response = self._session.request(method, f"{self.url}{path}", headers=self.auth_header(),
+            response = self._session.request(method, f"{self._base}{path}", headers=self.auth_header(),
                                              timeout=self.timeout, allow_redirects=False, **kwargs)
             response.raise_for_status()
             return response.json() if response.content else {}
         except (requests.RequestException, ValueError) as exc:
             raise LabelStudioFailed(f"Label Studio at {self.url}: {method} {path.split('?')[0]} failed: "
-                                    f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+                                    f"{type(exc).__name__}: {redact(str(exc))[:200]}") from exc
 
     def task(self, task_id: int) -> dict:
         return self.call("GET", f"/api/tasks/{int(task_id)}")

@@ -1,14 +1,27 @@
-"""/health (what Label Studio and a container's health check read) and /status (what an operator reads)."""
+"""/health (what Label Studio and a container's health check read) and /status (what an operator reads). Every
+URL in them is shown without its user:password@ (a policy endpoint's, Label Studio's, one in an error)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
+from .connection import redact
 from .container import Backend
+
+
+def redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(item) for item in value]
+    return value
 
 
 def health(backend: Backend) -> dict:
     caps = backend.capabilities
-    return {
+    return redacted({
         "status": "UP",
         "model_class": "SegAgentBackend",
         "model_version": backend.server.base_version,
@@ -20,13 +33,13 @@ def health(backend: Backend) -> dict:
             "training": {"on": backend.server.trainable is None, "runner": backend.dispatcher.name,
                          "reason": backend.server.trainable},
         },
-    }
+    })
 
 
 def status(backend: Backend, project: str) -> dict:
     caps = backend.capabilities
     label_studio = backend.connection.for_project(project)
-    return {
+    return redacted({
         "policy": caps.policy.name,
         "policy_reason": caps.policy.reason,
         "tool": caps.tool.name,
@@ -41,4 +54,4 @@ def status(backend: Backend, project: str) -> dict:
         "preannotation": backend.preannotator.status(),
         "label_studio": {"url": label_studio.url or None, "token": bool(label_studio.key)},
         "uptime_seconds": round(time.time() - backend.started, 1),
-    }
+    })

@@ -8,6 +8,7 @@ from model.settings import Settings
 from model.tools.loading import DeviceError
 
 from .app import create_app
+from .connection import redact_logs
 from .container import Backend
 
 log = logging.getLogger("backend")
@@ -34,6 +35,7 @@ def _is_loopback(host: str) -> bool:
 
 logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+redact_logs()
 settings = Settings()
 # HOST is what `make serve` binds; the image binds 0.0.0.0 without setting it.
 warn_if_exposed(os.environ.get("HOST", "0.0.0.0"), settings)

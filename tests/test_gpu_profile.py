@@ -105,7 +105,8 @@ def test_the_backend_and_the_worker_reserve_the_gpu_under_the_gpu_profile_only()
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
 def test_the_one_gpu_command_resolves_to_the_gpu_setup():
     environment = {name: value for name, value in os.environ.items()
-                   if not name.startswith(("COMPOSE_", "SEGAGENT_", "SAM"))} | {"BASIC_AUTH_PASS": "pw"}
+                   if not name.startswith(("COMPOSE_", "SEGAGENT_", "SAM"))} | {"BASIC_AUTH_PASS": "pw",
+                                                                             "REDIS_PASSWORD": "r3dis"}
 
     def config(*extra: str) -> dict:
         run = subprocess.run(["docker-compose", *extra, "config"], cwd=DOCKER, env=environment, capture_output=True,
@@ -160,9 +161,11 @@ def test_the_qwen_policy_trains_in_its_own_image_and_serves_what_it_trained():
     assert "backend-data:/data" in trainer["volumes"] and "policy-models:/models" in trainer["volumes"]
     assert "SEGAGENT_REGISTRY=/data/models" in policy["environment"] and "backend-data:/data:ro" in policy["volumes"]
     gpu = env_file(DOCKER / "gpu.env")
-    assert any(str(entry).startswith("REDIS_URL=redis://redis") for entry in _environment(services["worker"]))
+    redis_url = "redis://:${REDIS_PASSWORD}@redis:6379/0"  # the worker's job and the policy's RQ worker: one Redis
+    assert f"REDIS_URL={redis_url}" in _environment(services["worker"])
+    assert f"RQ_REDIS_URL={redis_url}" in _environment(trainer)
     assert untrainable_reason(Settings(policy=gpu["SEGAGENT_POLICY"], policy_format=gpu["SEGAGENT_POLICY_FORMAT"],
-                                       redis_url="redis://redis:6379/0")) is None
+                                       redis_url=redis_url)) is None
 
 
 def _environment(service: dict) -> list[str]:

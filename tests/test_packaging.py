@@ -33,7 +33,8 @@ def test_compose_wires_label_studio_and_the_backend():
     assert backend_env["LABEL_STUDIO_URL"] == "http://label-studio:8080"
     assert services["backend"]["build"]["dockerfile"] == "Dockerfile"
     assert services["policy"]["profiles"] == ["gpu"]
-    assert backend_env["REDIS_URL"] == "redis://redis:6379/0" and services["redis"]["image"].startswith("redis:")
+    assert backend_env["REDIS_URL"] == "redis://:${REDIS_PASSWORD}@redis:6379/0"  # tests/test_secrets.py: why
+    assert services["redis"]["image"].startswith("redis:")
     # the project's own worker command: every kind of work is taken by one of them, training in forked processes
     worker, trainer = services["worker"]["command"], services["trainer"]["command"]
     assert worker[:4] == trainer[:4] == ["python", "-m", "backend", "worker"]
@@ -51,7 +52,8 @@ def test_compose_wires_label_studio_and_the_backend():
 @pytest.mark.parametrize("extra", [[], ["--env-file", str(ROOT / "docker" / "gpu.env"), "--profile", "gpu"]])
 def test_compose_file_validates(extra):
     result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker" / "docker-compose.yml"), *extra, "config"],
-                            capture_output=True, text=True, env={**os.environ, "BASIC_AUTH_PASS": "s3cret"})
+                            capture_output=True, text=True,
+                            env={**os.environ, "BASIC_AUTH_PASS": "s3cret", "REDIS_PASSWORD": "r3dis"})
     assert result.returncode == 0, result.stderr
     if extra:
         assert "SEGAGENT_POLICY: http://policy:8000/v1" in result.stdout
