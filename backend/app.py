@@ -105,9 +105,9 @@ def _label_studio_protocol(app: Flask, backend: Backend) -> None:
     @app.post("/setup")
     def setup():
         setup = body(schemas.SetupBody)
-        backend.connection.remember_setup(setup.project, setup.hostname, setup.access_token)
-        if setup.schema_:
+        if setup.schema_:  # a config refused here (400) leaves the host and token unremembered too
             backend.configs.remember(setup.project, setup.schema_)
+        backend.connection.remember_setup(setup.project, setup.hostname, setup.access_token)
         return jsonify(model_version=backend.server.serving(setup.project).version)
 
     @app.post("/validate")

@@ -126,11 +126,14 @@ class Preannotator:
             self.configs.remember(item.project, label_studio.label_config(item.project))
         schema = self.configs.schema(item.project, None)
         task = TaskBody.model_validate(raw)
-        prediction = predict_task(self.settings, self.predictor, task, schema, self.server.serving(item.project))
+        serving = self.server.serving(item.project)
+        prediction = predict_task(self.settings, self.predictor, task, schema, serving)
         image = task.data.get(schema.image_key)
         if self.capabilities.tool.on and isinstance(image, str):  # the embedding a first click will need
             self.capabilities.tool.get().encode(self.fetcher.fetch(image, task.id, project=item.project))
-        if not prediction or not prediction["result"]:
-            return "nothing to predict from"
+        if prediction is None:
+            return f"nothing to predict from: no rectangles to refine, and no policy ({serving.agent.reason})"
+        if not prediction["result"]:
+            return "no regions found"
         label_studio.create_prediction(item.task_id, prediction)
         return None

@@ -192,9 +192,12 @@ class PreannotationQueue:
         return requeued
 
     def progress(self, project: str) -> dict:
-        """done, total, failed (with reasons), rate (tasks a minute, lately) and the time left."""
+        """done, total, failed (with reasons), rate (tasks a minute, lately) and the time left; of those done, how
+        many got a prediction written (`written`) and how many were skipped, by the reason noted (`skipped`)."""
         counts = dict(self._db.fetchall("SELECT state, COUNT(*) FROM items WHERE project = ? GROUP BY state",
                                         (project,)))
+        notes = self._db.fetchall("SELECT error, COUNT(*) FROM items WHERE project = ? AND state = 'done' "
+                                  "GROUP BY error", (project,))
         recent = self._db.fetchall("SELECT COUNT(*), MIN(finished) FROM items WHERE project = ? AND finished >= ?",
                                    (project, time.time() - RATE_WINDOW))[0]
         reasons = self._db.fetchall("SELECT task_id, error FROM items WHERE project = ? AND state = 'failed' "
@@ -204,6 +207,8 @@ class PreannotationQueue:
         elapsed = time.time() - recent[1] if recent[0] else 0.0
         rate = 60.0 * recent[0] / elapsed if elapsed > 1 else None
         return {"done": done, "failed": failed, "remaining": remaining, "total": done + failed + remaining,
+                "written": sum(count for note, count in notes if note is None),
+                "skipped": {note: count for note, count in notes if note is not None},
                 "failures": [{"task": task, "reason": error} for task, error in reasons],
                 "tasks_per_minute": round(rate, 1) if rate else None,
                 "eta_seconds": round(60.0 * remaining / rate) if rate and remaining else (0 if not remaining else None)}

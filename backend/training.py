@@ -11,7 +11,7 @@ from model.flywheel.registry import BASE_VERSION, JobRecord, JobState, Registry,
 from model.flywheel.trajectories import TrajectoryStore
 from model.settings import Settings
 
-from .errors import Gone, InvalidRequest
+from .errors import CapabilityOff, Gone, InvalidRequest
 from .metrics import Metrics
 from .serving import VersionServer
 from .training_jobs import TrainingJobs
@@ -45,12 +45,13 @@ class Training:
         self.jobs.close()
 
     def start(self, project: str, kind: str, trigger: str) -> dict:
-        """Queue a job for the project's scope (kind: request, every or interval; trigger: why, in words)."""
+        """Queue a job for the project's scope (kind: request, every or interval; trigger: why, in words). Training
+        that is off is refused (CapabilityOff, a 503), so that Label Studio's Start Training shows an error, not a
+        success; Label Studio does not retry it, and its project webhooks ignore the answer."""
         reason = self.server.trainable
         if reason:
             self.last_skipped = {"state": "skipped", "reason": reason, "at": time.time()}
-            log.info("training requested: skipped (%s)", reason)
-            return {"status": "skipped", "reason": reason}
+            raise CapabilityOff(f"training is off: {reason}")
         if not project and self.settings.policy_scope != "shared":
             raise InvalidRequest("training needs the project")
         scope = self.server.scope(project)

@@ -270,9 +270,9 @@ def test_polygon_annotations_are_rasterised(app, client):
 
 
 def test_training_without_policy_is_answered(client):
-    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json["status"] == "skipped"
-    assert client.post("/train", json={"annotations": [], "project": "3.1"}).json["reason"] == \
-        "no policy to fine-tune (no policy configured)"
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).status_code == 503
+    assert client.post("/train", json={"annotations": [], "project": "3.1"}).json["error"] == \
+        "training is off: no policy to fine-tune (no policy configured)"
     assert client.get("/status").json["training"]["state"] == "skipped"
     training = client.get("/health").json["capabilities"]["training"]
     assert training == {"on": False, "runner": "process", "reason": "no policy to fine-tune (no policy configured)"}

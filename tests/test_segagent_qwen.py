@@ -194,8 +194,8 @@ def test_the_backend_trains_the_remote_qwen_only_with_a_trainer_to_reach(tmp_pat
     without = App(qwen_settings(tmp_path / "a")).client
     training = without.get("/health").json["capabilities"]["training"]
     assert training["on"] is False and "SEGAGENT_POLICY_PYTHON" in training["reason"]
-    answer = without.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).json
-    assert answer["status"] == "skipped" and "SEGAGENT_POLICY_PYTHON" in answer["reason"]
+    answer = without.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
+    assert answer.status_code == 503 and "SEGAGENT_POLICY_PYTHON" in answer.json["error"]
     with_trainer = App(qwen_settings(tmp_path / "b", policy_python=sys.executable)).client
     assert with_trainer.get("/health").json["capabilities"]["training"]["on"] is True
 

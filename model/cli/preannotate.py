@@ -1,17 +1,26 @@
 """python -m model preannotate --project ID: ask a running backend to pre-annotate a Label Studio project
 in the background, and follow its progress. The backend does the work (it holds Label Studio's address
 and token, the tool and the policy); this command only asks and watches, so it can run anywhere that
-reaches the backend."""
+reaches the backend. At the end it says what this run did: predictions written, tasks skipped (and why),
+tasks failed, and its rate (tasks finished over this run's wall time). Exit codes: 0 done, 1 some tasks
+failed, 2 no backend answered (or the backend refused the request)."""
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from collections import Counter
 
 import requests
 from tqdm import tqdm
 
 POLL_SECONDS = 2.0
+NO_BACKEND = 2
+
+
+class BackendError(Exception):
+    """No SegAgent backend answered at the address given, or it refused the request."""
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -30,25 +39,73 @@ def _preannotate(args: argparse.Namespace) -> int:
     if user and password:
         session.auth = (user, password)
     backend = args.backend.rstrip("/")
-    answer = session.post(f"{backend}/preannotate", json={"project": args.project, "tasks": args.tasks}, timeout=120)
-    if answer.status_code >= 400:
-        raise SystemExit(f"error: {answer.json().get('error', answer.text)}")
-    queued = answer.json()
-    print(f"{queued['queued']} tasks queued ({queued['asked']} asked for) with {queued['model_version']}")
-    if args.no_wait:
-        return 0
-    return _follow(session, backend, str(args.project))
+    project = str(args.project)
+    try:
+        before = _progress(session, backend, project)
+        started = time.monotonic()
+        queued = _ask(session, "POST", backend, "/preannotate", json={"project": args.project, "tasks": args.tasks},
+                      timeout=120)
+        print(f"{queued['queued']} tasks queued ({queued['asked']} asked for) with {queued['model_version']}")
+        if args.no_wait:
+            return 0
+        after = _follow(session, backend, project)
+    except BackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return NO_BACKEND
+    return _report(before, after, time.monotonic() - started)
 
 
-def _follow(session: requests.Session, backend: str, project: str) -> int:
-    progress = session.get(f"{backend}/status?project={project}", timeout=30).json()["preannotation"][project]
+def _ask(session: requests.Session, method: str, backend: str, path: str, **kwargs) -> dict:
+    """The backend's JSON answer; BackendError when nothing (or something else than the backend) answers, or when
+    it refuses."""
+    try:
+        answer = session.request(method, f"{backend}{path}", **kwargs)
+    except requests.RequestException as exc:
+        raise BackendError(f"no backend answers at {backend} ({type(exc).__name__}): start it, or give its address "
+                           "with --backend or SEGAGENT_BACKEND_URL") from exc
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and answer.status_code >= 400 and "error" in body:
+        raise BackendError(f"the backend refused ({answer.status_code}): {body['error']}")
+    if not isinstance(body, dict) or answer.status_code >= 400:
+        raise BackendError(f"{backend}{path.split('?')[0]} answered HTTP {answer.status_code}, not as the SegAgent "
+                           "backend does: is the backend at this address?")
+    return body
+
+
+def _progress(session: requests.Session, backend: str, project: str) -> dict:
+    """The project's pre-annotation progress (empty counts before its first task)."""
+    status = _ask(session, "GET", backend, f"/status?project={project}", timeout=30)
+    return status.get("preannotation", {}).get(project) or {"done": 0, "failed": 0, "remaining": 0, "total": 0,
+                                                            "written": 0, "skipped": {}, "failures": []}
+
+
+def _follow(session: requests.Session, backend: str, project: str) -> dict:
+    progress = _progress(session, backend, project)
     with tqdm(total=progress["total"], initial=progress["done"] + progress["failed"], unit="task") as bar:
         while progress["remaining"]:
             time.sleep(POLL_SECONDS)
-            progress = session.get(f"{backend}/status?project={project}", timeout=30).json()["preannotation"][project]
+            progress = _progress(session, backend, project)
             bar.total = progress["total"]
             bar.update(progress["done"] + progress["failed"] - bar.n)
-            bar.set_postfix(failed=progress["failed"], per_minute=progress["tasks_per_minute"])
-    for failure in progress["failures"]:
-        print(f"task {failure['task']}: {failure['reason']}")
-    return 1 if progress["failed"] else 0
+            bar.set_postfix(written=progress["written"], skipped=sum(progress["skipped"].values()),
+                            failed=progress["failed"])
+    return progress
+
+
+def _report(before: dict, after: dict, seconds: float) -> int:
+    """What this run did (after less before), and its rate over its own wall time; 1 when a task failed."""
+    written = after["written"] - before["written"]
+    skipped = Counter(after["skipped"]) - Counter(before["skipped"])
+    failed = after["failed"] - before["failed"]
+    finished = written + sum(skipped.values()) + failed
+    rate = 60.0 * finished / seconds if seconds > 0 else 0.0
+    print(f"{finished} tasks in {seconds:.1f} s ({rate:.1f} tasks/min): {written} predictions written, "
+          f"{sum(skipped.values())} skipped, {failed} failed")
+    for reason, count in skipped.most_common():
+        print(f"  skipped {count}: {reason}")
+    for failure in after["failures"][:failed]:
+        print(f"  task {failure['task']} failed: {failure['reason']}")
+    return 1 if failed else 0
