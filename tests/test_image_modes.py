@@ -65,6 +65,18 @@ def test_xmp_orientation_counts_like_exif():
     assert (decoded == np.rot90(stored, -1)).all()
 
 
+@pytest.mark.parametrize("exif", [
+    b"Exif\x00\x00" + b"\xff" * 40,  # not TIFF at all
+    b"Exif\x00\x00II*\x00\xff\xff\xff\x7f",  # its first directory far past the end
+    b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x09\x00\x00",  # 9
+], ids=["garbage", "truncated", "orientation-9"])
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow says so, and reads on
+def test_broken_exif_leaves_the_image_as_stored_as_browsers_do(exif):
+    jpeg = encoded(Image.new("RGB", (8, 6), (200, 10, 10)), "JPEG")
+    with_exif = jpeg[:2] + b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif + jpeg[2:]
+    assert (decode_image(with_exif) == decode_image(jpeg)).all()
+
+
 def _png_text(key: str, value: bytes):
     from PIL.PngImagePlugin import PngInfo
 
@@ -114,21 +126,22 @@ def test_thirty_two_bit_integers_are_stretched_over_their_range():
     assert decode_image(encoded(Image.fromarray(values), "TIFF"))[0, :, 0].tolist() == [0, 0, 153, 255]
 
 
-def _palette_with_a_transparent_entry() -> bytes:
+def _palette_with_a_transparent_entry(fmt: str) -> bytes:
     img = Image.new("P", (2, 1))
     img.putpalette([255, 0, 0, 0, 0, 255])
     img.putpixel((1, 0), 1)
-    return encoded(img, "PNG", transparency=1)
+    return encoded(img, fmt, transparency=1)
 
 
 @pytest.mark.parametrize("data, expected", [
-    (_palette_with_a_transparent_entry(), [[255, 0, 0], WHITE]),
+    (_palette_with_a_transparent_entry("PNG"), [[255, 0, 0], WHITE]),
+    (_palette_with_a_transparent_entry("GIF"), [[255, 0, 0], WHITE]),
     (encoded(Image.fromarray(np.array([[[255, 0, 0, 255], [255, 0, 0, 0], [0, 0, 0, 128]]], np.uint8)), "PNG"),
      [[255, 0, 0], WHITE, [127, 127, 127]]),
     (encoded(Image.frombytes("LA", (2, 1), bytes([100, 255, 0, 0])), "PNG"),
      [[100, 100, 100], WHITE]),
     (encoded(Image.fromarray(np.array([[10, 20]], np.uint8)), "PNG", transparency=20), [[10, 10, 10], WHITE]),
-], ids=["palette", "RGBA", "LA", "gray-tRNS"])
+], ids=["palette", "GIF", "RGBA", "LA", "gray-tRNS"])
 def test_transparent_pixels_are_shown_over_white(data, expected):
     decoded = decode_image(data)
     assert np.abs(decoded[0].astype(int) - np.array(expected)).max() <= 1
