@@ -39,6 +39,11 @@ class ImageTooBig(DomainError):
     """A task's image has more bytes or pixels than allowed."""
 
 
+class MasksTooLarge(InvalidRequest):
+    """A request's masks (brush or polygon regions) would take more pixels, all together, than allowed (413; an
+    InvalidRequest, so that where the task's stored data is read, such masks are skipped with a warning)."""
+
+
 class ImageUnavailable(DomainError):
     """A task's image cannot be fetched or decoded."""
 
@@ -59,6 +64,10 @@ class CapabilityOff(DomainError):
     """What the request needs is off on this backend (no tool, no policy); the message says why."""
 
 
+class StorageFull(DomainError):
+    """The backend's data folder has no room for what the request would keep: nothing is acknowledged."""
+
+
 STATUS_BY_ERROR: dict[type[Exception], int] = {
     ImageReferenceInvalid: 400,
     InvalidLabelConfig: 400,
@@ -71,11 +80,13 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     Gone: 410,
     ImageTooBig: 413,
     ImageTooLarge: 413,
+    MasksTooLarge: 413,
     ImageUnavailable: 422,
     ImageError: 422,
     LabelStudioFailed: 502,
     CapabilityOff: 503,
     PolicyError: 503,
+    StorageFull: 507,
 }
 
 

@@ -3,10 +3,13 @@ the store, with the derived work it owes, when the webhook is answered. The deri
 background: each region's quality score, the task's worst score written back into its data
 (QUALITY_FIELD, which the Data Manager sorts by), and the region's click trajectories for the flywheel.
 Work owed is struck off only when done, so a crash loses none of it: the next start resumes it, and a
-replayed annotation whose work is still owed has it queued again."""
+replayed annotation whose work is still owed has it queued again. Work that failed for lack of space is
+not counted as an attempt: it is tried again after a delay that doubles up to SPACE_RETRY_LONGEST, one
+annotation at a time, and once that one is done, all the work owed is queued again."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -22,13 +25,15 @@ from .connection import LabelStudioConnection
 from .dispatch import Dispatcher
 from .images import ImageFetcher
 from .inputs import AnnotationInput, Region
-from .store import AnnotationStore, PendingWork
+from .store import AnnotationStore, PendingWork, out_of_space
 
 log = logging.getLogger(__name__)
 
 QUALITY_FIELD = "segagent_quality"  # the task data field reviewers sort and filter by in the Data Manager
 PRUNE_EVERY = 3600.0
 MAX_ATTEMPTS = 3  # a derived job that failed this often (an image gone for good) is no longer resumed
+SPACE_RETRY_FIRST = 5.0  # seconds before work that failed for lack of space is tried again; doubled each time
+SPACE_RETRY_LONGEST = 300.0
 
 
 class AnnotationIngest:
@@ -44,6 +49,8 @@ class AnnotationIngest:
         self.dispatcher = dispatcher
         self.on_trajectories = on_trajectories  # the training triggers count new trajectories
         self._pruned = 0.0
+        self._space_lock = threading.Lock()
+        self._waiting_for_space = False  # a retry of work that failed for lack of space is scheduled
 
     def keep(self, annotation: AnnotationInput) -> dict:
         if annotation.cancelled:
@@ -75,9 +82,38 @@ class AnnotationIngest:
         # this process's memory, says what is owed, since with RQ the job runs in a worker process.
         self.dispatcher.submit("annotation", annotation_id)
 
-    def do_owed_work(self, annotation_id: int) -> None:
+    def do_owed_work(self, annotation_id: int, space_retry: float = 0.0) -> None:
         """The `annotation` job: the work the store says the annotation owes, for its newest version; struck off
-        when done."""
+        when done. space_retry: the delay after which this job was submitted again, the disk having been full."""
+        try:
+            self._do_owed_work(annotation_id)
+        except Exception as exc:
+            if out_of_space(exc):
+                self._retry_when_space_returns(annotation_id, space_retry)
+            else:
+                self._space_returned(space_retry)
+            raise  # counted and logged by the background queue
+        self._space_returned(space_retry)
+
+    def _retry_when_space_returns(self, annotation_id: int, previous_delay: float) -> None:
+        """One job of this process at a time waits for space; the others stay owed until it is done."""
+        with self._space_lock:
+            if self._waiting_for_space and not previous_delay:
+                return
+            self._waiting_for_space = True
+        delay = min(max(2 * previous_delay, SPACE_RETRY_FIRST), SPACE_RETRY_LONGEST)
+        log.warning("annotation %s: its work failed for lack of space; tried again in %g s", annotation_id, delay)
+        self.dispatcher.submit("annotation", annotation_id, delay, delay=delay)
+
+    def _space_returned(self, space_retry: float) -> None:
+        if not space_retry:
+            return
+        with self._space_lock:
+            self._waiting_for_space = False
+        log.info("annotation work no longer fails for lack of space: the derived work owed is queued again")
+        self.resume()
+
+    def _do_owed_work(self, annotation_id: int) -> None:
         owed = self.store.pending_work(annotation_id)
         if not owed:
             return  # deleted, or done by an earlier run of this job
@@ -90,8 +126,10 @@ class AnnotationIngest:
         try:
             self._learn(annotation)
         except Exception as exc:
-            self.store.work_failed(annotation_id, work.updated_at, f"{type(exc).__name__}: {exc}")
-            raise  # counted and logged by the background queue
+            # a lack of space is no fault of the work's: not counted as an attempt (nor could it be written)
+            if not out_of_space(exc):
+                self.store.work_failed(annotation_id, work.updated_at, f"{type(exc).__name__}: {exc}")
+            raise
         self.store.finish_work(annotation_id, work.updated_at)
 
     def work_status(self) -> dict:

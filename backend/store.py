@@ -1,7 +1,7 @@
 """What the backend keeps, in SQLite (WAL), masks as COCO RLE:
 - the annotations Label Studio sent through its webhook, one row per region. An update replaces the
-  annotation's rows; a replay of the same version (same annotation id and updated_at) changes nothing;
-  a delete removes them;
+  annotation's rows; a replay of the same version (same annotation id and updated_at), or an older version
+  arriving late, changes nothing; a delete removes them;
 - the agent's episodes (its own predictions: clicks, final mask, score), for the flywheel;
 - the interactive requests (the clicks an annotator placed so far and the mask they gave), so that the
   real human clicks can be joined to the annotation finally submitted;
@@ -11,15 +11,22 @@
 """
 from __future__ import annotations
 
+import errno
 import json
+import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from model.core.masks import rle_decode, rle_encode
 from model.core.sqlite import Database
+
+from .errors import StorageFull
 
 # The schema of the files written before versioning, which have these tables at user_version 0: hence
 # IF NOT EXISTS, so that on those migration 1 only sets the version.
@@ -115,15 +122,15 @@ class AnnotationStore:
                 regions: list[tuple[str, str | None, str, np.ndarray, str | None]],
                 work: PendingWork | None = None) -> bool:
         """Keep an annotation's regions (label, prompt, source, mask, region id) and the derived work it owes,
-        in one transaction; False when this version is already kept."""
+        in one transaction; False when this version, or a newer one, is already kept."""
         now = time.time()
         rows = [(project, task_id, annotation_id, updated_at, index, label, prompt, source,
                  json.dumps(rle_encode(mask)), now, region_id)
                 for index, (label, prompt, source, mask, region_id) in enumerate(regions)]
-        with self._db.transaction() as db:
+        with self._storing("annotation", annotation_id), self._db.transaction() as db:
             row = db.execute("SELECT updated_at FROM annotation_regions WHERE annotation_id = ? LIMIT 1",
                              (annotation_id,)).fetchone()
-            if row is not None and row[0] == updated_at:
+            if row is not None and not is_newer(updated_at, row[0]):
                 return False
             db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?", (annotation_id,))
             db.execute("DELETE FROM derived_work WHERE annotation_id = ?", (annotation_id,))
@@ -137,7 +144,7 @@ class AnnotationStore:
             return True
 
     def delete(self, annotation_ids: list[int]) -> int:
-        with self._db.transaction() as db:
+        with self._storing("annotation", annotation_ids), self._db.transaction() as db:
             for annotation_id in annotation_ids:
                 db.execute("DELETE FROM derived_work WHERE annotation_id = ?", (annotation_id,))
             return sum(db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?", (annotation_id,)).rowcount
@@ -247,6 +254,17 @@ class AnnotationStore:
             return sum(db.execute(f"DELETE FROM {table} WHERE created < ?", (before,)).rowcount
                        for table in ("agent_episodes", "interactive_steps"))
 
+    @staticmethod
+    @contextmanager
+    def _storing(what: str, which: object) -> Iterator[None]:
+        """A write that failed for lack of space as StorageFull (507): the request is not acknowledged."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if not out_of_space(exc):
+                raise
+            raise StorageFull(f"{what} {which} not kept: the backend's data folder is full ({exc})") from exc
+
     def close(self) -> None:
         self._db.close()
 
@@ -255,3 +273,27 @@ class AnnotationStore:
             "SELECT COUNT(DISTINCT annotation_id), COUNT(*) FROM annotation_regions")[0]
         (episodes,) = self._db.fetchall("SELECT COUNT(*) FROM agent_episodes")[0]
         return {"annotations": annotations, "regions": regions, "episodes": episodes}
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """Whether an error, or one it was raised from, says the disk (or the database's size limit) is full."""
+    while exc is not None:
+        if (isinstance(exc, StorageFull) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def is_newer(version: str, kept: str) -> bool:
+    """Whether an annotation's version (Label Studio's updated_at) is newer than the one kept. Compared as
+    times, since one text may carry more digits of a second than another; texts that are not times differ or not."""
+    try:
+        return _moment(version) > _moment(kept)
+    except ValueError:
+        return version != kept
+
+
+def _moment(version: str) -> datetime:
+    moment = datetime.fromisoformat(version)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
