@@ -20,7 +20,7 @@ def predict_task(settings: Settings, predictor: Predictor, task: TaskBody, schem
     """Label Studio's prediction for the task ({"result", "score", "model_version"}); None when the task gives
     nothing to predict from (no clicks, no rectangles, and no policy)."""
     task_input = parsing.task_input(task, schema, context, settings.prompt_fields, serving.agent.on,
-                                    settings.max_image_pixels)
+                                    settings.max_image_pixels, settings.max_mask_pixels)
     regions = predictor.predict(task_input, schema, serving, Annotator.from_drafts((task.model_extra or {}).get("drafts")))
     if regions is None:
         return None

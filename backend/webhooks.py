@@ -68,7 +68,7 @@ class Webhooks:
     def keep(self, project: str, label_config: str | None, task: TaskData, annotation: AnnotationBody) -> dict:
         schema = self.configs.schema(project, label_config)
         return self.ingest.keep(annotation_input(project, task, annotation, schema, self.settings.prompt_fields,
-                                                 self.settings.max_image_pixels))
+                                                 self.settings.max_image_pixels, self.settings.max_mask_pixels))
 
     def keep_exported(self, project: str, label_config: str | None, tasks: list[ExportedTask]) -> int:
         """Legacy /train carries the project's tasks with their annotations: keep those not seen before. One

@@ -127,6 +127,9 @@ class Settings(BaseSettings):
                                description="larger task images are refused (before decoding)")
     max_image_pixels: int = Field(80_000_000, gt=0, alias="SEGAGENT_MAX_IMAGE_PIXELS",
                                   description="larger task images are refused before decoding")
+    max_mask_pixels: int = Field(500_000_000, gt=0, alias="SEGAGENT_MAX_MASK_PIXELS", description=(
+        "the pixels of the masks one request's brush and polygon regions make, all together (a byte of memory "
+        "each): more is refused (413) before any is made"))
     fetch_timeout: float = Field(20.0, gt=0, alias="SEGAGENT_FETCH_TIMEOUT",
                                  description="seconds a whole image fetch may take, redirects included")
     banned_subnets: tuple[Network, ...] = Field(DEFAULT_BANNED_SUBNETS, alias="SEGAGENT_BANNED_SUBNETS",
@@ -142,6 +145,10 @@ class Settings(BaseSettings):
                                    description="seconds an object's clicks are remembered between requests")
     session_cache_mb: float = Field(256, ge=0, alias="SEGAGENT_SESSION_CACHE_MB",
                                     description="interactive sessions (each keeps its last mask), oldest evicted")
+    interactive_concurrency: int = Field(4, ge=1, alias="SEGAGENT_INTERACTIVE_CONCURRENCY", description=(
+        "clicks (and smart boxes) the tool works on at once; one more is answered 503 with `Retry-After: 1` at "
+        "once. Keep it below the server's threads (`THREADS`, 8), so that slow clicks never hold every thread "
+        "and `/health` and the other routes always have one"))
     preannotate_workers: int = Field(2, ge=1, le=16, alias="SEGAGENT_PREANNOTATE_WORKERS",
                                      description=(
                                          "tasks pre-annotated at once in the background (`/preannotate`, "

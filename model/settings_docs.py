@@ -31,7 +31,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "label_studio_url", "label_studio_api_key", "basic_auth_user", "basic_auth_pass", "data_dir",
         "retention_days", "redis_url")),
     ("Limits and caches", (
-        "max_request_mb", "max_image_mb", "max_image_pixels", "fetch_timeout", "banned_subnets",
+        "max_request_mb", "max_image_mb", "max_image_pixels", "max_mask_pixels", "fetch_timeout", "banned_subnets",
         "image_cache_mb", "tool_cache_mb")),
     ("Training, the gate and versions", (
         "policy_scope", "train_every", "train_interval", "train_timeout", "train_epochs", "train_learning_rate",

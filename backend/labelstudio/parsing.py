@@ -6,25 +6,43 @@ import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from label_studio_sdk.converter import brush
 
 from model.core.masks import polygons_to_mask
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, MasksTooLarge
 from ..inputs import AnnotationInput, Interaction, PercentBox, PercentClick, Region, Start, TaskInput
 from ..schemas import AnnotationBody, PredictContext, TaskBody, TaskData, TaskLabels, Unreadable
+from .brush_rle import rle_to_mask
 from .config import Schema
 from .results import BrushResult, KeypointResult, PolygonResult, RectangleResult, Result, TextAreaResult
 
 log = logging.getLogger(__name__)
 
 
+class MaskBudget:
+    """The pixels a request's masks may take, each within max_pixels and all together within max_total (a
+    pixel of a mask is a byte of memory), spent before a mask is made."""
+
+    def __init__(self, max_pixels: int, max_total: int):
+        self.max_pixels = max_pixels
+        self.max_total = max_total
+        self.spent = 0
+
+    def spend(self, results: Sequence[BrushResult | PolygonResult]) -> None:
+        for result in results:
+            width, height = result.image_size(self.max_pixels)
+            self.spent += width * height
+        if self.spent > self.max_total:
+            raise MasksTooLarge(f"the request's masks would take {self.spent} pixels, more than the "
+                                f"{self.max_total} allowed (SEGAGENT_MAX_MASK_PIXELS)")
+
+
 def task_input(task: TaskBody, schema: Schema, context: PredictContext | None, prompt_fields: tuple[str, ...],
-               with_masks: bool, max_pixels: int) -> TaskInput:
+               with_masks: bool, max_pixels: int, max_mask_pixels: int) -> TaskInput:
     image = task.data.get(schema.image_key)
     return TaskInput(id=task.id, image=image if isinstance(image, str) else "",
                      prompt=task_prompt(task.data, prompt_fields), interaction=interaction(context),
-                     starts=task_starts(task, schema, with_masks, max_pixels))
+                     starts=task_starts(task, schema, with_masks, MaskBudget(max_pixels, max_mask_pixels)))
 
 
 def task_prompt(data: dict, prompt_fields: tuple[str, ...]) -> str | None:
@@ -56,10 +74,11 @@ def _box(result: RectangleResult, region_id: str | None) -> PercentBox:
     return PercentBox(value.x, value.y, value.width, value.height, region_id)
 
 
-def task_starts(task: TaskBody, schema: Schema, with_masks: bool, max_pixels: int) -> list[Start]:
+def task_starts(task: TaskBody, schema: Schema, with_masks: bool, budget: MaskBudget) -> list[Start]:
     """Rectangles (and, with_masks, brush masks) a task already has: imported predictions, another model's
     or an earlier version's, or annotations; those of annotations win over those of predictions. A
-    malformed one is skipped with a warning: it is the task's data, not the request, that is wrong."""
+    malformed one, or a mask past the budget, is skipped with a warning: it is the task's data, not the
+    request, that is wrong."""
     wanted = (RectangleResult, BrushResult) if with_masks else (RectangleResult,)
     for labelled in (task.annotations, task.predictions):
         starts: list[Start] = []
@@ -68,7 +87,7 @@ def task_starts(task: TaskBody, schema: Schema, with_masks: bool, max_pixels: in
                 log.warning("task %s: skipping part of a stored annotation or prediction: %s", task.id, result.problem)
             elif isinstance(result, wanted) and result.to_name in (None, schema.image_name):
                 try:
-                    starts.append(_start(result, schema, max_pixels))
+                    starts.append(_start(result, schema, budget))
                 except InvalidRequest as exc:
                     log.warning("task %s: skipping a %s it already has: %s", task.id, result.kind, exc)
         if starts:
@@ -81,21 +100,21 @@ def _results(labelled: list[TaskLabels | Unreadable]) -> Iterator[Result | Unrea
         yield from [item] if isinstance(item, Unreadable) else item.result or []
 
 
-def _start(result: RectangleResult | BrushResult, schema: Schema, max_pixels: int) -> Start:
+def _start(result: RectangleResult | BrushResult, schema: Schema, budget: MaskBudget) -> Start:
     label = schema.choose_label(result.label)
     if isinstance(result, RectangleResult):
         return Start(label, box=_box(result, None))
-    return Start(label, mask=decode_brush(result, max_pixels))
+    budget.spend([result])
+    return Start(label, mask=decode_brush(result, budget.max_pixels))
 
 
 def decode_brush(result: BrushResult, max_pixels: int) -> np.ndarray:
     """The bool mask of a brushlabels result (whose RLE fits its image: results.py checked that)."""
     width, height = result.image_size(max_pixels)
     try:
-        flat = brush.decode_rle(result.value.rle)
-    except Exception as exc:  # the SDK's decoder raises whatever the bytes make it raise
-        raise InvalidRequest(f"the RLE does not decode: {type(exc).__name__}") from exc
-    return flat.reshape(height, width, 4)[:, :, 3] > 0
+        return rle_to_mask(result.value.rle, height, width)
+    except ValueError as exc:
+        raise InvalidRequest(f"the RLE does not decode: {exc}") from exc
 
 
 def decode_polygon(result: PolygonResult, max_pixels: int) -> np.ndarray:
@@ -104,13 +123,16 @@ def decode_polygon(result: PolygonResult, max_pixels: int) -> np.ndarray:
     return polygons_to_mask([flat], height, width)
 
 
-def annotation_regions(results: Sequence[Result], schema: Schema, max_pixels: int) -> list[Region]:
-    """Every brush (and polygon) region of an annotation on the schema's image, as masks; brush
-    results that belong to one region id (Label Studio may split them) are merged."""
+def annotation_regions(results: Sequence[Result], schema: Schema, budget: MaskBudget) -> list[Region]:
+    """Every brush (and polygon) region of an annotation on the schema's image, as masks (their pixels
+    counted against the budget before any is made); brush results that belong to one region id (Label
+    Studio may split them) are merged."""
+    drawn = [(index, result) for index, result in enumerate(results)
+             if isinstance(result, (BrushResult, PolygonResult)) and result.to_name in (None, schema.image_name)]
+    budget.spend([result for _, result in drawn])
+    max_pixels = budget.max_pixels
     regions: dict[str, Region] = {}
-    for index, result in enumerate(results):
-        if not isinstance(result, (BrushResult, PolygonResult)) or result.to_name not in (None, schema.image_name):
-            continue
+    for index, result in drawn:
         mask = decode_brush(result, max_pixels) if isinstance(result, BrushResult) else decode_polygon(result, max_pixels)
         key = result.id or str(index)
         if key in regions and regions[key].mask.shape == mask.shape:
@@ -121,9 +143,10 @@ def annotation_regions(results: Sequence[Result], schema: Schema, max_pixels: in
 
 
 def annotation_input(project: str, task: TaskData, annotation: AnnotationBody, schema: Schema,
-                     prompt_fields: tuple[str, ...], max_pixels: int) -> AnnotationInput:
+                     prompt_fields: tuple[str, ...], max_pixels: int, max_mask_pixels: int) -> AnnotationInput:
     image = task.data.get(schema.image_key)
-    regions = [] if annotation.was_cancelled else annotation_regions(annotation.result or [], schema, max_pixels)
+    regions = [] if annotation.was_cancelled else annotation_regions(annotation.result or [], schema,
+                                                                     MaskBudget(max_pixels, max_mask_pixels))
     return AnnotationInput(
         project=project, task_id=task.id or 0, annotation_id=annotation.id,
         version=str(annotation.updated_at or annotation.created_at or ""),

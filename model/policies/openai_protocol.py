@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 MAX_TOKENS = 1024  # an action is a dozen tokens; a boxed answer some thirty
 MAX_BODY_BYTES = 256 * 1024 * 1024  # an 80-megapixel observation as a PNG data URL fits
+MAX_IMAGE_PIXELS = 80_000_000  # the backend's own limit on a task image (SEGAGENT_MAX_IMAGE_PIXELS)
 # chat requests being answered or waiting for the model at once; more are refused (503) rather than queued
 # without end. A backend process asks at most 8 at a time (RemotePolicy's concurrency), its workers as many.
 MAX_IN_FLIGHT = 32
@@ -23,6 +24,10 @@ MAX_IN_FLIGHT = 32
 
 class BadChatRequest(ValueError):
     pass
+
+
+class TooLarge(BadChatRequest):
+    """The request's image has more pixels than the server decodes, or needs more memory than it has free."""
 
 
 @dataclass(frozen=True)
@@ -105,20 +110,31 @@ class ModelUnavailable(RuntimeError):
     """The model a request names exists but cannot answer now (its weights fail to load)."""
 
 
-def decode_image(data: bytes):
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS):
+    """The image as RGB; its size, read from its header, checked before its pixels are decoded."""
     from PIL import Image
 
     try:
-        return Image.open(io.BytesIO(data)).convert("RGB")
-    except Exception as exc:
-        raise BadChatRequest(f"the image does not decode: {exc}") from exc
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise TooLarge(f"the image is {width} x {height}: more than the {max_pixels} pixels this server "
+                               "decodes")
+            return image.convert("RGB")
+    except MemoryError as exc:
+        raise TooLarge("the image needs more memory than this server has free to decode it") from exc
+    except BadChatRequest:
+        raise
+    except Exception as exc:  # Pillow raises whatever the bytes make it raise
+        raise BadChatRequest(f"the image does not decode: {type(exc).__name__}: {exc}") from exc
 
 
 def create_chat_app(answer: Callable[[ChatRequest], list[str]], model_ids: Callable[[], list[str]],
                     health: Callable[[], dict] | None = None, max_in_flight: int = MAX_IN_FLIGHT):
     """A Flask app speaking the chat-completions protocol over `answer`: /health, /v1/models and
-    /v1/chat/completions (bad requests get 400, an unknown model 404, more than `max_in_flight` at once
-    503 with Retry-After, each with a log line). /health never waits for the model."""
+    /v1/chat/completions (bad requests get 400, an image too large or a request that runs out of memory
+    413, an unknown model 404, more than `max_in_flight` at once 503 with Retry-After, each with a log line
+    and the reason). /health never waits for the model."""
     from flask import Flask, jsonify, request
 
     app = Flask(__name__)
@@ -146,6 +162,10 @@ def create_chat_app(answer: Callable[[ChatRequest], list[str]], model_ids: Calla
         try:
             chat_request = parse_chat_request(request.get_json(silent=True))
             answers = answer(chat_request)
+        except TooLarge as exc:
+            return error(413, str(exc), "request_too_large")
+        except MemoryError:
+            return error(413, "answering the request needs more memory than this server has free", "request_too_large")
         except BadChatRequest as exc:
             return error(400, str(exc), "invalid_request_error")
         except UnknownModel as exc:
