@@ -10,7 +10,9 @@ is sent to that Label Studio's own host only, hop by hop.
 A whole fetch, redirects included, takes at most SEGAGENT_FETCH_TIMEOUT seconds: a watchdog shuts the
 socket of a host that drips bytes in under each read timeout. At most MAX_CONCURRENT_FETCHES run at once;
 another waits as long again for a slot, then fails. Bodies are read up to a byte limit and decoded only
-below a pixel limit. Images are cached by URL (for a short while) and by content.
+below a pixel limit; at most DECODING_BUDGET times that many pixels are decoded at once (a decode takes up
+to about 8 bytes a pixel, model/core/imageio.py), and a decode beyond it waits as long again, then fails.
+Images are cached by URL (for a short while) and by content.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import numpy as np
 import requests
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, default_user_agent, requote_uri
 
-from model.core.imageio import ImageError, ImageTooLarge, decode_image, image_digest
+from model.core.imageio import ImageError, ImageTooLarge, decode_image, image_digest, pixels_in
 from model.settings import Settings
 
 from .connection import LabelStudio, LabelStudioConnection
@@ -42,6 +44,7 @@ CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")
 URL_CACHE_SECONDS = 300
 MAX_REDIRECTS = 3
 MAX_CONCURRENT_FETCHES = 8
+DECODING_BUDGET = 2  # images of the largest size allowed decoded at once (or more pixels' worth of smaller ones)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -56,6 +59,7 @@ class ImageFetcher:
         self.connection = connection
         self._tls = ssl.create_default_context(cafile=DEFAULT_CA_BUNDLE_PATH)
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT_FETCHES)
+        self._decoding = PixelBudget(DECODING_BUDGET * settings.max_image_pixels)
         self._by_url: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._by_digest: OrderedDict[str, np.ndarray] = OrderedDict()
         self._bytes = 0
@@ -80,13 +84,20 @@ class ImageFetcher:
             return cached
         data = self._download(url, label_studio)
         try:
-            image = decode_image(data, self.settings.max_image_pixels)
+            image = self._decode(data, reference)
         except ImageTooLarge as exc:
             raise ImageTooBig(f"{_short(reference)}: {exc}") from exc
         except ImageError as exc:
             raise ImageUnavailable(f"{_short(reference)}: {exc}") from exc
         self._store(cache_key, image)
         return image
+
+    def _decode(self, data: bytes, reference: str) -> np.ndarray:
+        pixels, limit = pixels_in(data), self.settings.max_image_pixels
+        if pixels > limit:
+            raise ImageTooLarge(f"the image has {pixels} pixels, more than the {limit} allowed")
+        with self._decoding.reserve(pixels, self.settings.fetch_timeout, reference):
+            return decode_image(data, limit)
 
     def _absolute_url(self, reference: str, task_id, label_studio: LabelStudio) -> str:
         scheme = urlsplit(reference).scheme.lower()
@@ -211,6 +222,28 @@ class ImageFetcher:
             while self._bytes > self.settings.image_cache_bytes and len(self._by_digest) > 1:
                 _, evicted = self._by_digest.popitem(last=False)
                 self._bytes -= evicted.nbytes
+
+
+class PixelBudget:
+    """Pixels being decoded at once: a decode waits until its pixels fit beside those under way."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, pixels: int, timeout: float, reference: str):
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.used + pixels <= self.limit, timeout):
+                raise ImageUnavailable(f"{_short(reference)}: too many images being decoded; try again")
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= pixels
+                self._changed.notify_all()
 
 
 class _Watchdog:

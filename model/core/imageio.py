@@ -99,6 +99,17 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError(f"not a readable image: {exc}") from exc
 
 
+def pixels_in(data: bytes) -> int:
+    """How many pixels decoding these bytes makes, from the header alone."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.width * img.height
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from exc
+    except Exception as exc:  # PIL raises many types for bad data
+        raise ImageError(f"not a readable image: {exc}") from exc
+
+
 def load_image(path: str | Path) -> np.ndarray:
     return decode_image(Path(path).read_bytes())
 
