@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import schemas, status
 from .container import Backend
-from .errors import InvalidLabelConfig, message_for, status_for
+from .errors import Busy, InvalidLabelConfig, message_for, status_for
 from .labelstudio.config import Schema
 from .task_predictions import predict_task
 
@@ -91,7 +91,8 @@ def _guard_and_account(app: Flask, backend: Backend) -> None:
         metrics.errors.labels(route(), type(exc).__name__).inc()
         log.warning("%s %s -> %d: %s", request.method, request.path, code, message[:500].encode("unicode_escape")
                     .decode("ascii"))
-        return jsonify(error=message), code
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Busy) else {}
+        return jsonify(error=message), code, headers
 
 
 def _label_studio_protocol(app: Flask, backend: Backend) -> None:

@@ -68,6 +68,12 @@ class StorageFull(DomainError):
     """The backend's data folder has no room for what the request would keep: nothing is acknowledged."""
 
 
+class Busy(DomainError):
+    """More requests of a kind at once than the backend takes: 503 with Retry-After, never queued."""
+
+    retry_after = 1
+
+
 STATUS_BY_ERROR: dict[type[Exception], int] = {
     ImageReferenceInvalid: 400,
     InvalidLabelConfig: 400,
@@ -85,6 +91,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     ImageError: 422,
     LabelStudioFailed: 502,
     CapabilityOff: 503,
+    Busy: 503,
     PolicyError: 503,
     StorageFull: 507,
 }

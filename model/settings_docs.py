@@ -32,7 +32,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "retention_days", "redis_url")),
     ("Limits and caches", (
         "max_request_mb", "max_image_mb", "max_image_pixels", "max_mask_pixels", "fetch_timeout", "banned_subnets",
-        "image_cache_mb", "tool_cache_mb")),
+        "image_cache_mb", "tool_cache_mb", "interactive_concurrency")),
     ("Training, the gate and versions", (
         "policy_scope", "train_every", "train_interval", "train_timeout", "train_epochs", "train_learning_rate",
         "train_lora_rank", "train_accumulation", "train_max_turns", "train_held_out", "train_seed", "gate_turns",
