@@ -22,6 +22,12 @@ the box's sides (a box across the object's edge), whose part in the box is the a
 crossing run fills the box and crosses all its sides, the box lies inside the object too (the enclosed
 run cuts out only some part of it then), and the crossing run's part in the box is the answer. Otherwise
 the enclosed run's object is.
+
+A flat image (at most `flat_colours` distinct colours at the working scale: one colour, near-flat noise of a
+level or two, a few flat areas) gets no GrabCut: its colour models collapse onto single colours, and the graph
+cut on their extreme costs took seconds a click. A click there answers its connected flat region (colours
+within `flat_tolerance` of the click's), added for a positive click and removed for a negative one; a box
+alone answers the box.
 """
 from __future__ import annotations
 
@@ -56,7 +62,8 @@ class ClassicalTool:
     def __init__(self, work_size: int = 400, iterations: int = 2, seed_radius: float = 0.01,
                  prior_radius: float = 0.08, roi_margin: float = 0.3, correction_reach: float = 0.75,
                  hard_fraction: float = 0.5, box_iterations: int = 3, box_ring: float = 0.5,
-                 box_empty: float = 0.1, box_filled: float = 0.9, box_crossed: float = 0.3):
+                 box_empty: float = 0.1, box_filled: float = 0.9, box_crossed: float = 0.3, flat_colours: int = 32,
+                 flat_tolerance: int = 2):
         self.work_size = work_size
         self.iterations = iterations
         self.seed_radius = seed_radius  # of the working image's diagonal: the smallest sure seed
@@ -69,6 +76,8 @@ class ClassicalTool:
         self.box_empty = box_empty  # of the box: an enclosed object smaller than this is none
         self.box_filled = box_filled  # of the box: a crossing object filling this much of it fills it
         self.box_crossed = box_crossed  # of a strip outside a side: an object covering this much crosses it
+        self.flat_colours = flat_colours  # distinct colours at most, at the working scale, of a flat image
+        self.flat_tolerance = flat_tolerance  # levels per channel from the click's colour, of its flat region
 
     def encode(self, image: np.ndarray) -> Encoded:
         height, width = image.shape[:2]
@@ -76,19 +85,24 @@ class ClassicalTool:
         small = image if scale == 1.0 else cv2.resize(
             image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
         small = np.ascontiguousarray(small)
-        return Encoded(shape=(height, width), data=(small, scale), nbytes=small.nbytes)
+        return Encoded(shape=(height, width), data=(small, scale, _colours(small) <= self.flat_colours),
+                       nbytes=small.nbytes)
 
     def predict(self, encoded: Encoded, clicks: Sequence[Click], box: Box | None = None,
                 previous: ToolResult | np.ndarray | None = None) -> ToolResult:
+        small, scale, flat = encoded.data
         if box is not None and not clicks and previous is None:
             return self._predict_box(encoded, box)
-        small, scale = encoded.data
         shape = small.shape[:2]
         diagonal = float(np.hypot(*shape))
         scaled = [Click(c.x * scale, c.y * scale, c.positive).clipped(shape[1], shape[0]) for c in clicks]
 
         previous_mask = previous.mask if isinstance(previous, ToolResult) else previous
         current = resize_mask(previous_mask, shape) if previous_mask is not None else np.zeros(shape, bool)
+        if flat:
+            mask = self._flat_regions(small, scaled, current)
+            return ToolResult(mask=_upsample(mask, encoded.shape), score=_edge_score(small, mask),
+                              state=ClassicalState(()))
         labels = np.full(shape, PR_BGD, np.uint8)
         if current.any():
             labels[current] = PR_FGD
@@ -119,12 +133,14 @@ class ClassicalTool:
 
     def _predict_box(self, encoded: Encoded, box: Box) -> ToolResult:
         """The object's part inside a box given alone (the module's docstring says how)."""
-        small, scale = encoded.data
+        small, scale, flat = encoded.data
         shape = small.shape[:2]
         rect = _box_rect(box, scale, shape)
         x1, y1, x2, y2 = rect
         inside = np.zeros(shape, bool)
         inside[y1:y2, x1:x2] = True
+        if flat:
+            return ToolResult(mask=_upsample(inside, encoded.shape), score=0.0, state=ClassicalState(()))
         area = inside.sum()
         labels = np.where(inside, PR_FGD, BGD).astype(np.uint8)
         enclosed = self._grabcut(small, labels.copy(), restrict=False, iterations=self.box_iterations) & inside
@@ -144,6 +160,17 @@ class ClassicalTool:
             mask = enclosed
         mask = fill_holes(mask, max_area=int(0.01 * mask.size))
         return ToolResult(mask=_upsample(mask, encoded.shape), score=_edge_score(small, mask), state=ClassicalState(()))
+
+    def _flat_regions(self, image: np.ndarray, clicks: list[Click], current: np.ndarray) -> np.ndarray:
+        mask = current.copy()
+        for click in clicks:
+            filled = np.zeros((image.shape[0] + 2, image.shape[1] + 2), np.uint8)
+            tolerance = (self.flat_tolerance,) * 3
+            cv2.floodFill(image, filled, (int(click.x), int(click.y)), 0, tolerance, tolerance,
+                          4 | cv2.FLOODFILL_MASK_ONLY | cv2.FLOODFILL_FIXED_RANGE | (1 << 8))
+            region = filled[1:-1, 1:-1] > 0
+            mask = mask | region if click.positive else mask & ~region
+        return mask
 
     def _new_regions(self, clicks: list[Click], current: np.ndarray, has_box: bool,
                      diagonal: float) -> list[ClickRegion]:
@@ -187,6 +214,12 @@ class ClassicalTool:
         mask = np.zeros(labels.shape, bool)
         mask[y1:y2, x1:x2] = (roi_labels == FGD) | (roi_labels == PR_FGD)
         return mask
+
+
+def _colours(image: np.ndarray) -> int:
+    """How many distinct colours an RGB image has."""
+    packed = image.reshape(-1, 3).astype(np.uint32)
+    return len(np.unique(packed[:, 0] << 16 | packed[:, 1] << 8 | packed[:, 2]))
 
 
 def _distance_to(region: np.ndarray, click: Click) -> float:
