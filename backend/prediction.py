@@ -14,9 +14,8 @@ from functools import partial
 import numpy as np
 
 from model.agent.loop import Agent, Episode, EpisodeTask
-from model.core.clicks import Click
 from model.settings import Settings
-from model.tools import Box, ToolResult
+from model.tools import ToolResult
 
 from .capabilities import Capabilities
 from .errors import Busy
@@ -111,6 +110,18 @@ class Predictor:
 
     def _interactive(self, task: TaskInput, schema: Schema, image: np.ndarray, serving: Serving,
                      annotator: Annotator) -> RegionPrediction:
+        """Busy (503, never queued) while `interactive_concurrency` clicks are being worked on, waiting for their
+        object included, so that slow clicks (or one sent many times) never take every server thread from
+        /health and the other routes."""
+        if not self._tool_slots.acquire(blocking=False):
+            raise Busy(f"busy: {self.settings.interactive_concurrency} clicks are being worked on; retry in a second")
+        try:
+            return self._interactive_object(task, schema, image, serving, annotator)
+        finally:
+            self._tool_slots.release()
+
+    def _interactive_object(self, task: TaskInput, schema: Schema, image: np.ndarray, serving: Serving,
+                            annotator: Annotator) -> RegionPrediction:
         """The object the clicks (or the box) are for, refined or started (sessions.py says which), answered
         with that object's region id."""
         height, width = image.shape[:2]
@@ -127,9 +138,9 @@ class Predictor:
             result = step.session.result
             if step.run or result is None:
                 previous = step.previous
-                result = self._bounded_tool(  # a predicted region's mask alone: no tool state
-                    image, clicks, step.box,
-                    previous.mask if previous is not None and previous.state is None else previous)
+                result = self.capabilities.tool.get().predict(  # a predicted region's mask alone: no tool state
+                    image, clicks, box=step.box,
+                    previous=previous.mask if previous is not None and previous.state is None else previous)
                 self.records.record(serving.project, task.id or 0, label, [(c.x, c.y, c.positive) for c in clicks],
                                     result.mask, step.session.region_id)
             kept = self.sessions.remember(group, step.session, result)
@@ -151,17 +162,6 @@ class Predictor:
         return [Session(region.region_id, result=ToolResult(region.mask, region.score), area=int(region.mask.sum()))
                 for region in self.predicted.around(serving.project, task.id, label, placed[0].click.pixel,
                                                     Sessions.NEAR, shape)]
-
-    def _bounded_tool(self, image: np.ndarray, clicks: list[Click], box: Box | None,
-                      previous: ToolResult | np.ndarray | None) -> ToolResult:
-        """The tool's answer to a click; Busy (503, never queued) while `interactive_concurrency` clicks are being
-        worked on, so that slow clicks never take every server thread from /health and the other routes."""
-        if not self._tool_slots.acquire(blocking=False):
-            raise Busy(f"busy: {self.settings.interactive_concurrency} clicks are being worked on; retry in a second")
-        try:
-            return self.capabilities.tool.get().predict(image, clicks, box=box, previous=previous)
-        finally:
-            self._tool_slots.release()
 
     def _refine(self, task: TaskInput, image: np.ndarray, serving: Serving) -> list[RegionPrediction]:
         """Each rectangle (or, with a policy, mask) the task has becomes a refined mask: a box through the

@@ -179,3 +179,31 @@ def test_records_wait_within_their_bound_are_written_in_order_and_close_writes_t
     finally:
         locker.close()
         store.close()
+
+
+def test_a_click_sent_many_times_holds_no_more_threads_than_the_bound(served):
+    """A click repeated (a double send, a client's retries) while its object is being worked on waits for that
+    object holding one of the `interactive_concurrency` places; beyond them the repeats are answered 503 at once,
+    so they can never take every server thread from /health."""
+    bound = served.backend.settings.interactive_concurrency
+
+    def send() -> requests.Response:
+        return requests.post(f"{served.url}/predict", timeout=WAIT, json={
+            "tasks": [{"id": 7, "data": {"image": served.image}}], "label_config": CONFIG, "project": "3",
+            "params": {"context": {"result": [point(A, "k1")]}}})
+
+    with ThreadPoolExecutor(2 * bound) as pool:
+        first = pool.submit(send)
+        assert entered(served.tool)
+        repeats = [pool.submit(send) for _ in range(2 * bound - 1)]
+        deadline = time.time() + WAIT
+        while time.time() < deadline and sum(r.done() for r in repeats) < bound:
+            time.sleep(0.05)
+        answered_at_once = [r for r in repeats if r.done()]
+        assert len(answered_at_once) == bound, "repeats of a click waited for its object beyond the bound"
+        assert all(r.result().status_code == 503 and r.result().headers["Retry-After"] == "1"
+                   for r in answered_at_once)
+        assert requests.get(f"{served.url}/health", timeout=5).status_code == 200
+        served.tool.gate.set()
+        waited = [r.result(WAIT) for r in repeats if r not in answered_at_once]
+    assert first.result(WAIT).status_code == 200 and all(r.status_code == 200 for r in waited)
