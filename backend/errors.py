@@ -5,6 +5,9 @@ Request code raises a domain error (or lets one of model/'s typed errors through
 """
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 from model.core.imageio import ImageError, ImageTooLarge
 from model.flywheel.registry import RegistryError, UnknownVersion
 from model.policies.base import PolicyError
@@ -97,8 +100,21 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
 }
 
 
+def out_of_space(exc: BaseException | None) -> bool:
+    """Whether an error, or one it was raised from, says the disk (or the database's size limit) is full."""
+    while exc is not None:
+        if (isinstance(exc, StorageFull) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def status_for(exc: Exception) -> int | None:
-    """The HTTP status of an error (its most specific row), None when it is no known error."""
+    """The HTTP status of an error (its most specific row), None when it is no known error. A store that could
+    not write for lack of space, whichever store it is, is a 507: nothing was kept."""
+    if out_of_space(exc):
+        return 507
     for cls in type(exc).__mro__:
         if cls in STATUS_BY_ERROR:
             return STATUS_BY_ERROR[cls]
@@ -106,6 +122,8 @@ def status_for(exc: Exception) -> int | None:
 
 
 def message_for(exc: Exception) -> str:
+    if out_of_space(exc) and not isinstance(exc, StorageFull):
+        return f"not kept: the backend's data folder is full ({type(exc).__name__}: {exc})"
     if isinstance(exc, PolicyError):
         return f"the policy is unavailable: {exc}"
     return exc.message if isinstance(exc, DomainError) else str(exc)

@@ -23,9 +23,10 @@ from model.settings import Settings
 from .capabilities import Capabilities
 from .connection import LabelStudioConnection
 from .dispatch import Dispatcher
+from .errors import out_of_space
 from .images import ImageFetcher
 from .inputs import AnnotationInput, Region
-from .store import AnnotationStore, PendingWork, out_of_space
+from .store import AnnotationStore, PendingWork
 
 log = logging.getLogger(__name__)
 

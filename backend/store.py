@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import errno
 import json
 import sqlite3
 import time
@@ -26,7 +25,7 @@ import numpy as np
 from model.core.masks import rle_decode, rle_encode
 from model.core.sqlite import Database
 
-from .errors import StorageFull
+from .errors import StorageFull, out_of_space
 
 # The schema of the files written before versioning, which have these tables at user_version 0: hence
 # IF NOT EXISTS, so that on those migration 1 only sets the version.
@@ -273,16 +272,6 @@ class AnnotationStore:
             "SELECT COUNT(DISTINCT annotation_id), COUNT(*) FROM annotation_regions")[0]
         (episodes,) = self._db.fetchall("SELECT COUNT(*) FROM agent_episodes")[0]
         return {"annotations": annotations, "regions": regions, "episodes": episodes}
-
-
-def out_of_space(exc: BaseException | None) -> bool:
-    """Whether an error, or one it was raised from, says the disk (or the database's size limit) is full."""
-    while exc is not None:
-        if (isinstance(exc, StorageFull) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-                or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def is_newer(version: str, kept: str) -> bool:

@@ -118,3 +118,16 @@ def test_a_full_disk_refuses_what_it_cannot_keep_answers_clicks_and_resumes_owed
         assert client.post("/webhook", json=_annotation_for(image_server, 62)).json["status"] == "ok"
     finally:
         gated.close()
+
+
+def test_a_full_disk_is_a_507_whichever_store_cannot_write(small_disk):
+    """Not only the annotation store: queueing a pre-annotation on a full data folder is refused with 507 and
+    says why, and the backend answers again once there is room."""
+    app = App(Settings(data_dir=small_disk, banned_subnets="169.254.0.0/16", label_studio_url="http://127.0.0.1:9",
+                       label_studio_api_key="key"))
+    ballast = _fill(small_disk)
+    refused = app.client.post("/preannotate", json={"project": 3, "tasks": list(range(1, 2000))})
+    assert refused.status_code == 507 and "data folder is full" in refused.json["error"], refused.json
+    assert app.client.get("/health").status_code == 200
+    ballast.unlink()
+    assert app.client.post("/preannotate", json={"project": 3, "tasks": [1]}).status_code == 202
