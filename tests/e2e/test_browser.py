@@ -99,9 +99,7 @@ def pre_annotate(task: dict, backend_url: str, scene: dict) -> dict:
     answer.raise_for_status()
     [prediction] = answer.json()["results"]
     [region] = [r for r in prediction["result"] if r["type"] == "brushlabels"]
-    # with an interactive backend connected, the editor starts a new annotation from the predictions' results
-    # marked interactive_mode false only (web/libs/editor/src/stores/Annotation/store.js, createAnnotation)
-    task["client"].predictions.create(task=task["id"], result=[{**region, "interactive_mode": False}],
+    task["client"].predictions.create(task=task["id"], result=[region],
                                       score=prediction["score"], model_version=prediction["model_version"])
     # the editor is given the predictions of the project's model version only (label_studio/tasks/models.py,
     # get_predictions_for_prelabeling), which connecting the backend sets, sometimes after this prediction
