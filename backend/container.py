@@ -110,4 +110,4 @@ def make_dispatcher(settings: Settings) -> Dispatcher:
     if settings.redis_url:
         return Rq(settings.redis_url, {"preannotate": PREANNOTATE_TIMEOUT, "annotation": ANNOTATION_TIMEOUT,
                                        "train": settings.train_timeout})
-    return InProcess({"preannotate": settings.preannotate_workers, "annotation": 1, "train": 4})
+    return InProcess({"preannotate": settings.preannotate_workers, "annotation": 1})

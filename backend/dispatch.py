@@ -27,6 +27,9 @@ KINDS: tuple[Kind, ...] = ("preannotate", "annotation", "train")
 QUEUES: dict[Kind, str] = {"preannotate": "segagent-preannotation", "annotation": "segagent-annotations",
                            "train": "segagent-training"}
 Handler = Callable[..., Any]
+# Kinds run in a daemon thread each, never waited for: a training job waits for its own process, which runs in
+# a session of its own and outlives this one, so neither a close nor the interpreter's exit may wait for it.
+DETACHED: tuple[Kind, ...] = ("train",)
 BACKGROUND_NICE = 10
 
 
@@ -73,7 +76,8 @@ class Dispatcher(Protocol):
 @dataclass
 class InProcess:
     """Thread pools in this process, one per kind, at a lower CPU priority than the request threads (so learning
-    from a burst of annotations does not slow the clicks). Annotation work runs one at a time, in order."""
+    from a burst of annotations does not slow the clicks). Annotation work runs one at a time, in order;
+    a training job runs in a daemon thread of its own (DETACHED)."""
 
     workers: dict[Kind, int]
     name: str = "process"
@@ -85,7 +89,8 @@ class InProcess:
 
     def __post_init__(self) -> None:
         self._pools = {kind: ThreadPoolExecutor(self.workers.get(kind, 1), thread_name_prefix=kind,
-                                                initializer=lower_this_thread_priority) for kind in KINDS}
+                                                initializer=lower_this_thread_priority)
+                       for kind in KINDS if kind not in DETACHED}
 
     def register(self, kind: Kind, handler: Handler) -> None:
         self._handlers[kind] = handler
@@ -102,12 +107,19 @@ class InProcess:
                 timer.start()
                 return
             self._counts[kind].pending += 1
-        self._pools[kind].submit(self._run, kind, args)
+            if kind in DETACHED:
+                threading.Thread(target=self._run_detached, args=(kind, args), daemon=True, name=kind).start()
+            else:
+                self._pools[kind].submit(self._run, kind, args)  # under the lock: close() cannot come in between
 
     def _after_delay(self, kind: Kind, args: tuple) -> None:
         with self._lock:
             self._timers = {timer for timer in self._timers if timer.is_alive()}
         self.submit(kind, *args)
+
+    def _run_detached(self, kind: Kind, args: tuple) -> None:
+        lower_this_thread_priority()
+        self._run(kind, args)
 
     def _run(self, kind: Kind, args: tuple) -> None:
         counts = self._counts[kind]
@@ -136,9 +148,8 @@ class InProcess:
             self._closed = True
             for timer in self._timers:
                 timer.cancel()
-        for kind, pool in self._pools.items():
-            # A training process runs in its own session and outlives this one: its thread is not waited for.
-            pool.shutdown(wait=kind != "train", cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Rq:
