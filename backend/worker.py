@@ -57,13 +57,16 @@ def _this_process_backend() -> Backend:
 def main(argv: list[str] | None = None) -> int:
     """`segagent-worker [KIND ...] [--fork] [--burst]` (also `python -m backend worker ...`)."""
     parser = argparse.ArgumentParser(prog="segagent-worker", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kinds", nargs="*", choices=[*KINDS, []],
-                        help="the kinds of work to take (default: preannotate annotation)")
+    parser.add_argument("kinds", nargs="*", metavar="KIND",
+                        help=f"the kinds of work to take, of {', '.join(KINDS)} (default: preannotate annotation)")
     parser.add_argument("--fork", action="store_true",
                         help="run each job in a forked work horse and build nothing up front (for training)")
     parser.add_argument("--burst", action="store_true", help="stop when the queues are empty")
     parser.add_argument("--url", default=os.environ.get("REDIS_URL", ""), help="the Redis URL (default: REDIS_URL)")
     args = parser.parse_args(argv)
+    unknown = [kind for kind in args.kinds if kind not in KINDS]
+    if unknown:
+        parser.error(f"unknown kinds of work {', '.join(unknown)}; choose from {', '.join(KINDS)}")
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redact_logs()

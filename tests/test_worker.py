@@ -55,4 +55,4 @@ def test_the_worker_refuses_to_start_without_redis_or_with_an_unknown_kind():
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "REDIS_URL" in refused.stderr
     wrong = subprocess.run([str(WORKER), "painting"], capture_output=True, text=True, timeout=60)
-    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
+    assert wrong.returncode == 2 and "unknown kinds of work painting" in wrong.stderr
