@@ -29,6 +29,15 @@ class ToolResult:
 
 
 @dataclass
+class Instance:
+    """One instance of a phrase a concept tool (SAM 3) found: its mask, its score and its box."""
+
+    mask: np.ndarray  # bool (H, W), at the image's size
+    score: float  # in [0, 1]: SAM 3's presence score times this instance's detection probability
+    box: Box  # in pixels
+
+
+@dataclass
 class Encoded:
     """An encoded image: what a tool computed once per image, and how many bytes it holds."""
 
@@ -109,6 +118,23 @@ class Segmenter:
     def encode(self, image: np.ndarray) -> Encoded:
         image = as_rgb_uint8(image)
         return self.cache.get_or_compute(f"{self.tool.name}:{image_digest(image)}", lambda: self.tool.encode(image))
+
+    @property
+    def supports_concepts(self) -> bool:
+        """Whether the tool finds every instance of a phrase (find_instances)."""
+        return callable(getattr(self.tool, "find_instances", None))
+
+    def find_instances(self, image: np.ndarray | Encoded, phrase: str, threshold: float = 0.5) -> list[Instance]:
+        """Every instance of the phrase the tool scores above threshold, the highest scored first."""
+        find: Callable[[Encoded, str, float], list[Instance]] | None = getattr(self.tool, "find_instances", None)
+        if find is None:
+            raise ToolInputError(f"the {self.name} tool finds no instances of a phrase (sam3 does)")
+        if not phrase.strip():
+            raise ToolInputError("the phrase to look for is empty")
+        if not 0.0 <= threshold <= 1.0:
+            raise ToolInputError(f"the threshold is {threshold}, not within [0, 1]")
+        encoded = image if isinstance(image, Encoded) else self.encode(image)
+        return find(encoded, phrase.strip(), threshold)
 
     def predict(
         self,
