@@ -13,13 +13,17 @@ from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
-from . import schemas, status
+from . import page, page_html, schemas, status
 from .container import Backend
 from .errors import Busy, InvalidLabelConfig, message_for, status_for
 from .labelstudio.config import Schema
 from .task_predictions import predict_task
 
 log = logging.getLogger("backend")
+# the page loads nothing from anywhere (no script at all, inline styles and SVG), is never framed or cached
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store", "Vary": "Accept"}
 
 
 def create_app(backend: Backend) -> Flask:
@@ -99,6 +103,14 @@ def _label_studio_protocol(app: Flask, backend: Backend) -> None:
     settings = backend.settings
 
     @app.get("/")
+    def root():
+        """What /health answers, to Label Studio and any JSON client; a browser (HTML preferred to JSON in its
+        Accept) gets the flywheel page instead, ?project=ID for one project."""
+        if request.accept_mimetypes.best_match(["application/json", "text/html"]) != "text/html":
+            return jsonify(status.health(backend))
+        html = page_html.render(page.gather(backend, query(schemas.ProjectQuery).project))
+        return Response(html, mimetype="text/html", headers=PAGE_HEADERS)
+
     @app.get("/health")
     def health():
         return jsonify(status.health(backend))

@@ -210,6 +210,15 @@ class AnnotationStore:
         return [{"annotation_id": r[0], "task_id": r[1], "quality": round(r[2], 4), "regions": r[3], "labels": r[4]}
                 for r in rows]
 
+    def annotation_qualities(self, project: str) -> list[float | None]:
+        """Each annotation of a project as lowest_quality ranks it (its worst region's score), None for one not
+        scored yet."""
+        return [row[0] for row in self._db.fetchall(
+            "SELECT MIN(quality) FROM annotation_regions WHERE project = ? GROUP BY annotation_id", (project,))]
+
+    def projects(self) -> list[str]:
+        return [row[0] for row in self._db.fetchall("SELECT DISTINCT project FROM annotation_regions ORDER BY project")]
+
     def record_episode(self, project: str, task_id: int, label: str, description: str, model_version: str,
                        steps: list[dict], mask: np.ndarray, score: float, stop_reason: str) -> None:
         """One agent episode: steps are {"action": text, "x", "y", "positive", "score"} in pixels."""

@@ -161,6 +161,13 @@ class TrajectoryStore:
         counts = {source: 0 for source in SOURCES} | dict(rows)
         return {"total": sum(counts.values()), **counts}
 
+    def daily_counts(self, project: str) -> list[dict]:
+        """How many trajectories of a project each day (UTC, "YYYY-MM-DD") brought, by source, oldest first."""
+        rows = self._db.fetchall(
+            "SELECT date(created, 'unixepoch') AS day, source, COUNT(*) FROM trajectories WHERE project = ? "
+            "GROUP BY day, source ORDER BY day, source", (project,))
+        return [{"day": day, "source": source, "count": count} for day, source, count in rows]
+
     def summaries(self, project: str | None = None) -> list[TrajectorySummary]:
         """What training needs to plan (split, count, order) without decoding a single mask."""
         where, args = ("WHERE t.project = ?", (project,)) if project else ("", ())
