@@ -27,13 +27,21 @@ def health(backend: Backend) -> dict:
         "model_version": backend.server.base_version,
         "device": caps.devices,
         "capabilities": {
-            "tool": {"on": caps.tool.on, "name": caps.tool.name, "error": caps.tool.reason},
+            "tool": {"on": caps.tool.on, "name": caps.tool.name, "error": caps.tool.reason, **tool_details(backend)},
             "policy": {"on": caps.policy.on, "name": caps.policy.name, "reason": caps.policy.reason},
             "quality": {"on": caps.scorer.on, "name": caps.scorer.name, "error": caps.scorer.reason},
             "training": {"on": backend.server.trainable is None, "runner": backend.dispatcher.name,
                          "reason": backend.server.trainable},
         },
     })
+
+
+def tool_details(backend: Backend) -> dict[str, str]:
+    """Where the tool runs and where its weights came from, for a tool that says where they came from (SAM 3)."""
+    component = backend.capabilities.tool.component
+    tool = component.tool if component is not None else None
+    weights = getattr(tool, "weights", None)
+    return {"device": str(getattr(tool, "device", "cpu")), "weights": str(weights)} if weights else {}
 
 
 def status(backend: Backend, project: str) -> dict:

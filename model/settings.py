@@ -24,7 +24,7 @@ DEFAULT_BANNED_SUBNETS = "169.254.0.0/16,0.0.0.0/8,fe80::/10,fd00:ec2::254/128,1
 VERBATIM = frozenset({"BASIC_AUTH_USER", "BASIC_AUTH_PASS"})
 # Credentials (a Redis URL may carry a password) stay out of job specs, which go to disk and to Redis.
 # The basic auth user goes too: a job needs no credentials, and half of them would not validate.
-SECRETS = frozenset({"label_studio_api_key", "basic_auth_user", "basic_auth_pass", "redis_url"})
+SECRETS = frozenset({"label_studio_api_key", "basic_auth_user", "basic_auth_pass", "redis_url", "hf_token"})
 
 
 class Settings(BaseSettings):
@@ -43,13 +43,23 @@ class Settings(BaseSettings):
     sam2_config: str = Field("", alias="SAM2_CONFIG", description=(
         "the SAM 2 model config: `configs/sam2.1/sam2.1_hiera_t.yaml` (`_s`, `_b+`, `_l`) as shipped in the `sam2` "
         "package, or a YAML file of that form; empty: chosen from the checkpoint's file name when it is one of Meta's"))
+    sam3_checkpoint: str = Field("", alias="SAM3_CHECKPOINT", description=(
+        "SAM 3's weights: a folder written by transformers' `save_pretrained` (facebook/sam3's layout), or a hub name "
+        "(`facebook/sam3`, gated) downloaded once into `SEGAGENT_DATA_DIR/checkpoints/hub` at `SAM3_REVISION`"))
+    sam3_revision: str = Field("", alias="SAM3_REVISION", description=(
+        "the commit of a hub `SAM3_CHECKPOINT` to download (40 hexadecimal characters); a hub name is refused "
+        "without it"))
+    hf_token: str = Field("", alias="HF_TOKEN", repr=False, description=(
+        "a Hugging Face read token, for a gated hub `SAM3_CHECKPOINT` (facebook/sam3): sent to the hub only, "
+        "never logged"))
     # its default reads the checkpoints; ahead of the fields that can fail, so their errors come alone
-    tool: Literal["classical", "sam", "sam2"] = Field(
+    tool: Literal["classical", "sam", "sam2", "sam3"] = Field(
         default_factory=lambda data: "sam" if data["sam_checkpoint"] else "sam2" if data["sam2_checkpoint"]
-        else "classical", alias="SEGAGENT_TOOL",
+        else "sam3" if data["sam3_checkpoint"] else "classical", alias="SEGAGENT_TOOL",
         description=(
-            "the interactive tool, the gate's too: `classical` (the CPU tool), `sam` or `sam2`; by default `sam` when "
-            "`SAM_CHECKPOINT` is set, else `sam2` when `SAM2_CHECKPOINT` is, else `classical`"))
+            "the interactive tool, the gate's too: `classical` (the CPU tool), `sam`, `sam2` or `sam3`; by default "
+            "`sam` when `SAM_CHECKPOINT` is set, else `sam2` when `SAM2_CHECKPOINT` is, else `sam3` when "
+            "`SAM3_CHECKPOINT` is, else `classical`"))
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", alias="SEGAGENT_DEVICE", description=(
             "where the SAM tools, an in-process policy and its LoRA training run (the SegAgent-Qwen server and "

@@ -20,7 +20,8 @@ COMMAND = "make docs"
 # Sections of the page, by field name; a field in none of them is listed last, under OTHER.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("The interactive tool", (
-        "tool", "sam_checkpoint", "sam_sha256", "sam2_checkpoint", "sam2_sha256", "sam2_config", "device")),
+        "tool", "sam_checkpoint", "sam_sha256", "sam2_checkpoint", "sam2_sha256", "sam2_config", "sam3_checkpoint",
+        "sam3_revision", "hf_token", "device")),
     ("The policy and the agent", (
         "policy", "policy_adapter", "policy_model", "policy_format", "policy_python", "agent_steps",
         "agent_samples", "prm", "return_clicks")),

@@ -63,7 +63,7 @@ def tiny_config(vocab_size: int, bos: int, eos: int):
         "mask_decoder_config": {"hidden_size": HIDDEN, "num_attention_heads": 2},
     }
     tracker = {
-        "vision_config": vision,
+        "vision_config": vision, "image_size": IMAGE_SIZE,
         "prompt_encoder_config": {"hidden_size": HIDDEN, "image_size": IMAGE_SIZE, "patch_size": 14},
         "mask_decoder_config": {"hidden_size": HIDDEN, "mlp_dim": 64, "num_attention_heads": 2,
                                 "iou_head_hidden_dim": HIDDEN},

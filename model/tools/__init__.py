@@ -9,14 +9,16 @@ from model.tools.base import Box, Encoded, ImageCache, Segmenter, Tool, ToolResu
 if TYPE_CHECKING:
     from model.settings import Settings
 
-TOOL_NAMES = ("classical", "sam", "sam2")
+TOOL_NAMES = ("classical", "sam", "sam2", "sam3")
 
 
 def make_tool(name: str, sam_checkpoint: str | None = None, data_dir: str | Path = "data",
               sam_sha256: str | None = None, sam2_checkpoint: str | None = None, sam2_sha256: str | None = None,
-              sam2_config: str | None = None, device: str = "auto") -> Tool:
+              sam2_config: str | None = None, device: str = "auto", sam3_checkpoint: str | None = None,
+              sam3_revision: str | None = None, hf_token: str | None = None) -> Tool:
     """Build a tool by name. SAM and SAM 2 need a checkpoint (SAM 2 a config too, unless the checkpoint is
-    one of Meta's) and run on `device` (auto, cuda or cpu); the classical tool needs nothing."""
+    one of Meta's), SAM 3 a folder or a hub name with its revision; they run on `device` (auto, cuda or cpu).
+    The classical tool needs nothing."""
     if name == "classical":
         from model.tools.classical import ClassicalTool
 
@@ -33,6 +35,13 @@ def make_tool(name: str, sam_checkpoint: str | None = None, data_dir: str | Path
         from model.tools.sam2 import Sam2Tool
 
         return Sam2Tool(sam2_checkpoint, config=sam2_config, data_dir=data_dir, sha256=sam2_sha256, device=device)
+    if name == "sam3":
+        if not sam3_checkpoint:
+            raise ValueError("the sam3 tool needs its weights (SAM3_CHECKPOINT: a folder, or facebook/sam3 with "
+                             "SAM3_REVISION)")
+        from model.tools.sam3 import Sam3Tool
+
+        return Sam3Tool(sam3_checkpoint, revision=sam3_revision, data_dir=data_dir, token=hf_token, device=device)
     raise ValueError(f"unknown tool {name!r}; choose one of {', '.join(TOOL_NAMES)}")
 
 
@@ -44,7 +53,9 @@ def tool_options(settings: Settings) -> dict[str, Any]:
     """make_tool's keywords from the settings, for every tool."""
     return {"sam_checkpoint": settings.sam_checkpoint or None, "sam_sha256": settings.sam_sha256 or None,
             "sam2_checkpoint": settings.sam2_checkpoint or None, "sam2_sha256": settings.sam2_sha256 or None,
-            "sam2_config": settings.sam2_config or None, "device": settings.device, "data_dir": settings.data_dir}
+            "sam2_config": settings.sam2_config or None, "device": settings.device, "data_dir": settings.data_dir,
+            "sam3_checkpoint": settings.sam3_checkpoint or None, "sam3_revision": settings.sam3_revision or None,
+            "hf_token": settings.hf_token or None}
 
 
 def segmenter_from(settings: Settings) -> Segmenter:
