@@ -166,11 +166,14 @@ def _operations(app: Flask, backend: Backend) -> None:
 
     @app.get("/versions")
     def versions():
-        return jsonify(backend.training.versions(query(schemas.ProjectQuery).project))
+        project = query(schemas.ProjectQuery).project
+        return jsonify({**backend.training.versions(project), "scorers": backend.scorers.versions_by_project(project)})
 
     @app.post("/rollback")
     def rollback():
         rollback = body(schemas.RollbackBody)
+        if rollback.kind == "scorer":
+            return jsonify(backend.scorers.rollback(rollback.project, rollback.version))
         return jsonify(backend.training.rollback(rollback.project, rollback.version))
 
     @app.post("/preannotate")

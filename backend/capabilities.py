@@ -71,9 +71,12 @@ class Capabilities:
     policy: Capability[Policy]
     scorer: Capability[Scorer]
     agent: Capability[Agent]
+    # a project's own offline scorer (project_scorers.py), None for the shipped one; asked only when the scorer
+    # is the offline one
+    per_project: Callable[[str], Scorer | None] | None = None
 
     @classmethod
-    def build(cls, settings: Settings) -> Capabilities:
+    def build(cls, settings: Settings, per_project: Callable[[str], Scorer | None] | None = None) -> Capabilities:
         if settings.device == "cuda":
             resolve_device("cuda")  # no usable GPU: DeviceError, the backend does not start (not the CPU, silently)
         tool: Capability[Segmenter] = Capability.build("interactive tool", lambda: segmenter_from(settings))
@@ -89,7 +92,7 @@ class Capabilities:
                 "quality scorer", PolicyScorer(policy.get(), observation=settings.policy_format))
         else:
             scorer = Capability.build("quality scorer", OfflineScorer)
-        capabilities = cls(tool, policy, scorer, _agent(settings, tool, policy, scorer))
+        capabilities = cls(tool, policy, scorer, _agent(settings, tool, policy, scorer), per_project)
         devices = capabilities.devices
         log.info("devices: tool %s, policy %s (SEGAGENT_DEVICE=%s)", devices["tool"] or "off",
                  devices["policy"] or "off", settings.device)
@@ -103,15 +106,26 @@ class Capabilities:
         policy = getattr(self.policy.component, "device", "remote") if self.policy.component else None
         return {"tool": tool, "policy": policy}
 
-    def estimate(self, image: np.ndarray, mask: np.ndarray, description: str, fallback: float) -> float:
-        """A mask's estimated IoU: the score of every prediction and of every submitted region."""
+    def estimate(self, image: np.ndarray, mask: np.ndarray, description: str, fallback: float,
+                 project: str = "") -> float:
+        """A mask's estimated IoU: the score of every prediction and of every submitted region, by the project's
+        own scorer when it has one."""
         if not self.scorer.on:
             return fallback
         try:
-            return float(self.scorer.get()(image, mask, description))
+            return float(self._scorer(project)(image, mask, description))
         except (PolicyError, ValueError) as exc:
             log.warning("quality scorer failed, using the tool's score: %s", exc)
             return fallback
+
+    def _scorer(self, project: str) -> Scorer:
+        scorer = self.scorer.get()
+        if project and self.per_project is not None and isinstance(scorer, OfflineScorer):
+            try:
+                return self.per_project(project) or scorer
+            except Exception:  # a broken version file: the shipped scorer answers, the log says why
+                log.exception("project %s: its quality scorer does not load; the shipped one answers", project)
+        return scorer
 
 
 def _agent(settings: Settings, tool: Capability[Segmenter], policy: Capability[Policy],

@@ -19,7 +19,9 @@ from .metrics import Metrics
 from .preannotation import Preannotator
 from .preannotation_queue import PreannotationQueue
 from .prediction import Predictor
+from .project_scorers import ProjectScorers
 from .projects import ProjectConfigs
+from .quality_labels import CorrectionLabels, QualityLabels
 from .serving import VersionServer
 from .sessions import Sessions
 from .store import AnnotationStore
@@ -52,6 +54,8 @@ class Backend:
     webhooks: Webhooks
     dispatcher: Dispatcher
     handlers: dict[Kind, Handler]  # what each kind of background work runs, here or in a worker
+    quality_labels: QualityLabels  # daily_counts(project): the scorer's labels by day and source
+    scorers: ProjectScorers  # scorer_versions(project): each project's scorer versions and gate figures
     started: float = field(default_factory=time.time)
 
     @classmethod
@@ -60,7 +64,9 @@ class Backend:
         components and handlers, without the periodic training thread and without handing out again what the
         stores say is owed (the web process does that at its start)."""
         metrics = Metrics()
-        capabilities = Capabilities.build(settings)
+        quality_labels = QualityLabels(settings.data_dir / "quality_labels.sqlite3")
+        scorers = ProjectScorers(settings, quality_labels, settings.data_dir / "scorers")
+        capabilities = Capabilities.build(settings, per_project=scorers.scorer_for)
         connection = LabelStudioConnection(settings)
         fetcher = ImageFetcher(settings, connection)
         annotations = AnnotationStore(settings.data_dir / "annotations.sqlite3")
@@ -75,9 +81,11 @@ class Backend:
         trajectories = TrajectoryStore(settings.data_dir / "trajectories")
         training_jobs = TrainingJobs(settings, registry, dispatcher, annotations)
         training = Training(settings.model_copy(update={"train_interval": 0}) if worker else settings, registry,
-                            trajectories, server, training_jobs, metrics)
+                            trajectories, server, training_jobs, metrics, scorers.refit)
         ingest = AnnotationIngest(settings, capabilities, annotations, trajectories, fetcher, connection, dispatcher,
-                                  training.after_new_trajectories)
+                                  training.after_new_trajectories,
+                                  CorrectionLabels(quality_labels, predictor.predicted, annotations,
+                                                   settings.scorer_match_iou), scorers.after_new_labels)
         preannotator = Preannotator(settings, capabilities, connection, fetcher, configs, server, predictor,
                                     PreannotationQueue(settings.data_dir / "preannotation.sqlite3"), dispatcher)
         handlers: dict[Kind, Handler] = {"preannotate": preannotator.run_task, "annotation": ingest.do_owed_work,
@@ -92,7 +100,7 @@ class Backend:
                    registry=registry, server=server, predictor=predictor, ingest=ingest, training=training,
                    preannotator=preannotator, webhooks=Webhooks(settings, ingest, training, preannotator, configs,
                                                                 metrics),
-                   dispatcher=dispatcher, handlers=handlers)
+                   dispatcher=dispatcher, handlers=handlers, quality_labels=quality_labels, scorers=scorers)
 
     def close(self) -> None:
         """Stop the periodic training thread, let the background work under way finish, close the stores."""
@@ -101,6 +109,7 @@ class Backend:
         self.preannotator.queue.close()
         self.predictor.close()
         self.annotations.close()
+        self.quality_labels.close()
         self.trajectories.close()
         log.info("backend closed")
 

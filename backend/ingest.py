@@ -26,6 +26,7 @@ from .dispatch import Dispatcher
 from .errors import out_of_space
 from .images import ImageFetcher
 from .inputs import AnnotationInput, Region
+from .quality_labels import CorrectionLabels
 from .store import AnnotationStore, PendingWork
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ SPACE_RETRY_LONGEST = 300.0
 class AnnotationIngest:
     def __init__(self, settings: Settings, capabilities: Capabilities, store: AnnotationStore,
                  trajectories: TrajectoryStore, fetcher: ImageFetcher, connection: LabelStudioConnection,
-                 dispatcher: Dispatcher, on_trajectories: Callable[[str], None]):
+                 dispatcher: Dispatcher, on_trajectories: Callable[[str], None], corrections: CorrectionLabels,
+                 on_labels: Callable[[str], object]):
         self.settings = settings
         self.capabilities = capabilities
         self.store = store
@@ -49,6 +51,8 @@ class AnnotationIngest:
         self.connection = connection
         self.dispatcher = dispatcher
         self.on_trajectories = on_trajectories  # the training triggers count new trajectories
+        self.corrections = corrections  # the quality scorer's labels from corrections of our predictions
+        self.on_labels = on_labels  # the project scorer's refit counts new labels
         self._pruned = 0.0
         self._space_lock = threading.Lock()
         self._waiting_for_space = False  # a retry of work that failed for lack of space is scheduled
@@ -141,6 +145,7 @@ class AnnotationIngest:
         # (TrajectoryStore.replace_annotation).
         removed = self.store.delete(annotation_ids)
         self.trajectories.delete_annotations(annotation_ids)
+        self.corrections.labels.delete_annotations(annotation_ids)
         return removed
 
     def _learn(self, annotation: AnnotationInput) -> None:
@@ -150,12 +155,14 @@ class AnnotationIngest:
             if region.mask.shape != image.shape[:2]:
                 raise ValueError(f"annotation {annotation.annotation_id}: a region of {region.mask.shape} on an "
                                  f"image of {image.shape[:2]}")
-        scores = [round(self.capabilities.estimate(image, r.mask, annotation.prompt or r.label, 0.0), 4)
+        scores = [round(self.capabilities.estimate(image, r.mask, annotation.prompt or r.label, 0.0,
+                                                   annotation.project), 4)
                   for r in annotation.regions]
         if not self.store.set_quality(annotation.annotation_id, annotation.version, scores):
             log.info("annotation %s changed while it was scored: its newer version is scored instead",
                      annotation.annotation_id)
             return
+        self._learn_labels(annotation, image)
         if self.capabilities.tool.on:
             self._record_trajectories(annotation, image)
         if not self.capabilities.scorer.on:
@@ -172,6 +179,18 @@ class AnnotationIngest:
             return
         label_studio.set_task_field(annotation.task_id, QUALITY_FIELD, min(scores))
         log.info("annotation %s of task %s: quality %s", annotation.annotation_id, annotation.task_id, scores)
+
+    def _learn_labels(self, annotation: AnnotationInput, image: np.ndarray) -> None:
+        """The true IoU of each of our predictions the annotation corrected: labels for the project's scorer,
+        kept before the work is struck off; a refit when enough have come (its failure fails nothing else)."""
+        made = self.corrections.learn(annotation, image)
+        if made <= 0:
+            return
+        log.info("annotation %s: %d labels for the quality scorer", annotation.annotation_id, made)
+        try:
+            self.on_labels(annotation.project)
+        except Exception:
+            log.exception("project %s: the quality scorer's refit failed", annotation.project)
 
     def _record_trajectories(self, annotation: AnnotationInput, image: np.ndarray) -> None:
         """Per region: from scratch, from our own last prediction (a correction), and the real clicks."""

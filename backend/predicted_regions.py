@@ -86,5 +86,12 @@ class PredictedRegions:
                 found.append(PredictedRegion(region_id, label_, version, score, _unpack(blob, height, width)))
         return found
 
+    def for_task(self, project: str, task_id: int) -> list[PredictedRegion]:
+        """Every region predicted for the task, the newest first."""
+        return [PredictedRegion(region_id, label, version, score, _unpack(blob, height, width))
+                for region_id, label, version, score, height, width, blob in self._db.fetchall(
+                    "SELECT region_id, label, model_version, score, height, width, mask FROM predicted_regions "
+                    "WHERE project = ? AND task = ? ORDER BY created DESC", (project, task_id))]
+
     def close(self) -> None:
         self._db.close()

@@ -150,7 +150,8 @@ class Predictor:
         log.info("task %s: interactive mask for %r (region %s) from %d clicks%s, %d pixels", task.id, label,
                  step.session.region_id, len(clicks), " and a box" if step.box else "", kept.area)
         score = result.score if self.settings.interactive_score == "tool" else \
-            self.capabilities.estimate(image, result.mask, interaction.text or label, result.score)
+            self.capabilities.estimate(image, result.mask, interaction.text or label, result.score,
+                                        serving.project)
         return RegionPrediction(label, result.mask, score, id=step.session.region_id)
 
     def _predicted_starts(self, serving: Serving, task: TaskInput, label: str, placed: list[Placed],
@@ -181,7 +182,8 @@ class Predictor:
         for start in starts:
             assert start.box is not None  # without an agent, only boxes are parsed as starts
             result = self.capabilities.tool.get().predict(image, box=start.box.to_pixels(width, height))
-            score = self.capabilities.estimate(image, result.mask, task.prompt or start.label, result.score)
+            score = self.capabilities.estimate(image, result.mask, task.prompt or start.label, result.score,
+                                               serving.project)
             regions.append(RegionPrediction(start.label, result.mask, score))
         return regions
 
@@ -213,6 +215,7 @@ class Predictor:
                 [{"action": s.text, "x": s.click.x, "y": s.click.y, "positive": s.click.positive, "score": s.score}
                  for s in episode.steps], episode.mask, episode.score, episode.stop_reason)
             if episode.mask.any():
-                score = self.capabilities.estimate(image, episode.mask, episode.description, episode.score)
+                score = self.capabilities.estimate(image, episode.mask, episode.description, episode.score,
+                                                   serving.project)
                 regions.append(RegionPrediction(label, episode.mask, score, episode.clicks))
         return regions

@@ -5,7 +5,7 @@ has (its annotations and predictions, or those of a project export) are the task
 request: one of them that does not validate is kept as Unreadable, for its reader to skip and log."""
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, Strict, TypeAdapter, ValidationError
 
@@ -169,6 +169,7 @@ class JobStatusBody(Body):
 class RollbackBody(Body):
     project: ProjectId
     version: Annotated[str, Field(max_length=200)] | None = None
+    kind: Literal["policy", "scorer"] = "policy"  # the project's policy, or its quality scorer
 
 
 class ProjectQuery(Body):

@@ -56,7 +56,7 @@ def status(backend: Backend, project: str) -> dict:
         "trajectories": backend.trajectories.counts(project or None),
         "webhook_events": dict(backend.webhooks.events),
         "training": backend.training.status(project),
-        "quality": {"scorer": caps.scorer.name},
+        "quality": {"scorer": caps.scorer.name, **backend.scorers.status(project)},
         "background_jobs": backend.dispatcher.status(),
         "derived_work": backend.ingest.work_status(),
         "preannotation": backend.preannotator.status(),

@@ -255,6 +255,16 @@ class AnnotationStore:
             rows = [row for row in rows if row[2] == region_id]
         return [(json.loads(clicks), rle_decode(json.loads(mask))) for clicks, mask, _ in rows]
 
+    def interactive_objects(self, project: str, task_id: int) -> list[tuple[str, str | None, np.ndarray]]:
+        """(label, region id, last mask) of each interactive object of the task: the last answer per region id,
+        and per label for the requests that carry no id."""
+        last: dict[tuple[str, str | None], str] = {}
+        for label, region_id, mask in self._db.fetchall(
+                "SELECT label, region_id, mask_rle FROM interactive_steps WHERE project = ? AND task_id = ? ORDER BY id",
+                (project, task_id)):
+            last[(label, region_id)] = mask
+        return [(label, region_id, rle_decode(json.loads(mask))) for (label, region_id), mask in last.items()]
+
     def prune(self, before: float) -> int:
         """Forget agent episodes and interactive requests older than `before` (a time): what they could
         still become, a correction or a human trajectory, needed an annotation that never came."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from model.flywheel.registry import BASE_VERSION, JobRecord, JobState, Registry, project_of
 from model.flywheel.trajectories import TrajectoryStore
@@ -24,13 +25,14 @@ JOB_STATUS = {JobState.queued: "queued", JobState.running: "started", JobState.f
 
 class Training:
     def __init__(self, settings: Settings, registry: Registry, trajectories: TrajectoryStore, server: VersionServer,
-                 jobs: TrainingJobs, metrics: Metrics):
+                 jobs: TrainingJobs, metrics: Metrics, refit_scorer: Callable[[str, str], dict | None] | None = None):
         self.settings = settings
         self.registry = registry
         self.trajectories = trajectories
         self.server = server
         self.jobs = jobs
         self.metrics = metrics
+        self.refit_scorer = refit_scorer  # without a policy, Start training refits the project's quality scorer
         self.last_skipped: dict | None = None
         self._stop = threading.Event()
         self._periodic: threading.Thread | None = None
@@ -50,6 +52,10 @@ class Training:
         success; Label Studio does not retry it, and its project webhooks ignore the answer."""
         reason = self.server.trainable
         if reason:
+            refitted = self.refit_scorer(project, "Start training without a policy") \
+                if self.refit_scorer is not None and str(project).isdigit() else None
+            if refitted is not None:
+                return {"status": "scorer refitted", "scorer": refitted, "reason": f"training is off: {reason}"}
             self.last_skipped = {"state": "skipped", "reason": reason, "at": time.time()}
             raise CapabilityOff(f"training is off: {reason}")
         if not project and self.settings.policy_scope != "shared":

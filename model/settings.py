@@ -199,6 +199,19 @@ class Settings(BaseSettings):
                                   description=(
                                       "how much worse than the active version a candidate may be and still be "
                                       "promoted"))
+    scorer_refit_every: int = Field(50, ge=0, alias="SEGAGENT_SCORER_REFIT_EVERY", description=(
+        "a project's quality scorer is refitted after this many new labels from corrections (0: only on Start "
+        "training without a policy); see docs/quality.md"))
+    scorer_prior_strength: float = Field(1.0, ge=0, alias="SEGAGENT_SCORER_PRIOR_STRENGTH", description=(
+        "how strongly a project's scorer is held to the shipped one: the ridge pull of its correction toward none, "
+        "in labels' worth (its feature weights 10 times harder)"))
+    scorer_gate_tolerance: float = Field(0.0, ge=0, alias="SEGAGENT_SCORER_GATE_TOLERANCE", description=(
+        "how much lower a refitted scorer's held-out Pearson, and higher its MAE, may be than the active scorer's "
+        "for it to be promoted"))
+    scorer_match_iou: float = Field(0.3, ge=0, le=1, alias="SEGAGENT_SCORER_MATCH_IOU", description=(
+        "a submitted region with no prediction of its id is the same object as a prediction of its label when "
+        "their IoU is at least this (one to one, best pairs first): the prediction's label for the scorer"))
+
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

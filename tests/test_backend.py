@@ -80,7 +80,7 @@ def test_health_status_and_root(client):
     assert client.get("/").json == health
     status = client.get("/status").json
     assert {"policy", "tool", "active_version", "trajectories", "training"} <= set(status)
-    assert client.get("/versions").json == {"versions": [health["model_version"]]}
+    assert client.get("/versions").json == {"versions": [health["model_version"]], "scorers": {}}
 
 
 def test_setup_answers_the_version_and_keeps_label_studio(client):

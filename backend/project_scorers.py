@@ -1,0 +1,163 @@
+"""Each project's quality scorer: the shipped offline scorer corrected on the project's labels (quality_labels.py),
+refitted every SEGAGENT_SCORER_REFIT_EVERY new labels and on Start training without a policy, gated on held-out
+tasks (model/quality/project_scorer.py), versioned and rolled back with the policy's registry machinery in a
+folder of its own: SEGAGENT_DATA_DIR/scorers/<scope>/versions/vN/{correction.json,meta.json}, active.json,
+history.jsonl. v0 is the shipped scorer. A version fitted on other features or other shipped weights than this
+code's is not served (the shipped scorer is, and /status says why)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from model.flywheel.registry import BASE_VERSION, Busy, Registry, UnknownVersion, scope_for
+from model.quality import project_scorer
+from model.quality.project_scorer import FEATURES_VERSION, TooFewLabels
+from model.quality.scorers import OfflineScorer, QualityModel
+from model.settings import Settings
+
+from .quality_labels import QualityLabels
+
+log = logging.getLogger(__name__)
+CORRECTION = "correction.json"
+
+
+class ProjectScorers:
+    def __init__(self, settings: Settings, labels: QualityLabels, root: Path):
+        self.settings = settings
+        self.labels = labels
+        self.registry = Registry(root)
+        self._prior: QualityModel | None = None
+        self._prior_digest = ""
+        self._loaded: dict[tuple[str, str], OfflineScorer | None] = {}
+        self._lock = threading.Lock()
+
+    def _shipped(self) -> tuple[QualityModel, str]:
+        """The shipped scorer's model (every correction's prior) and its weights' digest, loaded once."""
+        if self._prior is None:
+            self._prior, self._prior_digest = QualityModel.load(), project_scorer.prior_digest()
+        return self._prior, self._prior_digest
+
+    def scorer_for(self, project: str) -> OfflineScorer | None:
+        """The project's active scorer; None for the shipped one (v0, or a version this code cannot serve)."""
+        if not str(project).isdigit():
+            return None
+        scope = scope_for(project)
+        version = self.registry.active(scope)
+        if version == BASE_VERSION:
+            return None
+        with self._lock:
+            if (scope, version) not in self._loaded:
+                self._loaded[(scope, version)] = self._load(scope, version)
+            return self._loaded[(scope, version)]
+
+    def _load(self, scope: str, version: str) -> OfflineScorer | None:
+        why = self._unservable(self.registry.version(scope, version))
+        if why:
+            log.warning("%s: scorer %s is not served (%s): the shipped scorer is", scope, version, why)
+            return None
+        path = self.registry.version_dir(scope, version) / CORRECTION
+        return OfflineScorer(project_scorer.load(path, self._shipped()[0]))
+
+    def _unservable(self, meta: dict) -> str | None:
+        if meta.get("features_version") != FEATURES_VERSION:
+            return f"fitted on features {meta.get('features_version')}, these are {FEATURES_VERSION}"
+        if meta.get("prior") != self._shipped()[1]:
+            return "fitted on other shipped weights"
+        return None
+
+    def after_new_labels(self, project: str) -> dict | None:
+        """Every SEGAGENT_SCORER_REFIT_EVERY labels of the project since its last refit, a refit."""
+        every = self.settings.scorer_refit_every
+        if every <= 0:
+            return None
+        fresh = self.labels.count_after(project, self._fitted_through(scope_for(project)))
+        if fresh < every:
+            return None
+        return self.refit(project, f"{fresh} new labels (SEGAGENT_SCORER_REFIT_EVERY={every})")
+
+    def _fitted_through(self, scope: str) -> int:
+        return max((m.get("through", 0) for m in self.registry.versions(scope)), default=0)
+
+    def refit(self, project: str, trigger: str) -> dict | None:
+        """Fit a candidate on the project's labels and promote it if the gate says so; None when the labels are too
+        few for a gate (or another refit of the project is under way)."""
+        scope = scope_for(project)
+        prior, digest = self._shipped()
+        features, ious, tasks, through = self.labels.training_set(project)
+        try:
+            with self.registry.lock(scope):
+                active_name = self.registry.active(scope)
+                active = self.scorer_for(project)
+                try:
+                    candidate, gate, promote = project_scorer.refit(
+                        prior, features, ious, tasks, active.model if active else None,
+                        strength=self.settings.scorer_prior_strength, tolerance=self.settings.scorer_gate_tolerance)
+                except TooFewLabels as exc:
+                    log.info("%s: no scorer refit: %s", scope, exc)
+                    return None
+                name, folder = self.registry.allocate(scope)
+                project_scorer.save(candidate, folder / CORRECTION, digest)
+                meta = self.registry.register(scope, name, {
+                    "kind": "scorer", "parent": active_name, "created": time.time(), "trigger": trigger,
+                    "labels": len(ious), "through": through, "gate": gate, "features_version": FEATURES_VERSION,
+                    "prior": digest, "status": "promoted" if promote else "rejected",
+                    "strength": self.settings.scorer_prior_strength})
+                if promote:
+                    self.registry.activate(scope, name, gate["reason"])
+        except Busy:
+            log.info("%s: a scorer refit is under way already", scope)
+            return None
+        log.info("%s: scorer %s %s: %s", scope, name, meta["status"], gate["reason"])
+        return {"version": name, "status": meta["status"], "labels": len(ious), "gate": gate}
+
+    def rollback(self, project: str, version: str | None) -> dict:
+        """Serve an earlier scorer of the project: `version` (v0: the shipped one), by default the active one's
+        parent."""
+        scope = scope_for(project)
+        to = self.registry.rollback(scope, version or None)
+        log.warning("%s: scorer rolled back, %s is active", scope, to)
+        return {"status": "ok", "scope": scope, "kind": "scorer", "active_version": to}
+
+    def scorer_versions(self, project: str) -> list[dict]:
+        """The project's scorer versions, oldest first: version, created_at, labels, gate (Pearson and MAE of the
+        candidate and of the scorer active before, on held-out labels), active; v0 (the shipped scorer) first."""
+        scope = scope_for(project)
+        try:
+            active = self.registry.active(scope)
+        except UnknownVersion:
+            active = BASE_VERSION
+        rows: list[dict] = [{"version": BASE_VERSION, "created_at": None, "labels": 0, "gate": {},
+                             "active": active == BASE_VERSION, "status": "shipped"}]
+        for meta in self.registry.versions(scope):
+            rows.append({"version": meta["name"], "created_at": meta.get("created"), "labels": meta.get("labels", 0),
+                         "gate": meta.get("gate", {}), "active": meta["name"] == active, "status": meta.get("status"),
+                         "trigger": meta.get("trigger"), "unservable": self._unservable(meta)})
+        return rows
+
+    def versions_by_project(self, project: str) -> dict[str, list[dict]]:
+        """/versions' scorers: of one project, or of every project with labels or scorer versions."""
+        return {name: self.scorer_versions(name) for name in ([project] if project else self.projects())
+                if str(name).isdigit()}
+
+    def projects(self) -> list[str]:
+        scoped = [s.split("-", 1)[1] for s in self.registry.scopes() if s.startswith("project-")]
+        return sorted(set(scoped) | set(self.labels.projects()), key=lambda p: (len(p), p))
+
+    def status(self, project: str) -> dict:
+        """Per project: the active scorer version, its labels (by source, stale ones apart) and versions."""
+        projects = [project] if project else self.projects()
+        answer = {}
+        for name in projects:
+            if not str(name).isdigit():
+                continue
+            scope = scope_for(name)
+            active = self.registry.active(scope)
+            unservable = self._unservable(self.registry.version(scope, active)) if active != BASE_VERSION else None
+            answer[name] = {"active_scorer": active, "served": BASE_VERSION if unservable else active,
+                            "unservable": unservable, "versions": len(self.registry.versions(scope)),
+                            "new_labels": self.labels.count_after(name, self._fitted_through(scope)),
+                            **self.labels.counts(name)}
+        return {"refit_every": self.settings.scorer_refit_every, "features_version": FEATURES_VERSION,
+                "projects": answer}
