@@ -106,6 +106,11 @@ class Capabilities:
         policy = getattr(self.policy.component, "device", "remote") if self.policy.component else None
         return {"tool": tool, "policy": policy}
 
+    @property
+    def concepts(self) -> bool:
+        """Whether the tool finds every instance of a phrase (SAM 3): concept pre-annotation."""
+        return self.tool.component is not None and self.tool.component.supports_concepts
+
     def estimate(self, image: np.ndarray, mask: np.ndarray, description: str, fallback: float,
                  project: str = "") -> float:
         """A mask's estimated IoU: the score of every prediction and of every submitted region, by the project's

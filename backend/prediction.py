@@ -1,7 +1,9 @@
-"""Predictions, per task, in one of three modes:
+"""Predictions, per task, in one of four modes:
 - interactive: the context holds smart keypoints and/or a rectangle -> the tool makes the mask;
 - refine: the task already has rectangles (imported predictions, annotations) -> box -> mask, which
   the policy's episode then refines when a policy is configured (which can start from masks too);
+- concepts: nothing to start from, and a tool that finds every instance of a phrase (SAM 3) -> one region per
+  instance of each label's phrase (or of the description), each refined by the policy's episode when there is one;
 - auto: nothing to start from -> the policy's episode, one per object prompt (off without a policy).
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from model.agent.loop import Agent, Episode, EpisodeTask
 from model.settings import Settings
 from model.tools import ToolResult
+from model.tools.base import Instance
 
 from .capabilities import Capabilities
 from .errors import Busy
@@ -85,8 +88,8 @@ class Predictor:
     def predict(self, task: TaskInput, schema: Schema, serving: Serving,
                 annotator: Annotator = UNKNOWN) -> list[RegionPrediction] | None:
         """The task's regions; None when there is nothing to predict from (the reason is logged)."""
-        agent_on = serving.agent.on
-        if not task.interaction.has_geometry and not task.starts and not agent_on:
+        concepts = self.capabilities.concepts
+        if not task.interaction.has_geometry and not task.starts and not serving.agent.on and not concepts:
             log.info("task %s: no prediction: %s, and no clicks or boxes to start from", task.id, serving.agent.reason)
             return None
         self.capabilities.tool.get()  # off: a 503 that says why, before the image is fetched
@@ -95,6 +98,8 @@ class Predictor:
             regions = [self._interactive(task, schema, image, serving, annotator)]
         elif task.starts:
             regions = self._refine(task, image, serving)
+        elif concepts:
+            regions = self._concepts(task, schema, image, serving)
         else:
             regions = self._auto(task, schema, image, serving)
         found = [region for region in regions if region.mask.any()]
@@ -187,15 +192,43 @@ class Predictor:
             regions.append(RegionPrediction(start.label, result.mask, score))
         return regions
 
-    def _auto(self, task: TaskInput, schema: Schema, image: np.ndarray, serving: Serving) -> list[RegionPrediction]:
-        """One episode per object prompt: the task's description (or the TextArea's text), else one per
-        label (the label is the prompt)."""
+    @staticmethod
+    def _objects(task: TaskInput, schema: Schema, phrases: dict[str, str]) -> list[tuple[str, str]]:
+        """(label, prompt) per object to look for: the task's description (or the TextArea's text), labelled with
+        the label it names (or the first), else one per label, its phrase the label's own unless `phrases` maps it."""
         prompt = task.interaction.text or task.prompt
         if prompt:
             named = [label for label in schema.labels if label.lower() in prompt.lower()]
-            objects = [(named[0] if named else schema.labels[0], prompt)]
-        else:
-            objects = [(label, label) for label in schema.labels]
+            return [(named[0] if named else schema.labels[0], prompt)]
+        return [(label, phrases.get(label, label)) for label in schema.labels]
+
+    def _concepts(self, task: TaskInput, schema: Schema, image: np.ndarray,
+                  serving: Serving) -> list[RegionPrediction]:
+        """Every instance of each object's phrase the tool scores above the threshold (the highest scored,
+        at most `concept_max_instances` each), one region per instance. A region's score is the tool's
+        probability that the instance is one, times the quality scorer's estimate of its mask's IoU: its
+        expected IoU, a false detection counting 0. With a policy, each instance is refined by an episode
+        from its mask and box, as refine mode does."""
+        segmenter = self.capabilities.tool.get()
+        found: list[tuple[str, str, Instance]] = []
+        for label, phrase in self._objects(task, schema, self.settings.concept_phrases):
+            instances = segmenter.find_instances(image, phrase, self.settings.concept_threshold)
+            instances = sorted(instances, key=lambda instance: -instance.score)[:self.settings.concept_max_instances]
+            log.info("task %s: %d instances of %r (label %r)", task.id, len(instances), phrase, label)
+            found += [(label, phrase, instance) for instance in instances]
+        self.metrics.predictions.labels("concepts").inc(len(found))
+        detected = [instance.score for _, _, instance in found]
+        if serving.agent.on:
+            episodes = serving.agent.get().run_many([EpisodeTask(image, phrase, initial_mask=instance.mask,
+                                                                 box=instance.box) for _, phrase, instance in found])
+            return self._episode_regions(serving, task, image, [label for label, _, _ in found], episodes, detected)
+        return [RegionPrediction(label, instance.mask, instance.score * self.capabilities.estimate(
+            image, instance.mask, phrase, 1.0, serving.project)) for label, phrase, instance in found]
+
+    def _auto(self, task: TaskInput, schema: Schema, image: np.ndarray, serving: Serving) -> list[RegionPrediction]:
+        """One episode per object prompt: the task's description (or the TextArea's text), else one per
+        label (the label is the prompt)."""
+        objects = self._objects(task, schema, {})
         agent: Agent = serving.agent.get()
         episodes = agent.run_many([EpisodeTask(image, description) for _, description in objects])
         for episode in episodes:
@@ -205,11 +238,12 @@ class Predictor:
         return self._episode_regions(serving, task, image, [label for label, _ in objects], episodes)
 
     def _episode_regions(self, serving: Serving, task: TaskInput, image: np.ndarray, labels: list[str],
-                         episodes: list[Episode]) -> list[RegionPrediction]:
+                         episodes: list[Episode], detected: list[float] | None = None) -> list[RegionPrediction]:
         """The episodes' regions, each episode recorded for the flywheel (a later annotation makes it a
-        correction trajectory)."""
+        correction trajectory). A region's score is the quality scorer's estimate, times the probability that
+        its object is one when the tool `detected` it with one (concepts)."""
         regions = []
-        for label, episode in zip(labels, episodes):
+        for index, (label, episode) in enumerate(zip(labels, episodes)):
             self.store.record_episode(
                 serving.project, task.id or 0, label, episode.description, serving.version,
                 [{"action": s.text, "x": s.click.x, "y": s.click.y, "positive": s.click.positive, "score": s.score}
@@ -217,5 +251,6 @@ class Predictor:
             if episode.mask.any():
                 score = self.capabilities.estimate(image, episode.mask, episode.description, episode.score,
                                                    serving.project)
+                score *= detected[index] if detected else 1.0
                 regions.append(RegionPrediction(label, episode.mask, score, episode.clicks))
         return regions

@@ -1,5 +1,5 @@
 """One way to predict a task, for /predict and for pre-annotation alike: the task in the model's terms, predicted
-in its mode (interactive, refine or auto: prediction.py), and written as Label Studio's prediction."""
+in its mode (interactive, refine, concepts or auto: prediction.py), and written as Label Studio's prediction."""
 from __future__ import annotations
 
 import uuid
@@ -18,7 +18,7 @@ from .sessions import Annotator
 def predict_task(settings: Settings, predictor: Predictor, task: TaskBody, schema: Schema, serving: Serving,
                  context: PredictContext | None = None) -> dict | None:
     """Label Studio's prediction for the task ({"result", "score", "model_version"}); None when the task gives
-    nothing to predict from (no clicks, no rectangles, and no policy)."""
+    nothing to predict from (no clicks, no rectangles, no policy and no concepts)."""
     task_input = parsing.task_input(task, schema, context, settings.prompt_fields, serving.agent.on,
                                     settings.max_image_pixels, settings.max_mask_pixels)
     regions = predictor.predict(task_input, schema, serving, Annotator.from_drafts((task.model_extra or {}).get("drafts")))

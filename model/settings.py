@@ -4,6 +4,7 @@ sets fields by name (what is not given still comes from the environment)."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -107,6 +108,14 @@ class Settings(BaseSettings):
             "else polygons"))
     polygon_tolerance: float = Field(1.0, ge=0, alias="SEGAGENT_POLYGON_TOLERANCE",
                                      description="pixels a polygon's outline may move from the mask (less on small objects)")
+    concept_threshold: float = Field(0.5, ge=0, le=1, alias="SEGAGENT_CONCEPT_THRESHOLD", description=(
+        "concept pre-annotation (a tool that finds every instance of a phrase: `sam3`): an instance the tool "
+        "scores at or below this is left out"))
+    concept_prompts: str = Field("", alias="SEGAGENT_CONCEPT_PROMPTS", description=(
+        "concept pre-annotation: the phrase to look for per label, a JSON object such as `{\"Car\": \"red car\"}`; "
+        "a label not in it is looked for by its name"))
+    concept_max_instances: int = Field(20, ge=1, le=200, alias="SEGAGENT_CONCEPT_MAX_INSTANCES", description=(
+        "concept pre-annotation: the most instances one label (or description) gets per task, the highest scored"))
     data_dir: Path = Field(Path("data"), alias="SEGAGENT_DATA_DIR",
                            description=(
                                "the annotation store, the trajectories, downloaded checkpoints, the registry, the "
@@ -238,6 +247,19 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         return _items(value) if isinstance(value, str) else value
 
+    @field_validator("concept_prompts", mode="before")
+    @classmethod
+    def _phrases(cls, value: Any) -> Any:
+        """A JSON object of label -> phrase (a dict is accepted and written as one)."""
+        try:
+            phrases = json.loads(value) if isinstance(value, str) and value.strip() else value or {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON ({exc}): write a JSON object of label -> phrase") from exc
+        if not isinstance(phrases, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                                    for k, v in phrases.items()):
+            raise ValueError("a JSON object of label -> phrase, each phrase non-empty text")
+        return json.dumps(phrases, ensure_ascii=False) if phrases else ""
+
     @field_validator("banned_subnets", mode="before")
     @classmethod
     def _networks(cls, value: Any) -> tuple[Network, ...]:
@@ -254,6 +276,11 @@ class Settings(BaseSettings):
     @property
     def basic_auth(self) -> bool:
         return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    @property
+    def concept_phrases(self) -> dict[str, str]:
+        """SEGAGENT_CONCEPT_PROMPTS read: label -> the phrase looked for."""
+        return json.loads(self.concept_prompts) if self.concept_prompts else {}
 
     @property
     def max_image_bytes(self) -> int:

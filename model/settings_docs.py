@@ -27,7 +27,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "agent_samples", "prm", "return_clicks")),
     ("Predictions and interactive sessions", (
         "interactive_score", "output", "polygon_tolerance", "prompt_fields", "interactive_ttl",
-        "session_cache_mb", "preannotate_workers")),
+        "session_cache_mb", "preannotate_workers", "concept_threshold", "concept_prompts", "concept_max_instances")),
     ("Label Studio, access and storage", (
         "label_studio_url", "label_studio_api_key", "basic_auth_user", "basic_auth_pass", "data_dir",
         "retention_days", "redis_url")),

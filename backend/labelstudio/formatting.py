@@ -81,7 +81,8 @@ def keypoint_results(region: RegionPrediction, schema: Schema) -> list[dict]:
 
 def prediction(regions: list[RegionPrediction], schema: Schema, version: str, with_clicks: bool,
                polygon_tolerance: float) -> dict:
-    """One task's prediction: its regions, their mean score (what active learning sorts by), the version."""
+    """One task's prediction: its regions, the lowest of their scores (what active learning sorts by: a task is as
+    uncertain as its least certain region), the version."""
     results = []
     for region in regions:
         if schema.region_type == "polygonlabels":
@@ -90,5 +91,5 @@ def prediction(regions: list[RegionPrediction], schema: Schema, version: str, wi
             results.append(brush_result(region, schema))
         if with_clicks and schema.keypoint_names:
             results += keypoint_results(region, schema)
-    score = float(np.mean([r.score for r in regions])) if regions else 0.0
+    score = min((float(r.score) for r in regions), default=0.0)
     return {"result": results, "score": round(score, 4), "model_version": version}

@@ -1,5 +1,5 @@
-"""Command line: python -m model evaluate | score | fit-scorer | export | simulate | train | versions | rollback |
-serve-policy | preannotate | observe | settings-doc"""
+"""Command line: python -m model evaluate | score | fit-scorer | quality-stream | export | simulate | train | versions |
+rollback | serve-policy | preannotate | observe | settings-doc"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import logging
 
 from pydantic import ValidationError
 
-from model.cli import benchmarks, docs, flywheel, observe, preannotate, serve
+from model.cli import benchmarks, docs, flywheel, observe, preannotate, quality_stream, serve
 from model.settings import Settings
 
 
@@ -17,6 +17,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.set_defaults(settings=settings)
     commands = parser.add_subparsers(dest="command", required=True)
     benchmarks.add_commands(commands, settings)
+    quality_stream.add_commands(commands)
     flywheel.add_commands(commands, settings)
     serve.add_commands(commands)
     preannotate.add_commands(commands)

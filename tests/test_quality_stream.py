@@ -1,0 +1,126 @@
+"""The simulated project stream (model/benchmarks/quality_stream.py) on a tiny synthetic dataset: its labels, the
+split at each refit point, the refit's figures and the command's summary."""
+from __future__ import annotations
+
+import functools
+import json
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.benchmarks import quality_stream as qs
+from model.cli import main
+from model.core.datasets import open_dataset
+from model.quality import project_scorer
+from model.quality.scorers import FEATURES, QualityModel
+from model.tools import make_segmenter
+from tests.synthetic import scene
+
+OBJECTS = 8
+
+
+def _scene(index: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 160 x 120 noisy scene with an ellipse of its own place, size and contrast (some hard to tell apart)."""
+    rng = np.random.default_rng(index)
+    mask = np.zeros((120, 160), np.uint8)
+    cv2.ellipse(mask, (50 + 8 * index, 40 + 5 * index), (18 + 3 * index, 14 + 2 * index), 20, 0, 360, 1, -1)
+    image = rng.normal(0, 25, (120, 160, 3)) + np.array([90, 110, 120])
+    image += mask[..., None] * (15 + 12 * index) * np.array([1.0, -0.5, -0.5])
+    return np.clip(image, 0, 255).astype(np.uint8), mask.astype(bool)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Eight scenes as a manifest folder."""
+    root = tmp_path_factory.mktemp("stream") / "tiny"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    entries = []
+    for index in range(OBJECTS):
+        image, mask = _scene(index)
+        Image.fromarray(image).save(root / "images" / f"{index}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{index}.png")
+        entries.append({"image": f"images/{index}.png", "mask": f"masks/{index}.png", "category": "blob"})
+    (root / "manifest.json").write_text(json.dumps(entries))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("stream-cache")
+
+
+@pytest.fixture(scope="module")
+def stream(folder, cache):
+    return qs.project_stream(open_dataset(folder), functools.partial(make_segmenter, "classical"), "photo", seed=3,
+                             per_object=2, cache=cache, progress=False)
+
+
+def test_the_stream_labels_each_prediction_with_its_iou_and_features(stream, folder, cache):
+    assert len(stream) == 2 * OBJECTS
+    for row in stream:
+        assert 0.0 <= row.iou <= 1.0
+        assert row.features is not None and row.features.shape == (len(FEATURES),)
+        assert 1 <= row.clicks <= qs.MAX_CLICKS
+    tasks = [row.task for row in stream]
+    # an object's annotations come one after another, at distinct click counts, objects in a seeded order
+    assert tasks[::2] == tasks[1::2] and sorted(tasks[::2]) == list(range(OBJECTS))
+    assert all(a.clicks < b.clicks for a, b in zip(stream[::2], stream[1::2]))
+    assert tasks[::2] == [int(i) for i in np.random.default_rng(3).permutation(OBJECTS)]
+    again = qs.project_stream(open_dataset(folder), functools.partial(make_segmenter, "classical"), "photo", seed=3,
+                              per_object=2, cache=cache, progress=False, needed=5)
+    assert 5 <= len(again) < len(stream)  # only the objects the five annotations need
+    assert [(r.task, r.clicks, r.iou) for r in again] == [(r.task, r.clicks, r.iou) for r in stream[:len(again)]]
+
+
+def test_the_microscopy_domain_is_a_deterministic_grey_noisy_image():
+    image, _ = scene(64, 48, seed=1)
+    made = qs.transform_image(image, "microscopy", seed=0, index=2)
+    assert made.shape == image.shape and made.dtype == np.uint8
+    assert (made[..., 0] == made[..., 1]).all() and (made[..., 1] == made[..., 2]).all()
+    assert np.array_equal(made, qs.transform_image(image, "microscopy", seed=0, index=2))
+    assert not np.array_equal(made, qs.transform_image(image, "microscopy", seed=0, index=3))
+    assert qs.transform_image(image, "photo") is image
+    with pytest.raises(ValueError, match="unknown domain"):
+        qs.transform_image(image, "x-ray")
+
+
+def test_a_refit_point_never_scores_an_object_it_was_fitted_on():
+    rows = [qs.Annotation(task, str(task), clicks, 0.5, np.zeros(3)) for task in (4, 1, 7, 2) for clicks in (1, 3)]
+    train, scored = qs.split_at(rows, 3, 4)
+    assert [r.task for r in train] == [4, 4, 1]
+    assert [r.task for r in scored] == [7, 7, 2, 2]  # the second annotation of object 1 is skipped
+
+
+def test_each_refit_point_scores_the_next_window_with_both_scorers(stream):
+    refit = functools.partial(project_scorer.refit, min_held_out=2)  # the backend's refit, on a tiny project
+    results = qs.evaluate_refits(stream, QualityModel.load(), refit, points=(6, 10), window=4)
+    assert [r["labels"] for r in results] == [6, 10]
+    for result in results:
+        assert result["scored"] == 4 and result["objects_scored"] == 2
+        for scorer in ("shipped", "refitted", "served"):
+            assert set(result[scorer]) == {"pearson", "mae", "ece"}
+        assert isinstance(result["promoted"], bool) and "candidate" in result["gate"]
+    refused = qs.evaluate_refits(stream, QualityModel.load(), points=(4,), window=4)[0]
+    assert refused["refitted"] is None and not refused["promoted"] and "refused" in refused["gate"]
+    assert refused["served"] == refused["shipped"]
+    with pytest.raises(ValueError, match="too few"):
+        qs.evaluate_refits(stream, QualityModel.load(), points=(14,), window=4)
+
+
+def test_the_command_writes_the_summary_of_both_streams(folder, cache, tmp_path):
+    out = tmp_path / "out"
+    assert main(["quality-stream", "--dataset", str(folder), "--domain", "photo", "--domain", "microscopy",
+                 "--seed", "3", "--refit-at", "4", "6", "--window", "4", "--cache", str(cache),
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["streams"]) == {"photo", "microscopy"}
+    assert "synthetic" in summary["streams"]["microscopy"]["what"]
+    for found in summary["streams"].values():
+        assert [r["labels"] for r in found["refits"]] == [4, 6]
+        assert all({"shipped", "refitted", "served", "promoted", "gate"} <= set(r) for r in found["refits"])
+    assert set(summary["goal"]["microscopy"]) == {"photo_served_never_worse"}  # no refit at 200 labels here
+    lines = (out / "stream.csv").read_text().splitlines()
+    assert lines[0].startswith("domain,position,object") and len(lines) == 1 + 2 * 2 * OBJECTS
