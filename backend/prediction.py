@@ -195,9 +195,10 @@ class Predictor:
     @staticmethod
     def _objects(task: TaskInput, schema: Schema, phrases: dict[str, str]) -> list[tuple[str, str]]:
         """(label, prompt) per object to look for: the task's description (or the TextArea's text), labelled with
-        the label it names (or the first), else one per label, its phrase the label's own unless `phrases` maps it."""
+        the label it names (or the first), else one per label, its phrase the label's own unless `phrases` maps it;
+        none when the config has no labels to give a region."""
         prompt = task.interaction.text or task.prompt
-        if prompt:
+        if prompt and schema.labels:
             named = [label for label in schema.labels if label.lower() in prompt.lower()]
             return [(named[0] if named else schema.labels[0], prompt)]
         return [(label, phrases.get(label, label)) for label in schema.labels]

@@ -64,3 +64,7 @@ def test_predict_asks_sam3_for_each_labels_phrase_and_answers_a_region_per_insta
     answer = app.client.post("/predict", json={"tasks": [described], "label_config": CONFIG})
     assert asked[-1] == ("the other thing", 0.0)  # the description, labelled with the label it names
     assert {region["value"]["brushlabels"][0] for region in answer.json["results"][0]["result"]} <= {"Other"}
+
+    unlabelled = CONFIG.replace('<Label value="Object"/><Label value="Other"/>', "")
+    answer = app.client.post("/predict", json={"tasks": [described], "label_config": unlabelled})
+    assert answer.status_code == 200 and answer.json["results"][0]["result"] == []  # no label to give a region
