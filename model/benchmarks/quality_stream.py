@@ -99,9 +99,10 @@ def predictions(segmenter: Segmenter, image: np.ndarray, sample: Sample, counts:
     return masks
 
 
-def _source_key(code) -> str:
-    """Changes whenever what the code computes may have: the source of its module."""
-    return hashlib.sha256(inspect.getsource(inspect.getmodule(code) or code).encode()).hexdigest()[:12]
+def _source_key(*code) -> str:
+    """Changes whenever what the code computes may have: the source of the modules that define it."""
+    sources = (inspect.getsource(inspect.getmodule(c) or c) for c in code)
+    return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:12]
 
 
 def _object_annotations(segmenter: Segmenter, sample: Sample, index: int, domain: str, seed: int,
@@ -110,7 +111,8 @@ def _object_annotations(segmenter: Segmenter, sample: Sample, index: int, domain
     stem = f"{domain}_{seed}_{per_object}_{index}"
     cache = cache / _source_key(type(segmenter.tool)) if cache else None
     masks_file = cache / "masks" / f"{stem}.pkl" if cache else None
-    features_file = cache / f"features_{_source_key(scorers)}" / f"{stem}.pkl" if cache else None
+    features_key = _source_key(scorers, scorers.quality_features)
+    features_file = cache / f"features_{features_key}" / f"{stem}.pkl" if cache else None
     if features_file and features_file.exists():
         return pickle.loads(features_file.read_bytes())
     image = transform_image(sample.image, domain, seed, index)
