@@ -31,11 +31,12 @@ class ProjectFigures:
     project: str
     label_studio: str  # the project's Label Studio address without any credential, "" when unknown
     trajectories: list[dict]  # {day, source, count}
-    labels: list[dict] | None  # quality labels by day and source; None: the backend keeps none (yet)
+    labels: list[dict]  # the quality scorer's labels by day and source
     preannotation: dict | None  # the queue's progress; None: never pre-annotated
     scope: str | None  # the registry scope whose policy versions serve the project
     policy_versions: list[PolicyVersion]
-    scorer_versions: list[dict] | None  # {version, created_at, labels, gate, active, status}, oldest first
+    scorer_versions: list[dict] | None  # {version, created_at, labels, gate, active, status}, oldest first;
+    # None for a project id that has no scorer scope
     qualities: list[float]  # each scored annotation's worst region
     unscored: int
     worst: list[dict] = field(default_factory=list)  # {annotation_id, task_id, quality, labels, link}
@@ -68,23 +69,14 @@ def gather(backend: Backend, only: str = "") -> PageFigures:
                        projects=[_project(backend, project) for project in projects])
 
 
-def _quality_stores(backend: Backend) -> tuple[Any, Any]:
-    """The per-project quality labels (daily_counts) and scorers (scorer_versions), where this backend has them."""
-    return getattr(backend, "quality_labels", None), getattr(backend, "scorers", None)
-
-
 def _projects(backend: Backend) -> set[str]:
     projects = set(backend.annotations.projects()) | set(backend.trajectories.projects())
     projects |= set(backend.preannotator.queue.projects())
     projects |= {scope.split("-", 1)[1] for scope in backend.registry.scopes() if scope.startswith("project-")}
-    for store in _quality_stores(backend):
-        if store is not None:
-            projects |= set(store.projects())
-    return projects
+    return projects | set(backend.quality_labels.projects()) | set(backend.scorers.projects())
 
 
 def _project(backend: Backend, project: str) -> ProjectFigures:
-    labels, scorers = _quality_stores(backend)
     qualities = backend.annotations.annotation_qualities(project)
     scored = [float(q) for q in qualities if q is not None]
     progress = backend.preannotator.queue.progress(project)
@@ -93,9 +85,9 @@ def _project(backend: Backend, project: str) -> ProjectFigures:
     return ProjectFigures(
         project=project, label_studio=backend.connection.for_project(project).url,
         trajectories=backend.trajectories.daily_counts(project),
-        labels=labels.daily_counts(project) if labels is not None else None,
+        labels=backend.quality_labels.daily_counts(project),
         preannotation=progress if progress["total"] else None, scope=scope, policy_versions=versions,
-        scorer_versions=scorers.scorer_versions(project) if scorers is not None and project.isdigit() else None,
+        scorer_versions=backend.scorers.scorer_versions(project) if project.isdigit() else None,
         qualities=scored, unscored=len(qualities) - len(scored), worst=worst)
 
 

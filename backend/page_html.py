@@ -121,9 +121,7 @@ def _card(name: str, title: str, hint: str, content: str, wide: bool = False) ->
             f'<p class="hint">{e(hint)}</p>{content}</article>')
 
 
-def _over_time(name: str, title: str, rows: list[dict] | None, hint: str, noun: str) -> str:
-    if rows is None:
-        return _card(name, title, hint, f'<p class="none">None yet: this backend keeps no {e(noun)} of this kind.</p>')
+def _over_time(name: str, title: str, rows: list[dict], hint: str, noun: str) -> str:
     if not rows:
         return _card(name, title, hint, f'<p class="none">No {e(noun)} yet.</p>')
     days = day_window(rows)
@@ -214,7 +212,7 @@ def _scorers(versions: list[dict] | None) -> str:
             "against the scorer active then (Pearson: higher is better; MAE: lower is better). v0 is the shipped "
             "scorer.")
     if versions is None:
-        return _card("scorers", title, hint, '<p class="none">None yet: this backend fits no scorer per project.</p>')
+        return _card("scorers", title, hint, '<p class="none">This project id has no scorer of its own.</p>')
     fitted = [v for v in versions if (v.get("gate") or {}).get("candidate")]
     plot = plots.gate_lines("scorers", f"gate figures of {len(fitted)} scorer versions",
                             [(str(v.get("version")), v["gate"]["candidate"], v.get("status") == "promoted",
@@ -225,7 +223,7 @@ def _scorers(versions: list[dict] | None) -> str:
         f'<td><span class="badge {e(v.get("status") or "")}">{e(v.get("status") or "—")}</span></td>'
         f'<td class="num">{e(_moment(v.get("created_at")))}</td><td class="num">{e(v.get("labels", "—"))}</td>'
         + "".join(f'<td class="num">{_versus(v.get("gate") or {}, metric)}</td>' for metric in SCORER_METRICS)
-        + f'<td class="reason">{e((v.get("gate") or {}).get("reason") or v.get("unservable") or "")}</td></tr>'
+        + f'<td class="reason">{e((v.get("gate") or {}).get("reason") or "")}{_unservable(v)}</td></tr>'
         for v in reversed(versions))
     table = ('<div class="table"><table><tr><th>version</th><th>status</th><th>fitted</th><th>labels</th>'
              + "".join(f"<th>{e(name)}</th>" for name in SCORER_METRICS.values())
@@ -238,6 +236,12 @@ def _metric_legend(metrics: dict[str, str]) -> str:
         f'<li><span class="dot" style="background:{colour}"></span>{e(name)}</li>'
         for name, colour in zip(metrics.values(), plots.PALETTE, strict=False)) + (
         '<li class="reason">filled: promoted · hollow: rejected · shaded: active</li></ul>')
+
+
+def _unservable(version: dict) -> str:
+    """Why a scorer version cannot be served (the shipped scorer scores in its place), when it cannot."""
+    why = version.get("unservable")
+    return f' <span class="badge rejected">not served: {e(why)}</span>' if why else ""
 
 
 def _versus(gate: dict, metric: str) -> str:

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from backend.preannotation_queue import PreannotationQueue
+from backend.quality_labels import Label, QualityLabels
 from backend.store import AnnotationStore
 from model.flywheel.registry import Registry
 from model.flywheel.trajectories import TrajectoryRecord, TrajectoryStore
+from model.quality.project_scorer import FEATURES_VERSION, prior_digest
 
 PROJECT = "3"
 EVIL = '<script>alert("x")</script>'
@@ -30,6 +32,12 @@ GATES = {  # version: (status, candidate's figures, active's figures)
            {"episode_miou": 0.612, "action_accuracy": 0.418, "parse_rate": 0.9, "click_distance": 120.5}),
 }
 ACTIVE = "v3"
+# the quality scorer's labels a day, by source, over the same seven days
+LABELS_DAILY = {"prediction": [0, 2, 1, 0, 3, 0, 4], "interactive": [1, 0, 0, 2, 0, 1, 1]}
+SCORERS = {  # version: (status, candidate's figures, active's figures)
+    "v1": ("promoted", {"pearson": 0.623, "mae": 0.141}, {"pearson": 0.412, "mae": 0.187}),
+    "v2": ("rejected", {"pearson": 0.587, "mae": 0.152}, {"pearson": 0.623, "mae": 0.141}),
+}
 
 
 def days(today: datetime | None = None) -> list[str]:
@@ -38,9 +46,10 @@ def days(today: datetime | None = None) -> list[str]:
 
 
 def seed(data_dir: Path, annotations: AnnotationStore, trajectories: TrajectoryStore, queue: PreannotationQueue,
-         registry: Registry) -> None:
-    """Project 3's annotations (scored, the worst labelled with markup), trajectories over seven days, a
-    pre-annotation run part done, and three policy versions, v3 active."""
+         registry: Registry, labels: QualityLabels, scorers: Registry) -> None:
+    """Project 3's annotations (scored, the worst labelled with markup), trajectories and quality labels over
+    seven days, a pre-annotation run part done, three policy versions (v3 active) and two scorer versions (v1
+    active)."""
     mask = np.zeros((8, 8), bool)
     mask[2:5, 2:5] = True
     for index, quality in enumerate([*QUALITIES, *[None] * UNSCORED]):
@@ -51,6 +60,8 @@ def seed(data_dir: Path, annotations: AnnotationStore, trajectories: TrajectoryS
             annotations.set_quality(annotation, version, [quality])
     _seed_trajectories(data_dir, trajectories, mask)
     _seed_preannotation(queue)
+    _seed_labels(data_dir, labels)
+    _seed_scorers(scorers)
     for name, (status, candidate, active) in GATES.items():
         allocated, _ = registry.allocate("project-3")
         assert allocated == name
@@ -77,6 +88,35 @@ def _seed_trajectories(data_dir: Path, trajectories: TrajectoryStore, mask: np.n
                        [(moment, annotation) for annotation, moment in created.items()])
 
 
+def _seed_labels(data_dir: Path, labels: QualityLabels) -> None:
+    annotation = 5000
+    created: dict[int, float] = {}
+    for source, counts in LABELS_DAILY.items():
+        for day, count in zip(days(), counts, strict=True):
+            if not count:
+                continue
+            annotation += 1
+            labels.replace_annotation(PROJECT, 1, annotation, "v", [
+                Label(source, f"p{n}", "Cat", "segagent-v1", 0.8, np.zeros(4)) for n in range(count)])
+            created[annotation] = datetime.fromisoformat(f"{day}T12:00:00+00:00").timestamp()
+    with sqlite3.connect(data_dir / "quality_labels.sqlite3") as db:
+        db.executemany("UPDATE quality_labels SET created = ? WHERE annotation_id = ?",
+                       [(moment, annotation) for annotation, moment in created.items()])
+
+
+def _seed_scorers(scorers: Registry) -> None:
+    for name, (status, candidate, active) in SCORERS.items():
+        allocated, _ = scorers.allocate("project-3")
+        assert allocated == name
+        scorers.register("project-3", name, {
+            "kind": "scorer", "parent": "v0", "created": time.time(), "labels": 16, "status": status,
+            "features_version": FEATURES_VERSION, "prior": prior_digest(),
+            "gate": {"candidate": candidate, "active": active, "train": 12, "held_out": 4, "held_out_tasks": 2,
+                     "reason": f"{status} by the scorer's gate"}})
+        if status == "promoted":
+            scorers.activate("project-3", name, "seeded")
+
+
 def _seed_preannotation(queue: PreannotationQueue) -> None:
     """Eight tasks finished: five written, two skipped (one for a reason with markup), one failed for good."""
     items = queue.add(PROJECT, list(range(1, 9)), "segagent-v1")
@@ -100,9 +140,12 @@ def seed_folder(data_dir: Path) -> None:
     annotations = AnnotationStore(data_dir / "annotations.sqlite3")
     trajectories = TrajectoryStore(data_dir / "trajectories")
     queue = PreannotationQueue(data_dir / "preannotation.sqlite3")
+    labels = QualityLabels(data_dir / "quality_labels.sqlite3")
     try:
-        seed(data_dir, annotations, trajectories, queue, Registry(data_dir / "models"))
+        seed(data_dir, annotations, trajectories, queue, Registry(data_dir / "models"), labels,
+             Registry(data_dir / "scorers"))
     finally:
         annotations.close()
         trajectories.close()
         queue.close()
+        labels.close()

@@ -10,6 +10,7 @@ import pytest
 
 from backend import page
 from model.settings import Settings
+from tests import page_seed
 from tests.apps import App
 from tests.page_seed import DAILY, EVIL, GATES, PREANNOTATION, PROJECT, QUALITIES, UNSCORED, days, seed
 
@@ -56,10 +57,11 @@ class FakeScorers(Replacing):
 def seeded(tmp_path, labels: bool = False, **settings) -> App:
     app = App(Settings(data_dir=tmp_path, label_studio_url=LS_URL, label_studio_api_key=LS_KEY, **settings))
     backend = app.backend
-    seed(tmp_path, backend.annotations, backend.trajectories, backend.preannotator.queue, backend.registry)
+    seed(tmp_path, backend.annotations, backend.trajectories, backend.preannotator.queue, backend.registry,
+         backend.quality_labels, backend.scorers.registry)
     backend.preannotator.queue.add(PROJECT, [20, 21], "segagent-v1")  # waiting (added here: nothing hands them out)
-    if labels:
-        backend.quality_labels = FakeLabels(getattr(backend, "quality_labels", None))  # type: ignore[assignment]
+    if labels:  # stand-ins with markup in their texts
+        backend.quality_labels = FakeLabels(backend.quality_labels)  # type: ignore[assignment]
         backend.scorers = FakeScorers(None)  # type: ignore[assignment]
     return app
 
@@ -93,7 +95,7 @@ def test_a_browser_gets_the_page_with_the_seeded_figures(tmp_path):
     texts = parsed(html)
     text = " ".join(texts.text)
     svgs = {attrs.get("data-figure") for tag, attrs in texts.tags if tag == "svg"}
-    assert svgs == {"trajectories", "preannotation", "quality", "policy"}
+    assert svgs == {"trajectories", "labels", "preannotation", "quality", "policy", "scorers"}
     section = f'data-project="{PROJECT}"'
     assert section in html
     total = sum(sum(counts) for counts in DAILY.values())
@@ -132,7 +134,7 @@ def test_the_worst_tasks_link_to_label_studio_without_its_token(tmp_path):
     assert LS_KEY not in html
 
 
-def test_every_text_from_data_is_escaped(tmp_path):
+def test_every_text_from_data_is_escaped(tmp_path):  # a label, a skip reason, a failure, a source, a gate reason
     html = seeded(tmp_path, labels=True).client.get("/", headers=BROWSER).get_data(as_text=True)
     assert "<script" not in html.lower()
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html  # a label, a reason, a source, a version
@@ -140,14 +142,19 @@ def test_every_text_from_data_is_escaped(tmp_path):
 
 
 def test_quality_labels_and_scorer_versions(tmp_path):
-    html = seeded(tmp_path, labels=True).client.get("/", headers=BROWSER).get_data(as_text=True)
-    svgs = {attrs.get("data-figure") for tag, attrs in parsed(html).tags if tag == "svg"}
-    assert {"labels", "scorers"} <= svgs
-    assert f"<title>{days()[-1]}: 4 interactive</title>" in html and "interactive <b>4</b>" in html
+    html = seeded(tmp_path).client.get("/", headers=BROWSER).get_data(as_text=True)
+    labels = re.search(r'data-card="labels".*?</article>', html).group(0)
+    for source, counts in page_seed.LABELS_DAILY.items():
+        assert f"{source} <b>{sum(counts)}</b>" in labels
+        for day, count in zip(days(), counts, strict=True):
+            assert (f"<title>{day}: {count} {source}</title>" in labels) == bool(count)
     scorers = re.search(r'data-card="scorers".*?</article>', html).group(0)
     assert re.search(r'data-version="v1"><td><b>v1</b> <span class="badge active">', scorers)
-    assert '0.731 <span class="reason">vs 0.500</span>' in scorers and "0.112" in scorers
-    assert 'data-version="v0"' in scorers and "shipped" in scorers
+    for name, (status, candidate, active) in page_seed.SCORERS.items():
+        assert f'data-version="{name}"' in scorers and f'<span class="badge {status}">{status}</span>' in scorers
+        assert f'{candidate["pearson"]:.3f} <span class="reason">vs {active["pearson"]:.3f}</span>' in scorers
+        assert f'{candidate["mae"]:.3f} <span class="reason">vs {active["mae"]:.3f}</span>' in scorers
+    assert 'data-version="v0"' in scorers and "shipped" in scorers and "not served" not in scorers
 
 
 def test_a_project_without_quality_labels_says_so(tmp_path):
@@ -197,3 +204,10 @@ def test_the_day_window():
     assert len(page.day_window(rows, date(2026, 6, 1))) == page.DAYS
     assert page.by_source(rows, ["2026-01-03", "2026-01-04"]) == {"human": [1, 0]}
     assert page.day_window([], date(2026, 1, 5)) == ["2026-01-05"]
+
+
+def test_a_shared_policy_scope_is_said_so(tmp_path):
+    html = seeded(tmp_path, policy_scope="shared").client.get("/", headers=BROWSER).get_data(as_text=True)
+    policy = re.search(r'data-card="policy".*?</article>', html).group(0)
+    assert "Policy versions (shared by every project)" in policy and "No version trained yet" in policy
+    assert '<b data-value="active-policy">v0</b> (scope shared)' in html

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import make_serve
-from tests.page_seed import DAILY, GATES, PREANNOTATION, PROJECT, QUALITIES, UNSCORED, seed_folder
+from tests.page_seed import DAILY, GATES, LABELS_DAILY, PREANNOTATION, PROJECT, QUALITIES, SCORERS, UNSCORED, seed_folder
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ def test_the_page_shows_the_seeded_flywheel(tmp_path):
 
 def _check_figures(page) -> None:
     section = page.locator(f'section[data-project="{PROJECT}"]')
-    for figure in ("trajectories", "preannotation", "quality", "policy"):
+    for figure in ("trajectories", "labels", "preannotation", "quality", "policy", "scorers"):
         plot = section.locator(f'svg[data-figure="{figure}"]')
         assert plot.is_visible(), figure
         box = plot.bounding_box()
@@ -71,15 +71,21 @@ def _check_figures(page) -> None:
     assert value("written") == str(PREANNOTATION["written"])
     assert value("scored") == str(len(QUALITIES))
     assert value("active-policy") == "v3"
-    for source, counts in DAILY.items():
-        assert section.locator(f'li[data-source="{source}"] b').inner_text() == str(sum(counts))
+    for card, daily in (("trajectories", DAILY), ("labels", LABELS_DAILY)):
+        for source, counts in daily.items():
+            legend = section.locator(f'[data-card="{card}"] li[data-source="{source}"] b')
+            assert legend.inner_text() == str(sum(counts)), (card, source)
     histogram = section.locator('svg[data-figure="quality"] text.count').all_text_contents()
     assert sum(int(count) for count in histogram) == len(QUALITIES)
     for name, (status, candidate, _) in GATES.items():
-        row = section.locator(f'tr[data-version="{name}"]')
+        row = section.locator(f'[data-card="policy"] tr[data-version="{name}"]')
         assert row.is_visible()
         assert status in row.inner_text() and f"{candidate['episode_miou']:.3f}" in row.inner_text()
-    assert "active" in section.locator('tr[data-version="v3"]').inner_text()
+    assert "active" in section.locator('[data-card="policy"] tr[data-version="v3"]').inner_text()
+    for name, (status, candidate, _) in SCORERS.items():
+        row = section.locator(f'[data-card="scorers"] tr[data-version="{name}"]').inner_text()
+        assert status in row and f"{candidate['pearson']:.3f}" in row and f"{candidate['mae']:.3f}" in row
+    assert "active" in section.locator('[data-card="scorers"] tr[data-version="v1"]').inner_text()
     worst = section.locator('[data-card="worst"] a')
     assert worst.first.inner_text() == f"task {10 + QUALITIES.index(min(QUALITIES))}"
     assert re.fullmatch(rf"{re.escape(LS_URL)}/projects/{PROJECT}/data\?task=10", worst.first.get_attribute("href"))
