@@ -107,7 +107,7 @@ def _label_studio_protocol(app: Flask, backend: Backend) -> None:
         """What /health answers, to Label Studio and any JSON client; a browser (HTML preferred to JSON in its
         Accept) gets the flywheel page instead, ?project=ID for one project."""
         if request.accept_mimetypes.best_match(["application/json", "text/html"]) != "text/html":
-            return jsonify(status.health(backend))
+            return jsonify(status.health(backend)), 200, {"Vary": "Accept"}  # a cache must not hand it to a browser
         html = page_html.render(page.gather(backend, query(schemas.ProjectQuery).project))
         return Response(html, mimetype="text/html", headers=PAGE_HEADERS)
 

@@ -181,7 +181,7 @@ def test_json_clients_keep_what_they_got(tmp_path, accept):
     client = seeded(tmp_path).client
     headers = {"Accept": accept} if accept else {}
     response = client.get("/", headers=headers)
-    assert response.mimetype == "application/json"
+    assert response.mimetype == "application/json" and response.headers["Vary"] == "Accept"
     assert response.json == client.get("/health").json
 
 
