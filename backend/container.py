@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from model.flywheel.registry import Registry
 from model.flywheel.trajectories import TrajectoryStore
+from model.quality.scorers import OfflineScorer
 from model.settings import Settings
 
 from .capabilities import Capabilities
@@ -81,7 +82,8 @@ class Backend:
         trajectories = TrajectoryStore(settings.data_dir / "trajectories")
         training_jobs = TrainingJobs(settings, registry, dispatcher, annotations)
         training = Training(settings.model_copy(update={"train_interval": 0}) if worker else settings, registry,
-                            trajectories, server, training_jobs, metrics, scorers.refit)
+                            trajectories, server, training_jobs, metrics,
+                            scorers.refit if isinstance(capabilities.scorer.component, OfflineScorer) else None)
         ingest = AnnotationIngest(settings, capabilities, annotations, trajectories, fetcher, connection, dispatcher,
                                   training.after_new_trajectories,
                                   CorrectionLabels(quality_labels, predictor.predicted, annotations,

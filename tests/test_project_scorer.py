@@ -2,6 +2,8 @@
 scorer fitted on a project's labels, the split by task, the gate."""
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -21,9 +23,18 @@ from model.quality.project_scorer import (
 from model.quality.scorers import FEATURES, QualityModel
 
 
+def random_prior(seed: int = 0) -> QualityModel:
+    """A shipped-like scorer with random weights (16 -> 16 -> 16 -> 1), standardising nothing."""
+    rng = np.random.default_rng(seed)
+    sizes = [len(FEATURES), 16, 16, 1]
+    layers = [(rng.normal(0, 1.5 / np.sqrt(n_in), (n_out, n_in)), rng.normal(0, 0.1, n_out))
+              for n_in, n_out in pairwise(sizes)]
+    return QualityModel(np.zeros(len(FEATURES)), np.ones(len(FEATURES)), layers)
+
+
 @pytest.fixture(scope="module")
 def prior() -> QualityModel:
-    return QualityModel.load()
+    return random_prior()
 
 
 def domain(prior: QualityModel, count: int, seed: int = 0):

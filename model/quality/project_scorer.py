@@ -29,10 +29,16 @@ from model.quality.scorers import FEATURES, QualityModel
 
 
 def _features_version() -> str:
-    """A tag of what quality_features computes: its feature names and its code. Labels of another tag were
-    computed by other code and are not fitted on (they stay stored, counted as stale)."""
-    code = inspect.getsource(scorers.quality_features) + inspect.getsource(scorers._grabcut_keeps)
-    return hashlib.sha256((",".join(FEATURES) + "\n" + code).encode()).hexdigest()[:12]
+    """A tag of what quality_features computes: the version the scorer declares (if it does), the feature names and
+    the code of quality_features and of the private helpers of its module. Labels of another tag were computed by
+    other code and are not fitted on (they stay stored, counted as stale)."""
+    module = inspect.getmodule(scorers.quality_features)
+    assert module is not None  # a function defined in a module
+    code = "".join(inspect.getsource(function) for name, function in sorted(vars(module).items())
+                   if inspect.isfunction(function) and function.__module__ == module.__name__
+                   and (name == "quality_features" or name.startswith("_")))
+    declared = getattr(scorers, "FEATURES_VERSION", "")
+    return hashlib.sha256(f"{declared}\n{','.join(FEATURES)}\n{code}".encode()).hexdigest()[:12]
 
 
 FEATURES_VERSION = _features_version()
