@@ -77,6 +77,12 @@ bench-load: install
 bench-preannotate: install
 	$(BIN)/python scripts/bench_preannotate.py $(DATA)/grabcut --tasks 200
 
+# The embedding store: the first click on a pre-annotated task with SAM ViT-B (random weights) read from the store
+# that another process filled, against encoding it; a later click; what the store's float16 changes in the masks.
+.PHONY: bench-embeddings
+bench-embeddings: install
+	$(BIN)/python scripts/bench_embedding_store.py $(DATA)/grabcut --images 3 --out bench/embedding_store.json
+
 # One training job on the CPU: GrabCut's objects as scratch trajectories of project 1, the tiny VLM
 # (taught to click the centre) as the base, default hyperparameters. Measures the job, not a policy.
 bench-train: install

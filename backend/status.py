@@ -51,6 +51,7 @@ def status(backend: Backend, project: str) -> dict:
         "policy": caps.policy.name,
         "policy_reason": caps.policy.reason,
         "tool": caps.tool.name,
+        "embedding_store": store.status() if caps.tool.on and (store := caps.tool.get().store) else None,
         "active_version": backend.server.serving(project).version,
         "annotations": backend.annotations.counts(),
         "trajectories": backend.trajectories.counts(project or None),

@@ -160,6 +160,12 @@ class Settings(BaseSettings):
     image_cache_mb: float = Field(512, ge=0, alias="SEGAGENT_IMAGE_CACHE_MB", description="decoded images, LRU by bytes")
     tool_cache_mb: float = Field(1024, ge=0, alias="SEGAGENT_TOOL_CACHE_MB",
                                  description="encoded images (SAM embeddings), LRU by bytes")
+    embedding_store_mb: float = Field(2048, ge=0, alias="SEGAGENT_EMBEDDING_STORE_MB", description=(
+        "a deep tool's image encodings kept on disk (`SEGAGENT_DATA_DIR/embeddings`), shared by the backend and "
+        "its workers and kept across restarts; least recently used out past this bound; 0 turns it off"))
+    embedding_store_precision: Literal["float16", "float32"] = Field(
+        "float16", alias="SEGAGENT_EMBEDDING_STORE_PRECISION",
+        description="the precision of the stored encodings (float16: half the bytes; see docs/tools.md)")
     interactive_ttl: float = Field(600.0, ge=0, alias="SEGAGENT_INTERACTIVE_TTL",
                                    description="seconds an object's clicks are remembered between requests")
     session_cache_mb: float = Field(256, ge=0, alias="SEGAGENT_SESSION_CACHE_MB",
@@ -293,6 +299,10 @@ class Settings(BaseSettings):
     @property
     def tool_cache_bytes(self) -> int:
         return _bytes(self.tool_cache_mb)
+
+    @property
+    def embedding_store_bytes(self) -> int:
+        return _bytes(self.embedding_store_mb)
 
     @property
     def session_cache_bytes(self) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.tools.base import Box, Encoded, ImageCache, Segmenter, Tool, ToolResult
+from model.tools.base import Box, Encoded, ImageCache, Segmenter, StorableTool, Tool, ToolResult
+from model.tools.embedding_store import EmbeddingStore, Precision, open_store
 
 if TYPE_CHECKING:
     from model.settings import Settings
@@ -45,8 +46,15 @@ def make_tool(name: str, sam_checkpoint: str | None = None, data_dir: str | Path
     raise ValueError(f"unknown tool {name!r}; choose one of {', '.join(TOOL_NAMES)}")
 
 
-def make_segmenter(name: str, cache_bytes: int = 512 << 20, **kwargs) -> Segmenter:
-    return Segmenter(make_tool(name, **kwargs), ImageCache(cache_bytes))
+def make_segmenter(name: str, cache_bytes: int = 512 << 20, store_folder: str | Path | None = None,
+                   store_bytes: int = 0, store_precision: Precision = "float16", **kwargs) -> Segmenter:
+    """A tool behind its memory cache and, when the tool's encodings can be stored and store_folder and
+    store_bytes are given, the embedding store in that folder."""
+    tool = make_tool(name, **kwargs)
+    store = None
+    if store_folder is not None and isinstance(tool, StorableTool):
+        store = open_store(store_folder, store_bytes, store_precision)
+    return Segmenter(tool, ImageCache(cache_bytes), store)
 
 
 def tool_options(settings: Settings) -> dict[str, Any]:
@@ -59,16 +67,21 @@ def tool_options(settings: Settings) -> dict[str, Any]:
 
 
 def segmenter_from(settings: Settings) -> Segmenter:
-    """The tool the settings choose (SEGAGENT_TOOL), with its cache (SEGAGENT_TOOL_CACHE_MB)."""
-    return make_segmenter(settings.tool, cache_bytes=settings.tool_cache_bytes, **tool_options(settings))
+    """The tool the settings choose (SEGAGENT_TOOL), with its cache (SEGAGENT_TOOL_CACHE_MB) and the embedding
+    store (SEGAGENT_EMBEDDING_STORE_MB in SEGAGENT_DATA_DIR/embeddings)."""
+    return make_segmenter(settings.tool, cache_bytes=settings.tool_cache_bytes,
+                          store_folder=Path(settings.data_dir) / "embeddings", store_bytes=settings.embedding_store_bytes,
+                          store_precision=settings.embedding_store_precision, **tool_options(settings))
 
 
 __all__ = [
     "TOOL_NAMES",
     "Box",
+    "EmbeddingStore",
     "Encoded",
     "ImageCache",
     "Segmenter",
+    "StorableTool",
     "Tool",
     "ToolResult",
     "make_segmenter",

@@ -3,20 +3,24 @@
 A tool first encodes an image (the expensive part: an image embedding for SAM, colour statistics for
 the CPU tool), then turns clicks, an optional box and the previous step's output into a mask (cheap).
 `Segmenter` puts the two together behind an LRU cache keyed by image content, so interactive requests
-and agent steps on one image encode it once.
+and agent steps on one image encode it once; a deep tool's encoding is also kept on disk (embedding_store.py),
+for the other processes and the next start.
 """
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from cachetools import LRUCache, cached
 
 from model.core.clicks import Click
 from model.core.imageio import as_rgb_uint8, image_digest
+
+if TYPE_CHECKING:
+    from model.tools.embedding_store import EmbeddingStore
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 
@@ -58,6 +62,19 @@ class Tool(Protocol):
         box: Box | None = None,
         previous: ToolResult | np.ndarray | None = None,
     ) -> ToolResult: ...
+
+
+@runtime_checkable
+class StorableTool(Protocol):
+    """A tool whose encodings the embedding store can keep: its model's identity (what changes when its weights
+    or its config change) and its encoding as plain arrays, and back on the tool's device."""
+
+    name: str
+    model_id: str
+
+    def encoded_arrays(self, encoded: Encoded) -> dict[str, np.ndarray]: ...
+
+    def encoded_from_arrays(self, arrays: dict[str, np.ndarray], shape: tuple[int, int]) -> Encoded: ...
 
 
 class ImageCache:
@@ -105,11 +122,13 @@ def validate_clicks(clicks: Sequence[Click], shape: tuple[int, int]) -> list[Cli
 
 
 class Segmenter:
-    """A tool with its image cache: what the backend and the agent call."""
+    """A tool with its image cache, and for a storable tool the embedding store: what the backend and the agent
+    call. An image's encoding comes from memory, else from the store, else from the tool (then kept in both)."""
 
-    def __init__(self, tool: Tool, cache: ImageCache):
+    def __init__(self, tool: Tool, cache: ImageCache, store: EmbeddingStore | None = None):
         self.tool = tool
         self.cache = cache
+        self.store = store if isinstance(tool, StorableTool) else None
 
     @property
     def name(self) -> str:
@@ -117,7 +136,20 @@ class Segmenter:
 
     def encode(self, image: np.ndarray) -> Encoded:
         image = as_rgb_uint8(image)
-        return self.cache.get_or_compute(f"{self.tool.name}:{image_digest(image)}", lambda: self.tool.encode(image))
+        digest = image_digest(image)
+        return self.cache.get_or_compute(f"{self.tool.name}:{digest}", lambda: self._stored_or_encoded(image, digest))
+
+    def _stored_or_encoded(self, image: np.ndarray, digest: str) -> Encoded:
+        tool, store = self.tool, self.store
+        if store is None or not isinstance(tool, StorableTool):
+            return self.tool.encode(image)
+        key = store.key(tool.name, tool.model_id, digest)
+        stored = store.load(key, lambda arrays: tool.encoded_from_arrays(arrays, image.shape[:2]))
+        if stored is not None:
+            return stored
+        encoded = self.tool.encode(image)
+        store.put(key, tool.encoded_arrays(encoded))
+        return encoded
 
     @property
     def supports_concepts(self) -> bool:

@@ -18,6 +18,7 @@ import torch
 
 from model.core.clicks import Click
 from model.tools.base import Box, Encoded, ToolResult
+from model.tools.embedding_store import file_identity
 from model.tools.loading import CheckpointError, resolve_checkpoint, resolve_device
 from model.tools.sam_prompts import best, padded_frame, prompts
 
@@ -91,7 +92,10 @@ class SamTool:
         from segment_anything import SamPredictor
 
         self.device = resolve_device(device)
-        self.model = load_sam(resolve_checkpoint(checkpoint, data_dir, sha256), self.device)
+        local = resolve_checkpoint(checkpoint, data_dir, sha256)
+        self.model = load_sam(local, self.device)
+        # the weights' identity, for the embedding store's keys: their checked hash when there is one
+        self.model_id = f"sha256:{sha256.lower()}" if sha256 else file_identity(local)
         self._predictor = SamPredictor(self.model)
         self._lock = threading.Lock()  # the predictor holds one image's state at a time
 
@@ -102,6 +106,22 @@ class SamTool:
             features = self._predictor.features
             data = (features, self._predictor.original_size, self._predictor.input_size)
         return Encoded(shape=image.shape[:2], data=data, nbytes=features.numel() * features.element_size())
+
+    def encoded_arrays(self, encoded: Encoded) -> dict[str, np.ndarray]:
+        return {"features": encoded.data[0].float().cpu().numpy()}
+
+    def encoded_from_arrays(self, arrays: dict[str, np.ndarray], shape: tuple[int, int]) -> Encoded:
+        """An encoding read back (the embedding store's): the features on this tool's device; the sizes SAM
+        resized the image to follow from its shape."""
+        prompt_encoder = self.model.prompt_encoder
+        expected = (1, prompt_encoder.embed_dim, *prompt_encoder.image_embedding_size)
+        if arrays["features"].shape != expected:
+            raise ValueError(f"features of shape {arrays['features'].shape}, this SAM's are {expected}")
+        features = torch.from_numpy(arrays["features"]).to(self.device, torch.float32)
+        transform = self._predictor.transform
+        input_size = transform.get_preprocess_shape(shape[0], shape[1], transform.target_length)
+        size = (int(shape[0]), int(shape[1]))
+        return Encoded(shape=size, data=(features, size, input_size), nbytes=features.numel() * features.element_size())
 
     @torch.inference_mode()
     def predict(self, encoded: Encoded, clicks: Sequence[Click], box: Box | None = None,

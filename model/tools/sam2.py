@@ -21,6 +21,7 @@ import torch
 
 from model.core.clicks import Click
 from model.tools.base import Box, Encoded, ToolResult
+from model.tools.embedding_store import file_identity
 from model.tools.loading import CheckpointError, resolve_checkpoint, resolve_device
 from model.tools.sam_prompts import best, prompts, stretched_frame
 
@@ -65,16 +66,23 @@ def config_for(checkpoint: str, config: str | None = None) -> str:
         f"name a shipped config ({', '.join(shipped_configs())}) or a YAML file")
 
 
-def load_config(config: str):
-    """A shipped config by its name, else a YAML file of the same form; with sam2's post-processing."""
+def config_path(config: str) -> Path:
+    """The file of a shipped config's name, else the YAML file named."""
     import sam2
-    from omegaconf import OmegaConf
 
     shipped = Path(sam2.__file__).parent / config
     path = shipped if shipped.is_file() else Path(config).expanduser()
     if not path.is_file():
         raise Sam2ConfigError(f"SAM 2 config {config!r} is neither one of the sam2 package's "
                               f"({', '.join(shipped_configs())}) nor a YAML file")
+    return path
+
+
+def load_config(config: str):
+    """A shipped config by its name, else a YAML file of the same form; with sam2's post-processing."""
+    from omegaconf import OmegaConf
+
+    path = config_path(config)
     try:
         loaded = OmegaConf.load(path)
     except Exception as exc:
@@ -123,6 +131,9 @@ class Sam2Tool:
         self.config = config_for(checkpoint, config)  # before any download: a missing config fails at once
         local = resolve_checkpoint(checkpoint, data_dir, sha256, what="SAM 2", sha_variable="SAM2_CHECKPOINT_SHA256")
         self.model = load_sam2(local, self.config, self.device)
+        # the weights' and the config's identity, for the embedding store's keys
+        weights = f"sha256:{sha256.lower()}" if sha256 else file_identity(local)
+        self.model_id = f"{weights}|{file_identity(config_path(self.config))}"
         self._predictor = SAM2ImagePredictor(self.model)
         # the predictor assumes a 1024-pixel model; the backbone's three levels are at strides 4, 8 and 16
         size = self.model.image_size
@@ -138,6 +149,25 @@ class Sam2Tool:
         tensors = [features["image_embed"], *features["high_res_feats"]]
         nbytes = sum(t.numel() * t.element_size() for t in tensors)
         return Encoded(shape=image.shape[:2], data=(features, original_size), nbytes=nbytes)
+
+    def encoded_arrays(self, encoded: Encoded) -> dict[str, np.ndarray]:
+        features = encoded.data[0]
+        levels = {f"high_res_feats_{i}": t for i, t in enumerate(features["high_res_feats"])}
+        return {name: t.float().cpu().numpy() for name, t in {"image_embed": features["image_embed"], **levels}.items()}
+
+    def encoded_from_arrays(self, arrays: dict[str, np.ndarray], shape: tuple[int, int]) -> Encoded:
+        """An encoding read back (the embedding store's): the backbone's three levels on this tool's device."""
+        sizes = self._predictor._bb_feat_sizes  # finest first; the embedding is the coarsest
+        names = [f"high_res_feats_{i}" for i in range(len(sizes) - 1)] + ["image_embed"]
+        tensors = []
+        for name, size in zip(names, sizes, strict=True):
+            array = arrays[name]
+            if array.ndim != 4 or array.shape[0] != 1 or tuple(array.shape[2:]) != tuple(size):
+                raise ValueError(f"{name} of shape {array.shape}, this SAM 2's is (1, C, {size[0]}, {size[1]})")
+            tensors.append(torch.from_numpy(array).to(self.device, torch.float32))
+        features = {"image_embed": tensors[-1], "high_res_feats": tensors[:-1]}
+        size = (int(shape[0]), int(shape[1]))
+        return Encoded(shape=size, data=(features, [size]), nbytes=sum(t.numel() * t.element_size() for t in tensors))
 
     @torch.inference_mode()
     def predict(self, encoded: Encoded, clicks: Sequence[Click], box: Box | None = None,
