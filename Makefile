@@ -6,7 +6,7 @@ HOST ?= 0.0.0.0
 THREADS ?= 8
 BIN = $(VENV)/bin
 
-.PHONY: install serve test test-fast bench bench-agent bench-quality bench-quality-stream bench-interactive bench-load bench-preannotate bench-train bench-flywheel lint docs
+.PHONY: install serve test test-fast bench bench-agent bench-quality bench-quality-stream bench-interactive bench-load bench-preannotate bench-sam3 bench-train bench-flywheel lint docs
 
 install: $(VENV)/.installed
 
@@ -76,6 +76,11 @@ bench-load: install
 # (the test suite's cached install) through POST /preannotate: tasks per minute, mIoU of what was stored.
 bench-preannotate: install
 	$(BIN)/python scripts/bench_preannotate.py $(DATA)/grabcut --tasks 200
+
+# SAM 3 at its real size (facebook/sam3's architecture, 860 M parameters) with random weights, written once into
+# bench/sam3-random (3.3 GB): seconds to load, to encode an image, to find a phrase's instances, per click; CPU.
+bench-sam3: install
+	$(BIN)/python scripts/bench_sam3.py --folder bench/sam3-random
 
 # The embedding store: the first click on a pre-annotated task with SAM ViT-B (random weights) read from the store
 # that another process filled, against encoding it; a later click; what the store's float16 changes in the masks.

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from model.core.clicks import Click
+from model.core.masks import iou
 from model.settings import Settings
 from model.tools import make_segmenter, make_tool, segmenter_from
 from model.tools.base import Encoded, Instance, ToolInputError
@@ -154,6 +155,9 @@ def test_encoded_arrays_round_trip(segmenter, image):
     found, refound = segmenter.find_instances(encoded, "cat", 0.0), segmenter.find_instances(again, "cat", 0.0)
     assert [i.score for i in found] == [i.score for i in refound]
     assert all(np.array_equal(a.mask, b.mask) for a, b in zip(found, refound))
+    # through float16, the embedding store's default precision
+    half = segmenter.tool.encoded_from_arrays({k: v.astype(np.float16) for k, v in arrays.items()}, encoded.shape)
+    assert iou(segmenter.predict(half, clicks).mask, segmenter.predict(encoded, clicks).mask) > 0.99
     with pytest.raises(ValueError):
         segmenter.tool.encoded_from_arrays({**arrays, "vit": arrays["vit"][:, :, :4]}, encoded.shape)
     with pytest.raises(KeyError):
