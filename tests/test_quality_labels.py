@@ -61,7 +61,7 @@ def test_a_correction_of_our_prediction_is_a_label_once(tmp_path, image_server):
     assert labels.counts("3") == {"labels": 1, "by_source": {"prediction": 1, "interactive": 0}, "stale": 0}
 
     assert client.post("/webhook", json=event).json["status"] == "unchanged"  # a re-delivery: counted once
-    app.backend.ingest.corrections.learn(app.backend.ingest.store and _input(app, 51), image_server.image)
+    app.backend.ingest.corrections.learn(_input(app, 51), image_server.image)
     assert labels.counts("3")["labels"] == 1  # work done again (a resumed job): the same row
 
     moved = np.roll(truth, 8, axis=1)  # an update replaces the label, not adds one
