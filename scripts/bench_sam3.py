@@ -3,7 +3,7 @@ parameters) with random weights, loaded by path through the sam3 tool: seconds t
 find a phrase's instances given the encoding, and per click. Random weights cost what trained ones do; what they
 find means nothing. Prints JSON.
 
-    python scripts/bench_sam3.py --folder bench/sam3-random --encodes 2 --phrases 3 --clicks 10
+    python scripts/bench_sam3.py --folder bench/sam3-random --encodes 3 --phrases 4 --clicks 20
 """
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ def timed(work) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", type=Path, default=Path("bench/sam3-random"), help="where the model is written")
-    parser.add_argument("--encodes", type=int, default=2)
-    parser.add_argument("--phrases", type=int, default=3)
-    parser.add_argument("--clicks", type=int, default=10)
+    parser.add_argument("--encodes", type=int, default=3)
+    parser.add_argument("--phrases", type=int, default=4)
+    parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--size", type=int, nargs=2, default=(768, 1024), metavar=("HEIGHT", "WIDTH"))
     args = parser.parse_args()
 
