@@ -255,3 +255,18 @@ def test_health_says_where_the_tool_runs_and_its_weights_came_from(folder, tmp_p
     app = App(Settings(tool="sam3", sam3_checkpoint=str(folder), device="cpu", data_dir=tmp_path))
     tool = app.client.get("/health").json["capabilities"]["tool"]
     assert tool == {"on": True, "name": "sam3", "error": None, "device": "cpu", "weights": f"local folder {folder}"}
+
+
+def test_the_embedding_store_keeps_the_encoding_for_another_process(folder, image, tmp_path):
+    settings = Settings(tool="sam3", sam3_checkpoint=str(folder), device="cpu", data_dir=tmp_path)
+    clicks = [Click(30, 25, True), Click(70, 50, False)]
+    first = segmenter_from(settings)
+    expected, instances = first.predict(image, clicks).mask, first.find_instances(image, "cat", 0.0)
+    other = segmenter_from(settings)  # as another process: its memory cache is empty
+
+    def no_encoding(image):
+        raise AssertionError("encoded again")
+
+    other.tool.encode = no_encoding
+    assert iou(other.predict(image, clicks).mask, expected) > 0.99  # read back from float16
+    assert len(other.find_instances(image, "cat", 0.0)) == len(instances)
