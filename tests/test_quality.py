@@ -12,7 +12,15 @@ from PIL import Image
 from model.benchmarks.quality import metrics
 from model.core.masks import iou
 from model.quality.corruptions import KINDS, corrupt, corruptions
-from model.quality.scorers import FEATURES, OfflineScorer, QualityModel, quality_features, train_quality_model
+from model.quality.scorers import (
+    FEATURES,
+    FEATURES_VERSION,
+    WEIGHTS,
+    OfflineScorer,
+    QualityModel,
+    quality_features,
+    train_quality_model,
+)
 from tests.synthetic import scene
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,8 +48,10 @@ def test_the_shipped_scorer_prefers_the_right_mask():
     image, mask = scene(320, 240, seed=5)
     shifted = np.roll(mask, 60, axis=1)
     fat = corrupt(mask, "dilated", np.random.default_rng(1))
+    _, other = scene(320, 240, seed=6, center=(60, 50), axes=(40, 30))  # another object's outline, off this one
     good = scorer(image, mask, "a red blob")
     assert good > scorer(image, shifted, "a red blob") and good > scorer(image, fat, "a red blob")
+    assert good > scorer(image, other, "a red blob")
     assert 0.0 <= good <= 1.0
 
 
@@ -73,6 +83,35 @@ def test_trained_model_round_trips(tmp_path):
     loaded = QualityModel.load(tmp_path / "w.json")
     assert np.allclose(loaded.predict(features), model.predict(features), atol=1e-4)
     assert loaded.trained_on == {"datasets": ["synthetic"]}
+    assert np.allclose(loaded.low, model.low, atol=1e-5) and np.allclose(loaded.high, model.high, atol=1e-5)
+    # features beyond what training saw are read as its extremes: one wild ratio cannot swing the score
+    wild = features[:1].copy()
+    wild[0, 0] = 1e6
+    at_edge = features[:1].copy()
+    at_edge[0, 0] = model.high[0]
+    assert loaded.predict(wild)[0] == pytest.approx(loaded.predict(at_edge)[0])
+
+
+def test_the_shipped_weights_match_the_features(tmp_path):
+    data = json.loads(WEIGHTS.read_text())
+    assert tuple(data["features"]) == FEATURES and data["features_version"] == FEATURES_VERSION
+    assert QualityModel.load().layers[0][0].shape[1] == len(FEATURES)
+    stale = {**data, "features_version": FEATURES_VERSION - 1}
+    (tmp_path / "stale.json").write_text(json.dumps(stale))
+    with pytest.raises(ValueError, match="retrain it"):
+        QualityModel.load(tmp_path / "stale.json")
+
+
+def test_features_are_named_finite_and_deterministic():
+    image, mask = scene(320, 240, seed=3)
+    first = quality_features(image, mask)
+    assert first.shape == (len(FEATURES),) and np.isfinite(first).all()
+    assert np.array_equal(first, quality_features(image, mask))
+    named = dict(zip(FEATURES, first))
+    shifted = dict(zip(FEATURES, quality_features(image, np.roll(mask, 50, axis=1))))
+    # the object's own outline keeps more of itself under GrabCut and lies where its colours change
+    assert named["grabcut_keeps"] > shifted["grabcut_keeps"]
+    assert named["core_colour_contrast"] > shifted["core_colour_contrast"]
 
 
 def test_metrics_in_percent():
