@@ -227,7 +227,6 @@ class Settings(BaseSettings):
         "a submitted region with no prediction of its id is the same object as a prediction of its label when "
         "their IoU is at least this (one to one, best pairs first): the prediction's label for the scorer"))
 
-
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
                                    env_settings: PydanticBaseSettingsSource,
