@@ -39,6 +39,10 @@ def _add_evaluate(commands: argparse._SubParsersAction, settings: Settings) -> N
     evaluate.add_argument("--sam2-config", default=settings.sam2_config or None,
                           help="SAM 2 model config: configs/sam2.1/sam2.1_hiera_t.yaml (_s, _b+, _l) or a YAML file "
                                "(default: the one of Meta's checkpoint file name)")
+    evaluate.add_argument("--sam3-checkpoint", default=settings.sam3_checkpoint or None,
+                          help="SAM 3 weights: a folder written by save_pretrained, or a hub name (for --tool sam3)")
+    evaluate.add_argument("--sam3-revision", default=settings.sam3_revision or None,
+                          help="the hub commit of --sam3-checkpoint (needed for a hub name); the token is HF_TOKEN")
     evaluate.add_argument("--device", choices=("auto", "cuda", "cpu"), default=settings.device,
                           help="where the SAM tools and an in-process policy run")
     evaluate.add_argument("--data-dir", default=settings.data_dir, help="where downloaded checkpoints are kept")
@@ -113,7 +117,8 @@ def _tool_options(args: argparse.Namespace) -> dict:
     """make_tool's keywords from evaluate's flags."""
     return {"sam_checkpoint": args.sam_checkpoint, "sam_sha256": args.sam_sha256, "data_dir": args.data_dir,
             "sam2_checkpoint": args.sam2_checkpoint, "sam2_sha256": args.sam2_sha256,
-            "sam2_config": args.sam2_config, "device": args.device}
+            "sam2_config": args.sam2_config, "device": args.device, "sam3_checkpoint": args.sam3_checkpoint,
+            "sam3_revision": args.sam3_revision, "hf_token": Settings().hf_token or None}
 
 
 def _evaluate_agent(args: argparse.Namespace, dataset: Dataset) -> int:
