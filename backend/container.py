@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from model.flywheel.registry import Registry
+from model.flywheel.stores import policy_registry, trajectory_store
 from model.flywheel.trajectories import TrajectoryStore
 from model.quality.scorers import OfflineScorer
 from model.settings import Settings
@@ -65,13 +66,13 @@ class Backend:
         components and handlers, without the periodic training thread and without handing out again what the
         stores say is owed (the web process does that at its start)."""
         metrics = Metrics()
-        quality_labels = QualityLabels(settings.data_dir / "quality_labels.sqlite3")
-        scorers = ProjectScorers(settings, quality_labels, settings.data_dir / "scorers")
+        quality_labels = QualityLabels(settings.store("quality_labels"))
+        scorers = ProjectScorers(settings, quality_labels, settings.blobs / "scorers")
         capabilities = Capabilities.build(settings, per_project=scorers.scorer_for)
         connection = LabelStudioConnection(settings)
         fetcher = ImageFetcher(settings, connection)
-        annotations = AnnotationStore(settings.data_dir / "annotations.sqlite3")
-        registry = Registry(settings.data_dir / "models")
+        annotations = AnnotationStore(settings.store("annotations"))
+        registry = policy_registry(settings)
         server = VersionServer(settings, capabilities, registry)
         sessions = Sessions(settings.interactive_ttl, settings.session_cache_bytes)
         metrics.watch_caches({"images": fetcher, "sessions": sessions,
@@ -79,7 +80,7 @@ class Backend:
         predictor = Predictor(settings, capabilities, fetcher, sessions, annotations, metrics)
         configs = ProjectConfigs(settings.output)
         dispatcher = make_dispatcher(settings)
-        trajectories = TrajectoryStore(settings.data_dir / "trajectories")
+        trajectories = trajectory_store(settings)
         training_jobs = TrainingJobs(settings, registry, dispatcher, annotations)
         training = Training(settings.model_copy(update={"train_interval": 0}) if worker else settings, registry,
                             trajectories, server, training_jobs, metrics,
@@ -89,7 +90,7 @@ class Backend:
                                   CorrectionLabels(quality_labels, predictor.predicted, annotations,
                                                    settings.scorer_match_iou), scorers.after_new_labels)
         preannotator = Preannotator(settings, capabilities, connection, fetcher, configs, server, predictor,
-                                    PreannotationQueue(settings.data_dir / "preannotation.sqlite3"), dispatcher)
+                                    PreannotationQueue(settings.store("preannotation")), dispatcher)
         handlers: dict[Kind, Handler] = {"preannotate": preannotator.run_task, "annotation": ingest.do_owed_work,
                                          "train": training_jobs.run}
         for kind, handler in handlers.items():

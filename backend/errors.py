@@ -100,10 +100,14 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
 }
 
 
+POSTGRES_DISK_FULL = "53100"
+
+
 def out_of_space(exc: BaseException | None) -> bool:
     """Whether an error, or one it was raised from, says the disk (or the database's size limit) is full."""
     while exc is not None:
         if (isinstance(exc, StorageFull) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                or getattr(exc, "sqlstate", None) == POSTGRES_DISK_FULL
                 or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))):
             return True
         exc = exc.__cause__ or exc.__context__

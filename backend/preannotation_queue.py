@@ -1,7 +1,8 @@
 """The durable queue of project pre-annotation: one row per (project, task, model version), so a task is
 predicted once per version however often it is asked for, and what was queued survives a restart.
 
-Several queues may share the file (worker threads, RQ workers and web processes on one SEGAGENT_DATA_DIR),
+Several queues may share the database (worker threads, RQ workers and web processes on one SEGAGENT_DATA_DIR,
+or on several machines sharing SEGAGENT_DATABASE_URL),
 and a task is claimed by one of them at a time: claiming it leases it, for LEASE_SECONDS, to a token of that
 claim, and the claiming queue's heartbeat renews its leases while its process lives. The heartbeats also
 queue again, counting an attempt, each task whose lease has expired (its holder killed with `kill -9`, or
@@ -11,7 +12,6 @@ holds, so that the next start runs them at once."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -19,29 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.core.sqlite import Database
+from sqlalchemy.exc import DBAPIError
+
+from model.core.database import Database
 
 log = logging.getLogger(__name__)
 
-# Migrations are never edited once released: a change to the schema is a new one at the end.
-MIGRATIONS = ["""
-CREATE TABLE items (
-    project TEXT NOT NULL,
-    task_id INTEGER NOT NULL,
-    model_version TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    not_before REAL NOT NULL DEFAULT 0,
-    queued REAL NOT NULL,
-    finished REAL,
-    PRIMARY KEY (project, task_id, model_version)
-);
-CREATE INDEX items_by_state ON items (state, not_before);
-""", """
-ALTER TABLE items ADD COLUMN lease TEXT;
-ALTER TABLE items ADD COLUMN lease_expires REAL NOT NULL DEFAULT 0;
-"""]
+MIGRATIONS = Path(__file__).with_name("migrations") / "preannotation"
 MAX_ATTEMPTS = 3
 RATE_WINDOW = 300.0  # seconds of finished tasks the rate is measured over
 # How long a claimed task stays its holder's without a renewal: what a kill costs before the task runs
@@ -64,8 +48,9 @@ class Item:
 
 
 class PreannotationQueue:
-    def __init__(self, path: Path):
-        self._db = Database(path, MIGRATIONS)
+    def __init__(self, target: str | Path):
+        """`target`: the SQLite file, or the database URL."""
+        self._db = Database(target, store="preannotation", migrations=MIGRATIONS)
         self.lease_seconds = LEASE_SECONDS
         self._held: set[Item] = set()
         self._held_lock = threading.Lock()
@@ -80,7 +65,8 @@ class PreannotationQueue:
         now = time.time()
         with self._db.transaction() as db:
             return [Item(project, task_id, model_version, 0) for task_id in task_ids if db.execute(
-                "INSERT OR IGNORE INTO items (project, task_id, model_version, state, queued) VALUES (?, ?, ?, 'queued', ?)",
+                "INSERT INTO items (project, task_id, model_version, state, queued) VALUES (?, ?, ?, 'queued', ?) "
+                "ON CONFLICT DO NOTHING",
                 (project, task_id, model_version, now)).rowcount]
 
     def waiting(self) -> list[Item]:
@@ -144,7 +130,7 @@ class PreannotationQueue:
             try:
                 self._renew()
                 expired = self._requeue_expired() if hand_out is not None else []
-            except sqlite3.Error as exc:  # busy past its timeout: the next beat tries again
+            except DBAPIError as exc:  # busy past its timeout: the next beat tries again
                 log.warning("pre-annotation leases: %s: %s", type(exc).__name__, exc)
                 continue
             if expired and hand_out is not None:

@@ -17,18 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.core.sqlite import Database
+from model.core.database import Database
 
-# Migrations are never edited once released: a change to the schema is a new one at the end.
-MIGRATIONS = ["""
-CREATE TABLE predicted_regions (
-    project TEXT NOT NULL, task INTEGER NOT NULL, region_id TEXT NOT NULL, label TEXT NOT NULL,
-    model_version TEXT NOT NULL, score REAL NOT NULL, height INTEGER NOT NULL, width INTEGER NOT NULL,
-    top INTEGER NOT NULL, left_ INTEGER NOT NULL, bottom INTEGER NOT NULL, right_ INTEGER NOT NULL,
-    mask BLOB NOT NULL, created REAL NOT NULL,
-    PRIMARY KEY (project, task, region_id));
-CREATE INDEX predicted_regions_by_label ON predicted_regions (project, task, label);
-"""]
+MIGRATIONS = Path(__file__).with_name("migrations") / "predicted_regions"
 
 
 @dataclass(frozen=True)
@@ -38,6 +29,9 @@ class PredictedRegion:
     model_version: str
     score: float
     mask: np.ndarray  # bool (H, W)
+
+
+REPLACED = ("label", "model_version", "score", "height", "width", "top", "left_", "bottom", "right_", "mask", "created")
 
 
 def _pack(mask: np.ndarray) -> bytes:
@@ -50,8 +44,9 @@ def _unpack(blob: bytes, height: int, width: int) -> np.ndarray:
 
 
 class PredictedRegions:
-    def __init__(self, path: str | Path):
-        self._db = Database(path, MIGRATIONS)
+    def __init__(self, target: str | Path):
+        """`target`: the SQLite file, or the database URL."""
+        self._db = Database(target, store="predicted_regions", migrations=MIGRATIONS)
 
     def record(self, project: str, task_id: int, model_version: str,
                regions: list[tuple[str, str, np.ndarray, float]]) -> None:
@@ -66,9 +61,10 @@ class PredictedRegions:
                          time.time()))
         with self._db.transaction() as conn:
             conn.executemany(
-                "INSERT OR REPLACE INTO predicted_regions (project, task, region_id, label, model_version, score, "
+                "INSERT INTO predicted_regions (project, task, region_id, label, model_version, score, "
                 "height, width, top, left_, bottom, right_, mask, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, task, region_id) DO UPDATE SET "
+                + ", ".join(f"{column} = excluded.{column}" for column in REPLACED), rows)
 
     def around(self, project: str, task_id: int, label: str, pixel: tuple[int, int], reach_share: float,
                shape: tuple[int, int]) -> list[PredictedRegion]:

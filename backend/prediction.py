@@ -83,7 +83,7 @@ class Predictor:
         self.metrics = metrics
         self.records = InteractiveRecorder(store)
         self._tool_slots = threading.BoundedSemaphore(settings.interactive_concurrency)
-        self.predicted = PredictedRegions(settings.data_dir / "predicted_regions.sqlite3")
+        self.predicted = PredictedRegions(settings.store("predicted_regions"))
 
     def predict(self, task: TaskInput, schema: Schema, serving: Serving,
                 annotator: Annotator = UNKNOWN) -> list[RegionPrediction] | None:

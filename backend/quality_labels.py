@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.core.database import Database
 from model.core.masks import iou
-from model.core.sqlite import Database
 from model.quality.project_scorer import FEATURES_VERSION
 from model.quality.scorers import FEATURES, quality_features
 
@@ -32,15 +32,7 @@ from .inputs import AnnotationInput
 from .predicted_regions import PredictedRegions
 from .store import AnnotationStore
 
-MIGRATIONS = ["""
-CREATE TABLE quality_labels (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    project TEXT NOT NULL, task_id INTEGER NOT NULL, annotation_id INTEGER NOT NULL, annotation_version TEXT NOT NULL,
-    source TEXT NOT NULL, prediction_id TEXT NOT NULL, label TEXT NOT NULL, model_version TEXT NOT NULL,
-    iou REAL NOT NULL, features TEXT NOT NULL, features_version TEXT NOT NULL, created REAL NOT NULL,
-    UNIQUE (annotation_id, source, prediction_id));
-CREATE INDEX quality_labels_by_project ON quality_labels (project, seq);
-"""]
+MIGRATIONS = Path(__file__).with_name("migrations") / "quality_labels"
 
 SOURCES = ("prediction", "interactive")
 
@@ -92,8 +84,9 @@ def match(regions: list[tuple[str | None, str, np.ndarray]], candidates: list[Ca
 
 
 class QualityLabels:
-    def __init__(self, path: str | Path):
-        self._db = Database(path, MIGRATIONS)
+    def __init__(self, target: str | Path):
+        """`target`: the SQLite file, or the database URL."""
+        self._db = Database(target, store="quality_labels", migrations=MIGRATIONS)
 
     def replace_annotation(self, project: str, task_id: int, annotation_id: int, version: str,
                            labels: list[Label], still_current: Callable[[], bool] = lambda: True) -> bool:

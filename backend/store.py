@@ -1,4 +1,4 @@
-"""What the backend keeps, in SQLite (WAL), masks as COCO RLE:
+"""What the backend keeps, in its database (model/core/database.py: SQLite or PostgreSQL), masks as COCO RLE:
 - the annotations Label Studio sent through its webhook, one row per region. An update replaces the
   annotation's rows; a replay of the same version (same annotation id and updated_at), or an older version
   arriving late, changes nothing; a delete removes them;
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,79 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.exc import DBAPIError
 
+from model.core.database import Database
 from model.core.masks import rle_decode, rle_encode
-from model.core.sqlite import Database
 
 from .errors import StorageFull, out_of_space
 
-# The schema of the files written before versioning, which have these tables at user_version 0: hence
-# IF NOT EXISTS, so that on those migration 1 only sets the version.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS annotation_regions (
-    project TEXT NOT NULL,
-    task_id INTEGER NOT NULL,
-    annotation_id INTEGER NOT NULL,
-    updated_at TEXT NOT NULL,
-    region_index INTEGER NOT NULL,
-    label TEXT NOT NULL,
-    prompt TEXT,
-    source TEXT NOT NULL,
-    mask_rle TEXT NOT NULL,
-    received REAL NOT NULL,
-    quality REAL,
-    PRIMARY KEY (annotation_id, region_index)
-);
-CREATE INDEX IF NOT EXISTS regions_by_task ON annotation_regions (project, task_id);
-CREATE TABLE IF NOT EXISTS agent_episodes (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    project TEXT NOT NULL,
-    task_id INTEGER NOT NULL,
-    label TEXT NOT NULL,
-    description TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    steps TEXT NOT NULL,
-    mask_rle TEXT NOT NULL,
-    score REAL NOT NULL,
-    stop_reason TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS episodes_by_task ON agent_episodes (project, task_id);
-CREATE TABLE IF NOT EXISTS interactive_steps (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    project TEXT NOT NULL,
-    task_id INTEGER NOT NULL,
-    label TEXT NOT NULL,
-    clicks TEXT NOT NULL,
-    mask_rle TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS interactive_by_task ON interactive_steps (project, task_id, label);
-"""
-
-DERIVED_WORK = """
-CREATE TABLE derived_work (
-    annotation_id INTEGER PRIMARY KEY,
-    updated_at TEXT NOT NULL,
-    project TEXT NOT NULL,
-    task_id INTEGER NOT NULL,
-    image TEXT NOT NULL,
-    task_data TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    queued REAL NOT NULL
-);
-"""
-
-# Which object of a label a region and an interactive request were: with two objects of one label, the
-# real clicks of each are joined to its own region (Label Studio's region id, the backend's object id).
-REGION_IDS = """
-ALTER TABLE annotation_regions ADD COLUMN region_id TEXT;
-ALTER TABLE interactive_steps ADD COLUMN region_id TEXT;
-"""
-
-# Migrations are never edited once released: a change to the schema is a new one at the end.
-MIGRATIONS = [SCHEMA, DERIVED_WORK, REGION_IDS]
+MIGRATIONS = Path(__file__).with_name("migrations") / "annotations"
 
 
 @dataclass(frozen=True)
@@ -110,12 +44,13 @@ class PendingWork:
 
 
 class AnnotationStore:
-    def __init__(self, path: Path):
-        self._db = Database(path, MIGRATIONS)
+    def __init__(self, target: str | Path):
+        """`target`: the SQLite file, or the database URL."""
+        self._db = Database(target, store="annotations", migrations=MIGRATIONS)
 
     @property
     def schema_version(self) -> int:
-        return self._db.user_version
+        return self._db.revision
 
     def replace(self, project: str, task_id: int, annotation_id: int, updated_at: str,
                 regions: list[tuple[str, str | None, str, np.ndarray, str | None]],
@@ -157,10 +92,16 @@ class AnnotationStore:
     def pending_work(self, annotation_id: int | None = None, max_attempts: int | None = None) -> list[PendingWork]:
         """The derived work still owed: of one annotation, or of all, oldest first (those that failed
         max_attempts times or more left out)."""
+        conditions, args = ["1 = 1"], []
+        if annotation_id is not None:
+            conditions.append("annotation_id = ?")
+            args.append(annotation_id)
+        if max_attempts is not None:
+            conditions.append("attempts < ?")
+            args.append(max_attempts)
         rows = self._db.fetchall(
             "SELECT annotation_id, updated_at, project, task_id, image, task_data, attempts FROM derived_work "
-            "WHERE (? IS NULL OR annotation_id = ?) AND (? IS NULL OR attempts < ?) ORDER BY queued",
-            (annotation_id, annotation_id, max_attempts, max_attempts))
+            f"WHERE {' AND '.join(conditions)} ORDER BY queued", args)
         return [PendingWork(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows]
 
     def finish_work(self, annotation_id: int, updated_at: str) -> None:
@@ -204,8 +145,9 @@ class AnnotationStore:
     def lowest_quality(self, project: str, limit: int) -> list[dict]:
         """Scored annotations of a project, worst first: each annotation's worst region."""
         rows = self._db.fetchall(
-            "SELECT annotation_id, task_id, MIN(quality), COUNT(*), GROUP_CONCAT(label, ', ') FROM annotation_regions "
-            "WHERE project = ? AND quality IS NOT NULL GROUP BY annotation_id ORDER BY MIN(quality) LIMIT ?",
+            f"SELECT annotation_id, task_id, MIN(quality), COUNT(*), {self._db.joined('label', ', ')} "
+            "FROM annotation_regions WHERE project = ? AND quality IS NOT NULL GROUP BY annotation_id, task_id "
+            "ORDER BY MIN(quality), annotation_id LIMIT ?",
             (project, limit))
         return [{"annotation_id": r[0], "task_id": r[1], "quality": round(r[2], 4), "regions": r[3], "labels": r[4]}
                 for r in rows]
@@ -278,7 +220,7 @@ class AnnotationStore:
         """A write that failed for lack of space as StorageFull (507): the request is not acknowledged."""
         try:
             yield
-        except sqlite3.Error as exc:
+        except DBAPIError as exc:
             if not out_of_space(exc):
                 raise
             raise StorageFull(f"{what} {which} not kept: the backend's data folder is full ({exc})") from exc

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from model.flywheel.job import JobSpec, run_job
 from model.flywheel.registry import JobRecord, Registry, this_host
+from model.flywheel.stores import policy_registry
 
 from .store import AnnotationStore
 
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 LEARN_FIRST_WAIT = 600.0  # seconds a job waits, at most, for the annotation work acknowledged before it
-ANNOTATIONS = "annotations.sqlite3"
 
 
 def learn_first(annotations: AnnotationStore, queued_at: float, wait: float = LEARN_FIRST_WAIT) -> None:
@@ -59,9 +59,9 @@ def run_in_process(registry: Registry, annotations: AnnotationStore, job_id: str
 def run_here(job_id: str, spec: dict) -> JobRecord:
     """The job in this process (an RQ trainer's work horse), after the annotation work acknowledged before it."""
     settings = JobSpec.model_validate(spec).settings
-    job = Registry(settings.data_dir / "models").job(job_id)
+    job = policy_registry(settings).job(job_id)
     if job is not None:
-        annotations = AnnotationStore(settings.data_dir / ANNOTATIONS)
+        annotations = AnnotationStore(settings.store("annotations"))
         try:
             learn_first(annotations, job.created)
         finally:

@@ -25,7 +25,9 @@ DEFAULT_BANNED_SUBNETS = "169.254.0.0/16,0.0.0.0/8,fe80::/10,fd00:ec2::254/128,1
 VERBATIM = frozenset({"BASIC_AUTH_USER", "BASIC_AUTH_PASS"})
 # Credentials (a Redis URL may carry a password) stay out of job specs, which go to disk and to Redis.
 # The basic auth user goes too: a job needs no credentials, and half of them would not validate.
-SECRETS = frozenset({"label_studio_api_key", "basic_auth_user", "basic_auth_pass", "redis_url", "hf_token"})
+SECRETS = frozenset({"label_studio_api_key", "basic_auth_user", "basic_auth_pass", "redis_url", "hf_token",
+                     "database_url"})
+DATABASE_SCHEMES = ("postgresql://", "postgresql+psycopg://", "postgres://")
 
 
 class Settings(BaseSettings):
@@ -120,6 +122,13 @@ class Settings(BaseSettings):
                            description=(
                                "the annotation store, the trajectories, downloaded checkpoints, the registry, the "
                                "pre-annotation queue"))
+    database_url: str = Field("", alias="SEGAGENT_DATABASE_URL", repr=False, description=(
+        "a PostgreSQL URL (`postgresql://user:password@host:5432/db`): every store (annotations, trajectories, the "
+        "pre-annotation queue, the registries and their jobs, quality labels) lives there, shared by backends and "
+        "workers on several machines; empty: SQLite files in `SEGAGENT_DATA_DIR`, for one machine"))
+    blob_dir: Path | None = Field(None, alias="SEGAGENT_BLOB_DIR", description=(
+        "where files shared by every machine live: images by digest, trained adapters and scorer versions, the "
+        "embedding store; a folder all of them mount (written by atomic renames); empty: `SEGAGENT_DATA_DIR`"))
     label_studio_url: str = Field("", alias="LABEL_STUDIO_URL",
                                   description=(
                                       "where Label Studio is, to fetch `/data/upload/...`, `/data/local-files/...` "
@@ -247,6 +256,18 @@ class Settings(BaseSettings):
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: str) -> str:
+        if value and not value.startswith(DATABASE_SCHEMES):
+            raise ValueError("SEGAGENT_DATABASE_URL is a postgresql:// URL (empty: SQLite in SEGAGENT_DATA_DIR)")
+        return "postgresql://" + value.split("://", 1)[1] if value.startswith("postgres://") else value
+
+    @field_validator("blob_dir", mode="before")
+    @classmethod
+    def _empty_is_data_dir(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
     @field_validator("prompt_fields", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
@@ -286,6 +307,15 @@ class Settings(BaseSettings):
     def concept_phrases(self) -> dict[str, str]:
         """SEGAGENT_CONCEPT_PROMPTS read: label -> the phrase looked for."""
         return json.loads(self.concept_prompts) if self.concept_prompts else {}
+
+    def store(self, name: str) -> str | Path:
+        """Where a store's rows are: the database URL, or its SQLite file in the data folder."""
+        return self.database_url or self.data_dir / f"{name}.sqlite3"
+
+    @property
+    def blobs(self) -> Path:
+        """The folder of the files every machine shares."""
+        return self.blob_dir or self.data_dir
 
     @property
     def max_image_bytes(self) -> int:

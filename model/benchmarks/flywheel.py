@@ -32,8 +32,9 @@ from model.core.clicks import Click
 from model.core.datasets import Dataset, Sample
 from model.core.masks import iou
 from model.flywheel.job import JobSpec, run_job
-from model.flywheel.registry import BASE_VERSION, JobRecord, JobState, Registry, scope_for
+from model.flywheel.registry import BASE_VERSION, JobRecord, JobState, scope_for
 from model.flywheel.sources import simulated
+from model.flywheel.stores import policy_registry, trajectory_store
 from model.flywheel.trajectories import TrajectoryStore
 from model.flywheel.versions import version_policy
 from model.policies import Policy, make_policy
@@ -184,7 +185,7 @@ def _fresh(settings: Settings) -> TrajectoryStore:
         if (settings.data_dir / part).exists():
             raise BenchError(f"{settings.data_dir / part} exists: bench-flywheel trains from the base in a "
                              "work folder of its own (remove it, or give another --data-dir)")
-    return TrajectoryStore(settings.data_dir / "trajectories")
+    return trajectory_store(settings)
 
 
 def run_bench(dataset: Dataset, settings: Settings, config: BenchConfig, progress: bool = True) -> dict:
@@ -209,7 +210,7 @@ def run_bench(dataset: Dataset, settings: Settings, config: BenchConfig, progres
     seconds["train"] = time.perf_counter() - started
     trained = None
     if job.state in (JobState.promoted, JobState.rejected) and job.version:
-        adapter = Registry(settings.data_dir / "models").adapter_path(config.scope, job.version)
+        adapter = policy_registry(settings).adapter_path(config.scope, job.version)
         policy = version_policy(policy_from(settings), config.scope, job.version, str(adapter))
         trained, seconds["evaluate_trained"] = _timed_evaluation(agent_for(settings, segmenter, policy), dataset,
                                                                  config, job.version, progress)

@@ -128,12 +128,12 @@ def _scope(args: argparse.Namespace) -> str:
 
 def _export(args: argparse.Namespace) -> int:
     from model.flywheel.export import export_sharegpt
-    from model.flywheel.trajectories import TrajectoryStore
+    from model.flywheel.stores import trajectory_store
 
-    store_dir = args.data_dir / "trajectories"
-    if not (store_dir / "trajectories.sqlite3").exists():
-        raise SystemExit(f"no trajectory store under {store_dir}")
-    count = export_sharegpt(TrajectoryStore(store_dir), args.out, project=args.project, color=args.color,
+    settings = args.settings.model_copy(update={"data_dir": args.data_dir})
+    if not settings.database_url and not (args.data_dir / "trajectories" / "trajectories.sqlite3").exists():
+        raise SystemExit(f"no trajectory store under {args.data_dir / 'trajectories'}")
+    count = export_sharegpt(trajectory_store(settings), args.out, project=args.project, color=args.color,
                             observation=args.policy_format)
     print(f"{count} supervised turns -> {args.out}")
     return 0
@@ -142,11 +142,11 @@ def _export(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from model.flywheel.registry import scope_for
     from model.flywheel.sources import simulated
-    from model.flywheel.trajectories import TrajectoryStore
+    from model.flywheel.stores import trajectory_store
 
     project = args.project
     scope_for(project)  # a project id, as Label Studio numbers them
-    store = TrajectoryStore(args.data_dir / "trajectories")
+    store = trajectory_store(args.settings.model_copy(update={"data_dir": args.data_dir}))
     segmenter = make_segmenter(args.tool, **{**tool_options(args.settings), "sam_checkpoint": args.sam_checkpoint,
                                              "data_dir": args.data_dir})
     dataset = open_dataset(args.dataset, args.images).limit(args.limit)
@@ -177,9 +177,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _versions(args: argparse.Namespace) -> int:
-    from model.flywheel.registry import Registry
+    from model.flywheel.stores import policy_registry
 
-    registry, scope = Registry(args.data_dir / "models"), _scope(args)
+    registry, scope = policy_registry(args.settings.model_copy(update={"data_dir": args.data_dir})), _scope(args)
     active = registry.active(scope)
     print(f"{scope}: active {active}")
     for meta in registry.versions(scope):
@@ -192,9 +192,9 @@ def _versions(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from model.flywheel.registry import Registry
+    from model.flywheel.stores import policy_registry
 
-    registry, scope = Registry(args.data_dir / "models"), _scope(args)
+    registry, scope = policy_registry(args.settings.model_copy(update={"data_dir": args.data_dir})), _scope(args)
     version = registry.rollback(scope, args.to)
     print(f"{scope}: {version} is active")
     return 0

@@ -21,7 +21,7 @@ from model.flywheel.finetune import TrainConfig, TurnReader, split_by_task, trai
 from model.flywheel.gate import GateConfig, decide, measure
 from model.flywheel.registry import BASE_VERSION, Busy, JobRecord, JobState, Registry, project_of, this_host
 from model.flywheel.remote_training import is_remote_qwen, train_remote, untrainable_reason
-from model.flywheel.trajectories import TrajectoryStore
+from model.flywheel.stores import policy_registry, trajectory_store
 from model.flywheel.versions import version_policy
 from model.policies.base import Policy
 from model.settings import SECRETS, Settings
@@ -41,8 +41,10 @@ class JobSpec(BaseModel):
     @field_validator("settings")
     @classmethod
     def _absolute_data_dir(cls, settings: Settings) -> Settings:
-        # the job may run in another working directory (a worker process, an RQ worker)
-        return settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+        # the job may run in another working directory (a worker process, an RQ worker); the spec carries no
+        # credentials, so the database's URL is the environment's where the job runs
+        return settings.model_copy(update={"data_dir": settings.data_dir.resolve(),
+                                           "database_url": settings.database_url or Settings().database_url})
 
     @field_serializer("settings")
     def _without_secrets(self, settings: Settings) -> dict:
@@ -69,7 +71,7 @@ def run_job(spec: JobSpec | dict) -> JobRecord:
     """Run one job; returns its final state (also written to its job file). Raises on failure, after
     recording it, so that a worker marks the job failed too."""
     spec = JobSpec.model_validate(spec)
-    registry = Registry(spec.settings.data_dir / "models")
+    registry = policy_registry(spec.settings)
     job_id = spec.job_id or registry.new_job_id(spec.scope)
     try:
         with registry.lock(spec.scope), registry.heartbeat(job_id):
@@ -86,7 +88,7 @@ def _run_locked(spec: JobSpec, registry: Registry, job_id: str) -> JobRecord:
     scope, base = spec.scope, spec.settings.policy
     registry.write_job(job_id, state=JobState.running, stage="data", pid=os.getpid(), host=this_host(),
                        started=time.time(), progress=0.0)
-    store = TrajectoryStore(spec.settings.data_dir / "trajectories")
+    store = trajectory_store(spec.settings)
     summaries = store.summaries(project_of(scope))
     through = max((s.id for s in summaries), default=0)
     train, held_out = split_by_task(summaries, spec.train.held_out, spec.train.seed)

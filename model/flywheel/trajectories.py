@@ -1,8 +1,8 @@
 """Trajectories: click sequences that lead to a mask, the training data of the policy.
 
-The store is SQLite in WAL mode (a `kill -9` loses at most the write under way), its schema versioned
-by `PRAGMA user_version` and brought up to date by the migrations below; masks are COCO RLE; images
-are kept once, by content hash, as PNG files beside the database, so that training does not depend
+The rows are in the store's database (model/core/database.py: SQLite in WAL mode beside the images, or
+PostgreSQL), its schema brought up to date by the Alembic revisions in migrations/; masks are COCO RLE; images
+are kept once, by content hash, as PNG files in the store's folder, so that training does not depend
 on Label Studio being up. An annotation's trajectories are replaced as a whole: a replay of the same
 version stores nothing new, an update replaces what the earlier version produced.
 """
@@ -20,43 +20,13 @@ import numpy as np
 from PIL import Image
 
 from model.core.clicks import Click
+from model.core.database import Database
 from model.core.imageio import image_digest
 from model.core.masks import rle_decode, rle_encode
-from model.core.sqlite import Database
 
 SOURCES = ("correction", "scratch", "human")
 
-# Migrations are never edited once released: a change to the schema is a new one at the end.
-MIGRATIONS = [
-    """
-    CREATE TABLE trajectories (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        project TEXT NOT NULL,
-        task_id INTEGER NOT NULL,
-        annotation_id INTEGER NOT NULL,
-        annotation_version TEXT NOT NULL,
-        source TEXT NOT NULL,
-        label TEXT NOT NULL,
-        prompt TEXT NOT NULL,
-        image_sha TEXT NOT NULL,
-        target_rle TEXT NOT NULL,
-        created REAL NOT NULL
-    );
-    CREATE INDEX trajectories_by_annotation ON trajectories (annotation_id);
-    CREATE INDEX trajectories_by_project ON trajectories (project);
-    CREATE TABLE steps (
-        trajectory_id INTEGER NOT NULL REFERENCES trajectories (id) ON DELETE CASCADE,
-        position INTEGER NOT NULL,
-        x REAL NOT NULL,
-        y REAL NOT NULL,
-        positive INTEGER NOT NULL,
-        mask_before_rle TEXT NOT NULL,
-        mask_after_rle TEXT NOT NULL,
-        iou REAL NOT NULL,
-        PRIMARY KEY (trajectory_id, position)
-    );
-    """,
-]
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 @dataclass
@@ -92,15 +62,17 @@ class TrajectorySummary:
 
 
 class TrajectoryStore:
-    def __init__(self, data_dir: str | Path):
+    def __init__(self, data_dir: str | Path, database: str | Path | None = None):
+        """Images under `data_dir`; the rows in `database` (a SQLite file or a database URL), by default the
+        SQLite file in `data_dir`."""
         self.root = Path(data_dir)
         self.images_dir = self.root / "images"
         self.images_dir.mkdir(parents=True, exist_ok=True)
-        self._db = Database(self.root / "trajectories.sqlite3", MIGRATIONS)
+        self._db = Database(database or self.root / "trajectories.sqlite3", store="trajectories", migrations=MIGRATIONS)
 
     @property
     def schema_version(self) -> int:
-        return self._db.user_version
+        return self._db.revision
 
     # ------------------------------------------------------------ images
     def put_image(self, image: np.ndarray) -> str:
@@ -135,14 +107,14 @@ class TrajectoryStore:
                 return False
             db.execute("DELETE FROM trajectories WHERE annotation_id = ?", (annotation_id,))
             for record in records:
-                cursor = db.execute(
+                trajectory_id = db.execute(
                     "INSERT INTO trajectories (project, task_id, annotation_id, annotation_version, source, label,"
-                    " prompt, image_sha, target_rle, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " prompt, image_sha, target_rle, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (project, task_id, annotation_id, version, record.source, record.label, record.prompt,
-                     record.image_sha, json.dumps(rle_encode(record.target)), time.time()))
+                     record.image_sha, json.dumps(rle_encode(record.target)), time.time())).scalar_one()
                 db.executemany(
                     "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(cursor.lastrowid, position, s.click.x, s.click.y, int(s.click.positive),
+                    [(trajectory_id, position, s.click.x, s.click.y, int(s.click.positive),
                       json.dumps(rle_encode(s.mask_before)), json.dumps(rle_encode(s.mask_after)), s.iou)
                      for position, s in enumerate(record.steps)])
             return True
@@ -164,7 +136,7 @@ class TrajectoryStore:
     def daily_counts(self, project: str) -> list[dict]:
         """How many trajectories of a project each day (UTC, "YYYY-MM-DD") brought, by source, oldest first."""
         rows = self._db.fetchall(
-            "SELECT date(created, 'unixepoch') AS day, source, COUNT(*) FROM trajectories WHERE project = ? "
+            f"SELECT {self._db.utc_day('created')} AS day, source, COUNT(*) FROM trajectories WHERE project = ? "
             "GROUP BY day, source ORDER BY day, source", (project,))
         return [{"day": day, "source": source, "count": count} for day, source, count in rows]
 

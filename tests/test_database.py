@@ -1,94 +1,128 @@
-"""The SQLite layer under the stores: transactions that roll back, migrations that apply once and whole,
-files of a newer version refused; the annotation store opening files written before it had migrations;
+"""The SQL layer under the stores, on SQLite and on PostgreSQL: transactions that roll back, Alembic revisions that
+apply once and whole (also when processes start together), databases of a newer revision refused; the annotation
+store opening files written before it had migrations, and those of today's SQLite code (PRAGMA user_version);
 the trajectory store's delete rolling back and its images named by the one image digest."""
 import json
 import sqlite3
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import inspect
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from backend.store import MIGRATIONS as ANNOTATION_MIGRATIONS
 from backend.store import AnnotationStore
 from model.core.clicks import Click
+from model.core.database import Database, SchemaTooNewError
 from model.core.imageio import image_digest
 from model.core.masks import rle_encode
-from model.core.sqlite import Database, SchemaTooNewError, split_statements
 from model.flywheel.trajectories import StepRecord, TrajectoryRecord, TrajectoryStore
 
-ITEMS = "CREATE TABLE items (name TEXT NOT NULL UNIQUE)"
+
+def revisions(folder, *steps: str):
+    """A store's revision folder: each step the body of an upgrade() (op and sa in scope)."""
+    folder.mkdir(exist_ok=True)
+    for number, body in enumerate(steps, start=1):
+        down = repr(f"{number - 1:04d}") if number > 1 else None
+        (folder / f"{number:04d}_step.py").write_text(
+            f"import sqlalchemy as sa\nfrom alembic import op\n\nrevision = {f'{number:04d}'!r}\n"
+            f"down_revision = {down}\n\n\ndef upgrade():\n    {body}\n")
+    return folder
+
+
+ITEMS = "op.create_table('items', sa.Column('name', sa.Text, nullable=False, unique=True))"
+FILL = "op.execute(\"INSERT INTO items VALUES ('x')\"); op.execute(\"INSERT INTO items VALUES ('y')\")"
+SIZE = ("op.add_column('items', sa.Column('size', sa.Integer)); "
+        "op.execute('UPDATE items SET size = length(name) + 1')")
+
+
+def target(tmp_path, database_url):
+    return database_url or tmp_path / "db.sqlite3"
 
 
 def names(db: Database) -> list[str]:
     return [name for (name,) in db.fetchall("SELECT name FROM items ORDER BY name")]
 
 
-def test_transaction_commits_or_leaves_nothing_written(tmp_path):
-    db = Database(tmp_path / "db.sqlite3", [ITEMS])
-    with db.transaction() as conn:
-        conn.execute("INSERT INTO items VALUES ('a')")
-    with pytest.raises(RuntimeError, match="midway"), db.transaction() as conn:
-        conn.execute("INSERT INTO items VALUES ('b')")
+def test_transaction_commits_or_leaves_nothing_written(tmp_path, database_url):
+    migrations = revisions(tmp_path / "m", ITEMS)
+    db = Database(target(tmp_path, database_url), store="t", migrations=migrations)
+    with db.transaction() as tx:
+        tx.execute("INSERT INTO items VALUES (?)", ("a",))
+    with pytest.raises(RuntimeError, match="midway"), db.transaction() as tx:
+        tx.execute("INSERT INTO items VALUES (?)", ("b",))
         raise RuntimeError("midway")
-    with pytest.raises(sqlite3.IntegrityError), db.transaction() as conn:
-        conn.execute("INSERT INTO items VALUES ('c')")
-        conn.execute("INSERT INTO items VALUES ('a')")  # not unique
+    with pytest.raises(IntegrityError), db.transaction() as tx:
+        tx.execute("INSERT INTO items VALUES (?)", ("c",))
+        tx.execute("INSERT INTO items VALUES (?)", ("a",))  # not unique
     assert names(db) == ["a"]
-    with db.transaction() as conn:  # no transaction was left open
-        conn.execute("INSERT INTO items VALUES ('d')")
-    db.close()
-    assert names(Database(tmp_path / "db.sqlite3", [ITEMS])) == ["a", "d"]
+    with db.transaction() as tx:  # no transaction was left open
+        tx.executemany("INSERT INTO items VALUES (?)", [("d",), ("e",)])
+    assert names(Database(target(tmp_path, database_url), store="t", migrations=migrations)) == ["a", "d", "e"]
 
 
-def test_migrations_apply_once_in_order_and_data_steps_run(tmp_path):
-    def fill(conn: sqlite3.Connection) -> None:
-        conn.executemany("INSERT INTO items VALUES (?)", [("x",), ("y",)])
-
-    migrations = [ITEMS, fill, "ALTER TABLE items ADD COLUMN size INTEGER; UPDATE items SET size = length(name) + 1"]
-    db = Database(tmp_path / "db.sqlite3", migrations[:1])
-    assert db.user_version == 1 and names(db) == []
-    db.close()
-    db = Database(tmp_path / "db.sqlite3", migrations)
-    assert db.user_version == 3 and db.fetchall("SELECT name, size FROM items ORDER BY name") == [("x", 2), ("y", 2)]
-    db.close()
-    assert Database(tmp_path / "db.sqlite3", migrations).fetchone("SELECT COUNT(*) FROM items") == (2,)
+def test_migrations_apply_once_in_order_and_data_steps_run(tmp_path, database_url):
+    where = target(tmp_path, database_url)
+    first = revisions(tmp_path / "one", ITEMS)
+    db = Database(where, store="t", migrations=first)
+    assert db.revision == 1 and names(db) == []
+    db = Database(where, store="t", migrations=revisions(tmp_path / "three", ITEMS, FILL, SIZE))
+    assert db.revision == 3 and db.fetchall("SELECT name, size FROM items ORDER BY name") == [("x", 2), ("y", 2)]
+    db = Database(where, store="t", migrations=tmp_path / "three")
+    assert db.fetchone("SELECT COUNT(*) FROM items") == (2,)
 
 
-def test_a_failing_migration_leaves_the_previous_version(tmp_path):
-    def fail(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT INTO items VALUES ('half')")
-        raise RuntimeError("crash mid-migration")
+def test_stores_sharing_a_database_keep_their_own_revisions(tmp_path, database_url):
+    where = target(tmp_path, database_url)
+    Database(where, store="a", migrations=revisions(tmp_path / "a", ITEMS))
+    other = Database(where, store="b", migrations=revisions(tmp_path / "b", "op.create_table('things', "
+                                                               "sa.Column('x', sa.Integer))", "pass"))
+    assert other.revision == 2 and Database(where, store="a", migrations=tmp_path / "a").revision == 1
 
+
+def test_a_failing_migration_leaves_the_previous_revision(tmp_path, database_url):
+    where = target(tmp_path, database_url)
+    failing = revisions(tmp_path / "fail", ITEMS, "op.execute(\"INSERT INTO items VALUES ('half')\"); "
+                        "raise RuntimeError('crash mid-migration')")
+    Database(where, store="t", migrations=revisions(tmp_path / "one", ITEMS))
     with pytest.raises(RuntimeError, match="crash"):
-        Database(tmp_path / "db.sqlite3", [ITEMS, fail])
-    db = Database(tmp_path / "db.sqlite3", [ITEMS])
-    assert db.user_version == 1 and names(db) == []
-    db.close()
-    with pytest.raises(sqlite3.OperationalError):  # the second statement fails: the first is undone too
-        Database(tmp_path / "db.sqlite3", [ITEMS, "CREATE TABLE other (x); SELECT * FROM missing"])
-    db = Database(tmp_path / "db.sqlite3", [ITEMS])
-    assert db.user_version == 1
-    assert db.fetchone("SELECT COUNT(*) FROM sqlite_master WHERE name = 'other'") == (0,)
+        Database(where, store="t", migrations=failing)
+    db = Database(where, store="t", migrations=tmp_path / "one")
+    assert db.revision == 1 and names(db) == []
+    broken = revisions(tmp_path / "broken", ITEMS, "op.create_table('other', sa.Column('x', sa.Integer)); "
+                       "op.execute('SELECT * FROM missing')")
+    with pytest.raises(DBAPIError):  # the second statement fails: the first is undone too
+        Database(where, store="t", migrations=broken)
+    db = Database(where, store="t", migrations=tmp_path / "one")
+    assert db.revision == 1 and "other" not in inspect(db.engine).get_table_names()
 
 
-def test_a_newer_file_is_refused(tmp_path):
-    Database(tmp_path / "db.sqlite3", [ITEMS, "CREATE TABLE more (x)"]).close()
-    with pytest.raises(SchemaTooNewError, match="schema version 2, newer than this code knows \\(1\\)"):
-        Database(tmp_path / "db.sqlite3", [ITEMS])
+def test_a_newer_database_is_refused(tmp_path, database_url):
+    where = target(tmp_path, database_url)
+    Database(where, store="t", migrations=revisions(tmp_path / "two", ITEMS, "pass"))
+    with pytest.raises(SchemaTooNewError, match="revision 0002, which this code does not know"):
+        Database(where, store="t", migrations=revisions(tmp_path / "one", ITEMS))
+
+
+def test_processes_starting_together_migrate_once(tmp_path, database_url):
+    where = str(target(tmp_path, database_url))
+    migrations = revisions(tmp_path / "m", ITEMS, FILL, SIZE)
+    code = ("import sys; from pathlib import Path; from model.core.database import Database; "
+            "db = Database(sys.argv[1], store='t', migrations=Path(sys.argv[2])); print(db.revision)")
+    processes = [subprocess.Popen([sys.executable, "-c", code, where, str(migrations)], stdout=subprocess.PIPE,
+                                  text=True) for _ in range(3)]
+    assert [p.communicate(timeout=120)[0].strip() for p in processes] == ["3", "3", "3"]
+    assert Database(where, store="t", migrations=migrations).fetchone("SELECT COUNT(*) FROM items") == (2,)
+
+
+def test_a_legacy_file_newer_than_the_code_is_refused(tmp_path):
     path = tmp_path / "annotations.sqlite3"
-    AnnotationStore(path)
     with sqlite3.connect(path) as conn:
-        conn.execute(f"PRAGMA user_version = {len(ANNOTATION_MIGRATIONS) + 1}")
-    with pytest.raises(SchemaTooNewError):
+        conn.execute("PRAGMA user_version = 9")
+    with pytest.raises(SchemaTooNewError, match="schema version 9"):
         AnnotationStore(path)
-
-
-def test_split_statements_keeps_literals_comments_and_triggers_whole():
-    script = """CREATE TABLE a (x TEXT DEFAULT 'a;b'); -- a comment; still one
-    CREATE TRIGGER t AFTER INSERT ON a BEGIN UPDATE a SET x = 'y;'; END;
-    """
-    first, second = split_statements(script)
-    assert first == "CREATE TABLE a (x TEXT DEFAULT 'a;b')" and second.endswith("SET x = 'y;'; END")
 
 
 # The annotation store's schema as released before migrations (user_version 0), frozen here.
@@ -133,7 +167,7 @@ def test_annotation_store_opens_a_file_written_before_migrations(tmp_path):
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (0,)
 
     store = AnnotationStore(path)
-    assert store.schema_version == len(ANNOTATION_MIGRATIONS)
+    assert store.schema_version == 3
     cat, dog = store.regions(11)
     assert (cat["label"], cat["prompt"], cat["source"], cat["quality"]) == ("Cat", "a cat", "brush", 0.25)
     assert dog["label"] == "Dog" and dog["prompt"] is None and (dog["mask"] == mask).all()
@@ -160,7 +194,7 @@ def test_trajectory_delete_rolls_back_when_it_fails_midway(tmp_path):
     with sqlite3.connect(tmp_path / "trajectories.sqlite3") as conn:  # the second delete fails
         conn.execute("CREATE TRIGGER refuse BEFORE DELETE ON trajectories WHEN old.annotation_id = 12 "
                      "BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    with pytest.raises(sqlite3.IntegrityError, match="refused"):
+    with pytest.raises(IntegrityError, match="refused"):
         store.delete_annotations([11, 12])
     assert store.counts()["total"] == 2 and all(len(r.steps) == 1 for r in store.records())
     with sqlite3.connect(tmp_path / "trajectories.sqlite3") as conn:

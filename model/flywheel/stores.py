@@ -1,0 +1,20 @@
+"""Where the flywheel's stores are for a given configuration: rows in the database (SQLite files in the data folder,
+or SEGAGENT_DATABASE_URL), files (images, adapters, scorer versions) in the blob folder every machine shares."""
+from __future__ import annotations
+
+from model.flywheel.registry import Registry
+from model.flywheel.trajectories import TrajectoryStore
+from model.settings import Settings
+
+
+def trajectory_store(settings: Settings) -> TrajectoryStore:
+    rows = settings.database_url or settings.data_dir / "trajectories" / "trajectories.sqlite3"
+    return TrajectoryStore(settings.blobs / "trajectories", rows)
+
+
+def policy_registry(settings: Settings) -> Registry:
+    return Registry(settings.blobs / "models")
+
+
+def scorer_registry(settings: Settings) -> Registry:
+    return Registry(settings.blobs / "scorers")
