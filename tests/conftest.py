@@ -1,5 +1,6 @@
 import shutil
 import subprocess
+import uuid
 
 import numpy as np
 import pytest
@@ -56,6 +57,38 @@ def redis_url(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL cluster for the session (tests/postgres_server.py)."""
+    from tests.postgres_server import PostgresServer, binaries
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh database of the session's cluster, as postgresql://user:password@127.0.0.1:port/name."""
+    name = f"test_{uuid.uuid4().hex}"
+    yield postgres_server.create_database(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request):
+    """SEGAGENT_DATABASE_URL for a store test on both backends: "" (SQLite in the data folder) or a fresh
+    PostgreSQL database; the sqlite case starts no PostgreSQL."""
+    if request.param == "sqlite":
+        return ""
+    return request.getfixturevalue("postgres_url")
 
 
 def _pings(client) -> bool:
