@@ -106,7 +106,8 @@ def test_the_backend_and_the_worker_reserve_the_gpu_under_the_gpu_profile_only()
 def test_the_one_gpu_command_resolves_to_the_gpu_setup():
     environment = {name: value for name, value in os.environ.items()
                    if not name.startswith(("COMPOSE_", "SEGAGENT_", "SAM"))} | {"BASIC_AUTH_PASS": "pw",
-                                                                             "REDIS_PASSWORD": "r3dis"}
+                                                                             "REDIS_PASSWORD": "r3dis",
+                                                                             "POSTGRES_PASSWORD": "p0stgres"}
 
     def config(*extra: str) -> dict:
         run = subprocess.run(["docker-compose", *extra, "config"], cwd=DOCKER, env=environment, capture_output=True,

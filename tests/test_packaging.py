@@ -53,7 +53,8 @@ def test_compose_wires_label_studio_and_the_backend():
 def test_compose_file_validates(extra):
     result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker" / "docker-compose.yml"), *extra, "config"],
                             capture_output=True, text=True,
-                            env={**os.environ, "BASIC_AUTH_PASS": "s3cret", "REDIS_PASSWORD": "r3dis"})
+                            env={**os.environ, "BASIC_AUTH_PASS": "s3cret", "REDIS_PASSWORD": "r3dis",
+                                 "POSTGRES_PASSWORD": "p0stgres"})
     assert result.returncode == 0, result.stderr
     if extra:
         assert "SEGAGENT_POLICY: http://policy:8000/v1" in result.stdout

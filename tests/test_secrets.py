@@ -107,7 +107,7 @@ def test_compose_refuses_to_start_without_a_redis_password():
     environment = {name: value for name, value in os.environ.items() if name != "REDIS_PASSWORD"}
     run = lambda env: subprocess.run(  # noqa: E731
         ["docker-compose", "-f", str(ROOT / "docker" / "docker-compose.yml"), "config"], capture_output=True,
-        text=True, env={**env, "BASIC_AUTH_PASS": "pw"}, timeout=60)
+        text=True, env={**env, "BASIC_AUTH_PASS": "pw", "POSTGRES_PASSWORD": "p0stgres"}, timeout=60)
     without = run(environment)
     assert without.returncode != 0 and "REDIS_PASSWORD" in without.stderr
     configured = yaml.safe_load(run({**environment, "REDIS_PASSWORD": "r3dis"}).stdout)["services"]

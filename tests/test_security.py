@@ -247,6 +247,7 @@ def test_compose_turns_basic_auth_on():
     command = ["docker-compose", "-f", str(ROOT / "docker" / "docker-compose.yml"), "config"]
     environment = {name: value for name, value in os.environ.items() if not name.startswith("BASIC_AUTH_")}
     environment["REDIS_PASSWORD"] = "r3dis"  # required too (tests/test_secrets.py)
+    environment["POSTGRES_PASSWORD"] = "p0stgres"  # and this one (the postgres service)
     refused = subprocess.run(command, capture_output=True, text=True, env=environment)
     assert refused.returncode != 0 and "set BASIC_AUTH_PASS" in refused.stderr
     accepted = subprocess.run(command, capture_output=True, text=True, env={**environment, "BASIC_AUTH_PASS": "pw"})
