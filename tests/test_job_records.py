@@ -23,20 +23,19 @@ UPDATES = 1000
 
 
 def _update_one_field(root: str, job_id: str, field: str, start, regressions) -> None:
-    """Write `field` UPDATES times, each time first reading the job's file to check that its previous
+    """Write `field` UPDATES times, each time first reading the job's record to check that its previous
     value survived the other process's writes; counts the times it did not."""
     registry = Registry(root)
-    path = registry.job_path(job_id)
     start.wait()
     for value in range(1, UPDATES + 1):
-        if json.loads(path.read_text()).get(field) != value - 1:
+        if getattr(registry.job(job_id), field) != value - 1:
             regressions.value += 1
         registry.write_job(job_id, **{field: value})
 
 
 def test_two_processes_writing_one_job_lose_no_update(tmp_path):
     """The backend (its runner writes the pid) and the job process (its data, progress, heartbeat) both
-    update one job file: each read-change-write holds a lock across processes, so none undoes another."""
+    update one job record: each read-change-write is one transaction, so none undoes another."""
     registry = Registry(tmp_path)
     job_id = registry.new_job_id("project-1")
     registry.write_job(job_id, state="running", through_id=0, pid=0)
@@ -50,7 +49,7 @@ def test_two_processes_writing_one_job_lose_no_update(tmp_path):
     for worker in workers:
         worker.join(120)
         assert worker.exitcode == 0
-    on_disk = json.loads(registry.job_path(job_id).read_text())
+    on_disk = registry.job(job_id).to_json()
     lost = {field: count.value for field, count in regressions.items()}
     assert lost == {"through_id": 0, "pid": 0}, f"updates overwritten by the other process: {lost}"
     assert on_disk["through_id"] == on_disk["pid"] == UPDATES and on_disk["state"] == "running"
@@ -74,16 +73,16 @@ def test_status_job_status_and_versions_write_nothing(tmp_path):
     client = App(Settings(data_dir=tmp_path)).client
     registry = Registry(tmp_path / "models")
     job = _a_job_whose_process_died(registry)
-    before = registry.job_path(job.id).read_bytes()
+    before = registry.job(job.id).to_json()
 
     answer = client.post("/job_status", json={"job": job.id}).json
-    assert answer == {"job_status": "started", **json.loads(before)}
+    assert answer == {"job_status": "started", **before}
     training = client.get("/status?project=3").json["training"]
-    assert training["state"] == "running" and training["last_job"] == json.loads(before)
+    assert training["state"] == "running" and training["last_job"] == before
     assert training["scopes"]["project-3"]["last_job"]["id"] == job.id
     assert client.get("/status").json["training"]["last_job"]["id"] == job.id
     assert client.get("/versions?project=3").json["versions"] == [client.get("/health").json["model_version"]]
-    assert registry.job_path(job.id).read_bytes() == before  # no read wrote the job's file
+    assert registry.job(job.id) == job  # no read wrote the job's record, not even its time
 
 
 def _training_jobs(data: Path, registry: Registry, reap_every: float) -> TrainingJobs:
@@ -130,5 +129,7 @@ def test_a_record_refuses_what_a_job_file_cannot_hold(tmp_path):
         registry.write_job(job_id, state="exploded")
     assert registry.job(job_id) is None
     registry.write_job(job_id, state="running")
-    registry.job_path(job_id).write_text(json.dumps({"id": job_id, "state": "exploded"}))
+    with registry.db.transaction() as tx:
+        tx.execute("UPDATE registry_jobs SET record = ? WHERE job_id = ?",
+                   (json.dumps({"id": job_id, "state": "exploded"}), job_id))
     assert registry.job(job_id) is None and registry.jobs("project-1") == []  # left out, not a 500

@@ -1,20 +1,21 @@
-"""The policy registry on disk: every trained version of a scope with its metadata, which one is
-active, and the state of training jobs.
+"""The policy registry: every trained version of a scope with its metadata, which one is active, the history of
+its changes and the state of training jobs; the project scorers' registry is the same machinery (kind "scorers").
 
-    models/<scope>/versions/vN/adapter/     the LoRA adapter (peft)
-    models/<scope>/versions/vN/meta.json    base, parent, data counts, metrics, time, status
-    models/<scope>/active.json              the version serving now ("v0" or missing: the base policy)
-    models/<scope>/history.jsonl            every change of the active version, and why
-    models/<scope>/jobs/<job id>.json       one training job's record (JobRecord): state, progress, outcome
-    models/<scope>/jobs.lock                held while a job's record is read, changed and written again
-    models/<scope>/train.lock               held by the one training job of the scope
+Its state is rows in a database (store "registry"; SQLite in the root folder by default, or a PostgreSQL URL shared
+by every backend and worker): versions, active, history and jobs, namespaced by kind. A version's files stay in the
+root folder, a blob location every machine reaches:
 
-A scope is a Label Studio project ("project-3") or "shared". Every file is replaced atomically (write
-then rename), so a reader never sees half of one and a killed job leaves the active version as it was.
+    <root>/<scope>/versions/vN/             the version's files (a LoRA adapter/, a scorer's correction.json)
+    <root>/<scope>/jobs/                    training jobs' logs and specs
+    <root>/<scope>/train.lock               the scope's training lock on SQLite (PostgreSQL: an advisory lock)
+
+A version is allocated (its number taken, its folder made) in a transaction, its files written, and only then
+registered: its row gets its metadata. A killed job leaves an allocation without metadata, which is no version and
+which the next allocation under the scope's lock removes. A scope is a Label Studio project ("project-3") or
+"shared". A root written before the database is imported once, on first open (registry_legacy.py).
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -23,20 +24,28 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from model.core.database import Database, Transaction
+from model.core.exclusive import Held, exclusive
+from model.flywheel.registry_legacy import LegacyScope, has_legacy_files, read_legacy
+
 BASE_VERSION = "v0"
 SHARED_SCOPE = "shared"
+MIGRATIONS = Path(__file__).with_name("registry_migrations")
 _SCOPE = re.compile(r"^(shared|project-\d{1,12})$")
 _VERSION = re.compile(r"^v\d{1,6}$")
 _JOB = re.compile(r"^(shared|project-\d{1,12})_\d+_[0-9a-f]{6}$")  # also a valid RQ job id
-_JOB_WRITES = threading.Lock()
+_HAS_ROWS = " UNION ALL ".join(f"SELECT 1 FROM registry_{table} WHERE kind = ?"
+                               for table in ("versions", "active", "history", "jobs"))
+_SCOPES = " UNION ".join(f"SELECT scope FROM registry_{table} WHERE kind = ?"
+                         for table in ("versions", "active", "history", "jobs"))
 log = logging.getLogger(__name__)
 
 
@@ -67,8 +76,8 @@ class JobState(StrEnum):
 
 
 class JobRecord(BaseModel):
-    """A training job's file: who started it and where it runs, its progress, its outcome. Fields no
-    step has written yet are None and left out of the file and of the JSON answers."""
+    """A training job's record: who started it and where it runs, its progress, its outcome. Fields no
+    step has written yet are None and left out of the record and of the JSON answers."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -116,23 +125,17 @@ def project_of(scope: str) -> str | None:
     return None if scope == SHARED_SCOPE else scope.split("-", 1)[1]
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
-    partial.write_text(json.dumps(data, indent=1, sort_keys=True))
-    partial.replace(path)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 class Registry:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, database: str | Path | None = None, kind: str = "models"):
+        """`database`: a SQLite file or a database URL (None or "": `root`/registry.sqlite3); `kind` namespaces
+        the rows, so that the policies' and the scorers' registries share one database."""
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", kind):
+            raise RegistryError(f"a registry's kind is a short lowercase name, not {kind!r}")
         self.root = Path(root)
+        self.kind = kind
+        self.db = Database(database or self.root / "registry.sqlite3", store="registry", migrations=MIGRATIONS)
+        self._local = threading.local()  # the scopes whose training lock this thread holds through this object
+        self._import_legacy()
 
     def scope_dir(self, scope: str) -> Path:
         if not _SCOPE.match(scope or ""):
@@ -140,9 +143,8 @@ class Registry:
         return self.root / scope
 
     def scopes(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _SCOPE.match(p.name))
+        rows = self.db.fetchall(_SCOPES, (self.kind,) * 4)
+        return sorted(scope for (scope,) in rows if _SCOPE.match(scope))
 
     # ------------------------------------------------------------ versions
     def version_dir(self, scope: str, name: str) -> Path:
@@ -151,35 +153,48 @@ class Registry:
         return self.scope_dir(scope) / "versions" / name
 
     def versions(self, scope: str) -> list[dict]:
-        """Every registered version of the scope, oldest first (a folder without meta.json was never
+        """Every registered version of the scope, oldest first (an allocation without metadata was never
         registered: a job died while training it)."""
-        folder = self.scope_dir(scope) / "versions"
-        if not folder.is_dir():
-            return []
-        metas = [_read_json(p / "meta.json") for p in folder.iterdir() if _VERSION.match(p.name)]
-        return sorted((m for m in metas if m), key=lambda m: int(m["name"][1:]))
+        self.scope_dir(scope)
+        rows = self.db.fetchall("SELECT meta FROM registry_versions WHERE kind = ? AND scope = ? AND meta IS NOT NULL "
+                                "ORDER BY version", (self.kind, scope))
+        return [json.loads(meta) for (meta,) in rows]
 
     def version(self, scope: str, name: str) -> dict:
-        meta = _read_json(self.version_dir(scope, name) / "meta.json")
-        if meta is None:
+        self.version_dir(scope, name)
+        row = self.db.fetchone("SELECT meta FROM registry_versions WHERE kind = ? AND scope = ? AND version = ? "
+                               "AND meta IS NOT NULL", (self.kind, scope, int(name[1:])))
+        if row is None:
             raise UnknownVersion(f"{scope} has no version {name}")
-        return meta
+        return json.loads(row[0])
 
     def allocate(self, scope: str) -> tuple[str, Path]:
-        """A new, empty version folder (call with the scope's lock held)."""
-        folder = self.scope_dir(scope) / "versions"
-        folder.mkdir(parents=True, exist_ok=True)
-        for orphan in folder.iterdir():  # what a killed job left half-written
-            if _VERSION.match(orphan.name) and not (orphan / "meta.json").exists():
-                shutil.rmtree(orphan, ignore_errors=True)
-        taken = [int(p.name[1:]) for p in folder.iterdir() if _VERSION.match(p.name)]
-        name = f"v{max(taken, default=0) + 1}"
-        (folder / name).mkdir()
-        return name, folder / name
+        """A new version number and its empty folder (call with the scope's lock held: what a killed job left,
+        allocated and never registered, is removed then)."""
+        versions = self.scope_dir(scope) / "versions"
+        with self.db.transaction() as tx:
+            if scope in self._held():
+                orphans = tx.execute("DELETE FROM registry_versions WHERE kind = ? AND scope = ? AND meta IS NULL "
+                                     "RETURNING version", (self.kind, scope)).fetchall()
+                for (number,) in orphans:
+                    shutil.rmtree(versions / f"v{number}", ignore_errors=True)
+            number = tx.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM registry_versions WHERE kind = ? AND "
+                                "scope = ?", (self.kind, scope)).scalar_one()
+            tx.execute("INSERT INTO registry_versions (kind, scope, version, meta, created) VALUES (?, ?, ?, NULL, ?)",
+                       (self.kind, scope, number, time.time()))
+            folder = versions / f"v{number}"
+            shutil.rmtree(folder, ignore_errors=True)  # files no row owned (a killed job's, before the database)
+            folder.mkdir(parents=True)
+        return folder.name, folder
 
     def register(self, scope: str, name: str, meta: dict) -> dict:
+        """Record the version's metadata (again, when it changes), its files written: from now on it exists."""
+        self.version_dir(scope, name)
         meta = {**meta, "name": name, "scope": scope}
-        _write_json(self.version_dir(scope, name) / "meta.json", meta)
+        with self.db.transaction() as tx:
+            tx.execute("INSERT INTO registry_versions (kind, scope, version, meta, created) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (kind, scope, version) DO UPDATE SET meta = excluded.meta",
+                       (self.kind, scope, int(name[1:]), json.dumps(meta, sort_keys=True), time.time()))
         return meta
 
     def adapter_path(self, scope: str, name: str) -> Path:
@@ -187,21 +202,31 @@ class Registry:
 
     # ------------------------------------------------------------ the active version
     def active(self, scope: str) -> str:
-        pointer = _read_json(self.scope_dir(scope) / "active.json")
-        return pointer["version"] if pointer else BASE_VERSION
+        self.scope_dir(scope)
+        row = self.db.fetchone("SELECT version FROM registry_active WHERE kind = ? AND scope = ?", (self.kind, scope))
+        return row[0] if row else BASE_VERSION
 
     def activate(self, scope: str, name: str, reason: str) -> None:
         if name != BASE_VERSION:
-            self.version(scope, name)  # must exist
-        previous = self.active(scope)
-        entry = {"version": name, "previous": previous, "reason": reason, "at": time.time()}
-        _write_json(self.scope_dir(scope) / "active.json", entry)
-        with open(self.scope_dir(scope) / "history.jsonl", "a") as history:
-            history.write(json.dumps(entry) + "\n")
+            self.version_dir(scope, name)
+        self.scope_dir(scope)
+        with self.db.transaction() as tx:
+            if name != BASE_VERSION and tx.execute(
+                    "SELECT 1 FROM registry_versions WHERE kind = ? AND scope = ? AND version = ? AND meta IS NOT NULL",
+                    (self.kind, scope, int(name[1:]))).fetchone() is None:
+                raise UnknownVersion(f"{scope} has no version {name}")
+            row = tx.execute("SELECT version FROM registry_active WHERE kind = ? AND scope = ?",
+                             (self.kind, scope)).fetchone()
+            entry = {"version": name, "previous": row[0] if row else BASE_VERSION, "reason": reason, "at": time.time()}
+            tx.execute("INSERT INTO registry_active (kind, scope, version) VALUES (?, ?, ?) "
+                       "ON CONFLICT (kind, scope) DO UPDATE SET version = excluded.version", (self.kind, scope, name))
+            tx.execute("INSERT INTO registry_history (kind, scope, entry) VALUES (?, ?, ?)",
+                       (self.kind, scope, json.dumps(entry)))
 
     def rollback(self, scope: str, to: str | None = None) -> str:
         """Serve `to` (any registered version, or v0: the base) again; by default the active version's parent."""
-        if not self.scope_dir(scope).is_dir():
+        self.scope_dir(scope)
+        if scope not in self.scopes():
             raise UnknownVersion(f"{scope} has never trained a version; there is nothing to roll back")
         current = self.active(scope)
         if to is None:
@@ -212,10 +237,10 @@ class Registry:
         return to
 
     def history(self, scope: str) -> list[dict]:
-        path = self.scope_dir(scope) / "history.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        self.scope_dir(scope)
+        rows = self.db.fetchall("SELECT entry FROM registry_history WHERE kind = ? AND scope = ? ORDER BY seq",
+                                (self.kind, scope))
+        return [json.loads(entry) for (entry,) in rows]
 
     # ------------------------------------------------------------ jobs
     def new_job_id(self, scope: str) -> str:
@@ -223,6 +248,8 @@ class Registry:
         return f"{scope}_{int(time.time() * 1000)}_{os.urandom(3).hex()}"
 
     def job_path(self, job_id: str) -> Path:
+        """Where the job's files go (its log, its spec) are named after: <root>/<scope>/jobs/<job id>.json; the
+        record itself is a row."""
         if not _JOB.match(job_id or ""):
             raise RegistryError(f"{job_id!r} is not a training job id")
         return self.scope_dir(job_scope(job_id)) / "jobs" / f"{job_id}.json"
@@ -237,11 +264,13 @@ class Registry:
     def update_job(self, job_id: str,
                    change: Callable[[JobRecord | None], dict[str, Any] | None]) -> JobRecord | None:
         """Read the job's record (None if it has none), set the fields `change` returns for it and write it
-        back, as one step against every other writer: the backend, the job's process and its heartbeat
-        thread, on this machine or another sharing the folder. `change` answering None writes nothing."""
-        path = self.job_path(job_id)
-        with self._jobs_locked(job_scope(job_id)):
-            current = self.job(job_id)
+        back, as one transaction against every other writer: the backend, the job's process and its heartbeat
+        thread, on this machine or another sharing the database. `change` answering None writes nothing."""
+        self.job_path(job_id).parent.mkdir(parents=True, exist_ok=True)  # for the job's log
+        with self.db.transaction() as tx:
+            row = tx.execute("SELECT record FROM registry_jobs WHERE kind = ? AND job_id = ?",
+                             (self.kind, job_id)).fetchone()
+            current = _job_from(row[0], job_id) if row else None
             fields = change(current)
             if fields is None:
                 return current
@@ -251,25 +280,14 @@ class Registry:
             now = time.time()
             base = current.model_dump() if current else {"id": job_id, "scope": job_scope(job_id), "created": now}
             job = JobRecord.model_validate({**base, **fields, "updated": now})
-            _write_json(path, job.to_json())
+            tx.execute("INSERT INTO registry_jobs (kind, job_id, scope, record, updated) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (kind, job_id) DO UPDATE SET record = excluded.record, updated = excluded.updated",
+                       (self.kind, job_id, job.scope, json.dumps(job.to_json(), sort_keys=True), now))
         return job
 
     @contextmanager
-    def _jobs_locked(self, scope: str):
-        # flock excludes other processes (and other open files of this one); the thread lock covers a
-        # folder on NFS, where flock is emulated with per-process POSIX locks
-        path = self.scope_dir(scope) / "jobs.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _JOB_WRITES, open(path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    @contextmanager
-    def heartbeat(self, job_id: str, every: float = 30.0):
-        """Touch the job's file every so often while the block runs, so that a watcher on another machine
+    def heartbeat(self, job_id: str, every: float = 30.0) -> Iterator[None]:
+        """Touch the job's record every so often while the block runs, so that a watcher on another machine
         can tell a long step (the gate's episodes) from a dead worker."""
         done = threading.Event()
 
@@ -286,13 +304,15 @@ class Registry:
             thread.join()
 
     def job(self, job_id: str) -> JobRecord | None:
-        return _read_job(self.job_path(job_id))
+        self.job_path(job_id)
+        row = self.db.fetchone("SELECT record FROM registry_jobs WHERE kind = ? AND job_id = ?", (self.kind, job_id))
+        return _job_from(row[0], job_id) if row else None
 
     def jobs(self, scope: str) -> list[JobRecord]:
-        folder = self.scope_dir(scope) / "jobs"
-        if not folder.is_dir():
-            return []
-        jobs = [_read_job(p) for p in folder.glob("*.json") if _JOB.match(p.stem)]
+        self.scope_dir(scope)
+        rows = self.db.fetchall("SELECT job_id, record FROM registry_jobs WHERE kind = ? AND scope = ?",
+                                (self.kind, scope))
+        jobs = [_job_from(record, job_id) for job_id, record in rows]
         return sorted((j for j in jobs if j), key=lambda j: j.created)
 
     def trained_through(self, scope: str) -> int:
@@ -300,29 +320,64 @@ class Registry:
         return max((j.through_id or 0 for j in self.jobs(scope)), default=0)
 
     @contextmanager
-    def lock(self, scope: str):
-        """The scope's training lock, across processes and machines sharing the folder; Busy if held."""
-        path = self.scope_dir(scope) / "train.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as handle:
+    def lock(self, scope: str) -> Iterator[None]:
+        """The scope's training lock, across processes (and machines sharing a PostgreSQL database), freed when
+        its holder dies; Busy if held."""
+        with ExitStack() as stack:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
+                stack.enter_context(exclusive(self.db, f"train:{self.kind}:{scope}",
+                                              self.scope_dir(scope) / "train.lock"))
+            except Held as exc:
                 raise Busy(f"a training job of {scope} is running") from exc
+            held = self._held()
+            held.add(scope)
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                held.discard(scope)
+
+    def _held(self) -> set[str]:
+        if not hasattr(self._local, "scopes"):
+            self._local.scopes = set()
+        return self._local.scopes
+
+    # ------------------------------------------------------------ a root written before the database
+    def _import_legacy(self) -> None:
+        """A root whose state is still files (active.json, history.jsonl, jobs/*.json, versions/*/meta.json) is
+        imported into a database that has no rows of this kind, once, in one transaction; the files stay."""
+        if self.db.fetchone(_HAS_ROWS, (self.kind,) * 4) or not has_legacy_files(self.root):
+            return
+        with self.db.transaction() as tx:
+            if tx.execute(_HAS_ROWS, (self.kind,) * 4).fetchone():
+                return  # another process imported it meanwhile
+            scopes = [state for state in read_legacy(self.root) if _SCOPE.match(state.scope)]
+            for state in scopes:
+                self._import_scope(tx, state)
+        log.info("%s: imported %d scopes of the %s registry into its database", self.root, len(scopes), self.kind)
+
+    def _import_scope(self, tx: Transaction, state: LegacyScope) -> None:
+        kind, scope = self.kind, state.scope
+        tx.executemany("INSERT INTO registry_versions (kind, scope, version, meta, created) VALUES (?, ?, ?, ?, ?)",
+                       [(kind, scope, int(name[1:]), json.dumps(meta, sort_keys=True), _seconds(meta.get("created")))
+                        for name, meta in state.versions.items() if _VERSION.match(name) and name != BASE_VERSION])
+        if state.active and _VERSION.match(state.active):
+            tx.execute("INSERT INTO registry_active (kind, scope, version) VALUES (?, ?, ?)", (kind, scope, state.active))
+        tx.executemany("INSERT INTO registry_history (kind, scope, entry) VALUES (?, ?, ?)",
+                       [(kind, scope, json.dumps(entry)) for entry in state.history])
+        tx.executemany("INSERT INTO registry_jobs (kind, job_id, scope, record, updated) VALUES (?, ?, ?, ?, ?)",
+                       [(kind, job_id, scope, json.dumps(record, sort_keys=True), _seconds(record.get("updated")))
+                        for job_id, record in state.jobs.items() if _JOB.match(job_id) and job_scope(job_id) == scope])
 
 
-def _read_job(path: Path) -> JobRecord | None:
-    data = _read_json(path)
-    if data is None:
-        return None
+def _seconds(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _job_from(record: str, job_id: str) -> JobRecord | None:
     try:
-        return JobRecord.model_validate(data)
+        return JobRecord.model_validate_json(record)
     except ValidationError as exc:
-        log.warning("the job file %s is not a job record; left out: %s", path, exc)
+        log.warning("the record of job %s is not a job record; left out: %s", job_id, exc)
         return None
 
 
