@@ -104,6 +104,35 @@ def test_a_registry_sees_what_another_process_wrote(tmp_path, database_url):
     assert here.jobs("project-3") == [job] and here.scopes() == ["project-3"]
 
 
+def _count_up(root: str, database: str, job_id: str, start) -> None:
+    registry = Registry(root, database)
+    start.wait()
+    for _ in range(COUNTS):
+        registry.update_job(job_id, lambda job: {"through_id": (job.through_id or 0) + 1 if job else 1})
+
+
+COUNTS = 200
+
+
+def test_two_processes_changing_one_job_record_lose_no_change(tmp_path, database_url):
+    """Each read-change-write of a record is one transaction: two processes counting up in one field
+    together end at the sum of their counts."""
+    registry = _registry(tmp_path, database_url)
+    job_id = registry.new_job_id("project-8")
+    registry.write_job(job_id, state=JobState.running, through_id=0)
+    start = SPAWN.Barrier(2)
+    workers = [SPAWN.Process(target=_count_up,
+                             args=(str(registry.root), str(_database(tmp_path, database_url)), job_id, start))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(300)
+        assert worker.exitcode == 0
+    job = registry.job(job_id)
+    assert job is not None and job.through_id == 2 * COUNTS and job.state is JobState.running
+
+
 def _hold_the_lock(root: str, database: str, scope: str, holding) -> None:
     registry = Registry(root, database)
     with registry.lock(scope):
