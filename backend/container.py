@@ -67,7 +67,7 @@ class Backend:
         stores say is owed (the web process does that at its start)."""
         metrics = Metrics()
         quality_labels = QualityLabels(settings.store("quality_labels"))
-        scorers = ProjectScorers(settings, quality_labels, settings.blobs / "scorers")
+        scorers = ProjectScorers(settings, quality_labels)
         capabilities = Capabilities.build(settings, per_project=scorers.scorer_for)
         connection = LabelStudioConnection(settings)
         fetcher = ImageFetcher(settings, connection)

@@ -1,17 +1,17 @@
 """Each project's quality scorer: the shipped offline scorer corrected on the project's labels (quality_labels.py),
 refitted every SEGAGENT_SCORER_REFIT_EVERY new labels and on Start training without a policy, gated on held-out
-tasks (model/quality/project_scorer.py), versioned and rolled back with the policy's registry machinery in a
-folder of its own: SEGAGENT_DATA_DIR/scorers/<scope>/versions/vN/{correction.json,meta.json}, active.json,
-history.jsonl. v0 is the shipped scorer. A version fitted on other features or other shipped weights than this
-code's is not served (the shipped scorer is, and /status says why)."""
+tasks (model/quality/project_scorer.py), versioned and rolled back with the policy's registry machinery (kind
+"scorers": rows in the registry's database, each version's correction.json under the blob folder's
+scorers/<scope>/versions/vN/). v0 is the shipped scorer. A version fitted on other features or other shipped
+weights than this code's is not served (the shipped scorer is, and /status says why)."""
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from pathlib import Path
 
-from model.flywheel.registry import BASE_VERSION, Busy, Registry, UnknownVersion, scope_for
+from model.flywheel.registry import BASE_VERSION, Busy, UnknownVersion, scope_for
+from model.flywheel.stores import scorer_registry
 from model.quality import project_scorer
 from model.quality.project_scorer import FEATURES_VERSION, TooFewLabels
 from model.quality.scorers import OfflineScorer, QualityModel
@@ -24,10 +24,10 @@ CORRECTION = "correction.json"
 
 
 class ProjectScorers:
-    def __init__(self, settings: Settings, labels: QualityLabels, root: Path):
+    def __init__(self, settings: Settings, labels: QualityLabels):
         self.settings = settings
         self.labels = labels
-        self.registry = Registry(root)
+        self.registry = scorer_registry(settings)
         self._prior: QualityModel | None = None
         self._prior_digest = ""
         self._loaded: dict[tuple[str, str], OfflineScorer | None] = {}

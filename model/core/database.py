@@ -32,7 +32,6 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, CursorResult, Engine, TextClause, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 ENVIRONMENT = Path(__file__).with_name("migrations")
 _ENGINES: dict[str, Engine] = {}
@@ -224,9 +223,9 @@ def _sqlite_url(path: Path) -> str:
 
 
 def _sqlite_engine(url: str, timeout: float) -> Engine:
-    # NullPool: a connection per use keeps no file open between uses (tests delete folders, workers fork);
-    # opening a SQLite file costs tens of microseconds.
-    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": timeout, "check_same_thread": False})
+    # connections stay open in the pool: opening one on a full disk fails before SQLite can say the disk is full
+    engine = create_engine(url, pool_size=4, max_overflow=12,
+                           connect_args={"timeout": timeout, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
@@ -248,6 +247,9 @@ def _postgres_engine(url: str, timeout: float) -> Engine:
     driver_url = make_url(url).set(drivername="postgresql+psycopg")
     return create_engine(driver_url, pool_pre_ping=True, pool_size=4, max_overflow=12,
                          connect_args={"connect_timeout": int(timeout),
+                                       # a machine that vanished holding a lock is noticed within a minute or so
+                                       "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                                       "keepalives_count": 3,
                                        # a write lock (or any lock) waited for past the timeout fails, as on SQLite
                                        "options": f"-c lock_timeout={int(timeout * 1000)}"})
 
