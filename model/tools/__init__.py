@@ -47,13 +47,14 @@ def make_tool(name: str, sam_checkpoint: str | None = None, data_dir: str | Path
 
 
 def make_segmenter(name: str, cache_bytes: int = 512 << 20, store_folder: str | Path | None = None,
-                   store_bytes: int = 0, store_precision: Precision = "float16", **kwargs) -> Segmenter:
+                   store_bytes: int = 0, store_precision: Precision = "float16", store_shared: bool = False,
+                   **kwargs) -> Segmenter:
     """A tool behind its memory cache and, when the tool's encodings can be stored and store_folder and
-    store_bytes are given, the embedding store in that folder."""
+    store_bytes are given, the embedding store in that folder (store_shared: a folder several machines mount)."""
     tool = make_tool(name, **kwargs)
     store = None
     if store_folder is not None and isinstance(tool, StorableTool):
-        store = open_store(store_folder, store_bytes, store_precision)
+        store = open_store(store_folder, store_bytes, store_precision, store_shared)
     return Segmenter(tool, ImageCache(cache_bytes), store)
 
 
@@ -68,9 +69,12 @@ def tool_options(settings: Settings) -> dict[str, Any]:
 
 def segmenter_from(settings: Settings) -> Segmenter:
     """The tool the settings choose (SEGAGENT_TOOL), with its cache (SEGAGENT_TOOL_CACHE_MB) and the embedding
-    store (SEGAGENT_EMBEDDING_STORE_MB in SEGAGENT_DATA_DIR/embeddings)."""
+    store (SEGAGENT_EMBEDDING_STORE_MB): files in SEGAGENT_BLOB_DIR/embeddings when the machines share a blob
+    folder, else diskcache in SEGAGENT_DATA_DIR/embeddings."""
+    shared = settings.blob_dir is not None
     return make_segmenter(settings.tool, cache_bytes=settings.tool_cache_bytes,
-                          store_folder=Path(settings.data_dir) / "embeddings", store_bytes=settings.embedding_store_bytes,
+                          store_folder=Path(settings.blobs if shared else settings.data_dir) / "embeddings",
+                          store_bytes=settings.embedding_store_bytes, store_shared=shared,
                           store_precision=settings.embedding_store_precision, **tool_options(settings))
 
 

@@ -8,8 +8,9 @@ process's first click, and a restart loses nothing.
 Under it is diskcache (an SQLite index and one file per entry): several processes read and write it at once,
 each write is one transaction, and reads count as uses for the eviction. An entry is the tool's arrays as an
 uncompressed .npz (no pickle; zip's CRC tells a damaged file), floats in the store's precision (float16
-halves the bytes). Entries go through diskcache's get, set and delete (and volume, for the bound), so another
-place to keep them (storage several machines share, where SQLite does not belong) is another object with those.
+halves the bytes). Entries go through diskcache's get, set and delete (and volume, for the bound); on a folder
+several machines share (SEGAGENT_BLOB_DIR), where SQLite does not belong, through shared_entries.SharedEntries,
+which has the same calls: one file per entry, written by atomic renames, bounded by sweeps.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from typing import Literal, TypeVar
 
 import diskcache
 import numpy as np
+
+from model.tools.shared_entries import SharedEntries
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +99,19 @@ class EmbeddingStore:
     Nothing here fails a request: an entry that cannot be read is a miss (logged, and removed), a write that
     fails (a full disk) is logged and the encoding is still served. The counts are this process's."""
 
-    def __init__(self, folder: str | Path, max_bytes: int, precision: Precision = "float16"):
+    def __init__(self, folder: str | Path, max_bytes: int, precision: Precision = "float16", shared: bool = False):
         self.folder = Path(folder)
         self.max_bytes = max_bytes
         self.precision = precision
-        self._cache = diskcache.Cache(
-            str(self.folder), size_limit=max_bytes, eviction_policy="least-recently-used",
-            cull_limit=1,  # entries of one model have one size: one in, one out; _bound() handles the rest
-            disk=_Disk, disk_min_file_size=0)  # every entry a file, the index small
+        self.shared = shared
+        self._cache: diskcache.Cache | SharedEntries
+        if shared:  # a folder several machines mount: no SQLite
+            self._cache = SharedEntries(self.folder, max_bytes)
+        else:
+            self._cache = diskcache.Cache(
+                str(self.folder), size_limit=max_bytes, eviction_policy="least-recently-used",
+                cull_limit=1,  # entries of one model have one size: one in, one out; _bound() handles the rest
+                disk=_Disk, disk_min_file_size=0)  # every entry a file, the index small
         self._lock = threading.Lock()
         self.hits = self.misses = self.writes = self.errors = 0
 
@@ -162,6 +170,8 @@ class EmbeddingStore:
         # a set evicts at most one entry (cull_limit); when that is not enough (a larger entry, a lowered bound),
         # one more at a time: Cache.cull() would evict ten at once
         cache = self._cache
+        if isinstance(cache, SharedEntries):  # its set sweeps
+            return
         while cache.volume() > self.max_bytes and len(cache):
             with cache._transact(retry=True) as (sql, cleanup):  # diskcache 5.6.3's own culling, one entry
                 cache._cull(time.time(), sql, cleanup, limit=1)
@@ -184,21 +194,22 @@ class EmbeddingStore:
             size, entries = self.size_bytes, len(self)
         except STORE_ERRORS as exc:
             return {"folder": str(self.folder), "error": f"{type(exc).__name__}: {exc}"}
-        return {"folder": str(self.folder), "entries": entries, "bytes": size, "max_bytes": self.max_bytes,
-                "precision": self.precision, "hits": self.hits, "misses": self.misses, "writes": self.writes,
-                "errors": self.errors}
+        return {"folder": str(self.folder), "shared": self.shared, "entries": entries, "bytes": size,
+                "max_bytes": self.max_bytes, "precision": self.precision, "hits": self.hits, "misses": self.misses,
+                "writes": self.writes, "errors": self.errors}
 
     def close(self) -> None:
         self._cache.close()
 
 
-def open_store(folder: str | Path, max_bytes: int, precision: Precision = "float16") -> EmbeddingStore | None:
-    """The store, or None (logged) when it is off (a bound of 0) or its folder cannot be used: the tool then
-    works from memory only, rather than not at all."""
+def open_store(folder: str | Path, max_bytes: int, precision: Precision = "float16",
+               shared: bool = False) -> EmbeddingStore | None:
+    """The store (diskcache, or `shared`: files on a folder several machines mount), or None (logged) when it is
+    off (a bound of 0) or its folder cannot be used: the tool then works from memory only, rather than not at all."""
     if max_bytes <= 0:
         return None
     try:
-        return EmbeddingStore(folder, max_bytes, precision)
+        return EmbeddingStore(folder, max_bytes, precision, shared)
     except STORE_ERRORS as exc:
         log.error("embedding store %s is off: %s: %s", folder, type(exc).__name__, exc)
         return None
