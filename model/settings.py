@@ -170,8 +170,9 @@ class Settings(BaseSettings):
     tool_cache_mb: float = Field(1024, ge=0, alias="SEGAGENT_TOOL_CACHE_MB",
                                  description="encoded images (SAM embeddings), LRU by bytes")
     embedding_store_mb: float = Field(2048, ge=0, alias="SEGAGENT_EMBEDDING_STORE_MB", description=(
-        "a deep tool's image encodings kept on disk (`SEGAGENT_DATA_DIR/embeddings`), shared by the backend and "
-        "its workers and kept across restarts; least recently used out past this bound; 0 turns it off"))
+        "a deep tool's image encodings kept on disk (`SEGAGENT_DATA_DIR/embeddings`, or `SEGAGENT_BLOB_DIR/embeddings` "
+        "when set), shared by the backend and its workers and kept across restarts; least recently used out past "
+        "this bound; 0 turns it off"))
     embedding_store_precision: Literal["float16", "float32"] = Field(
         "float16", alias="SEGAGENT_EMBEDDING_STORE_PRECISION",
         description="the precision of the stored encodings (float16: half the bytes; see docs/tools.md)")
