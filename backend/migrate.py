@@ -5,7 +5,7 @@ Each store's SQLite file is opened first (which brings it to the newest revision
 used Alembic is adopted), the target's schema made by the same revisions, and every table's rows copied in one
 transaction per store. A target table that has rows already is refused (exit code 2) before anything is written.
 The registries' state (D/models and D/scorers; json files of a folder written before are imported first) goes into
-the database's registry tables, namespaced by kind. Files (images, adapters, scorer versions, embeddings) are not
+the database's registry tables, namespaced by kind. Files (images, adapters, scorer versions) are not
 moved: they go to the blob folder by hand, as the command says at its end.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from model.settings import Settings
 from . import preannotation_queue, predicted_regions, quality_labels, store
 
 BATCH = 500
-BLOB_FOLDERS = ("trajectories/images", "models", "scorers", "embeddings")
+BLOB_FOLDERS = ("trajectories/images", "models", "scorers")
 
 
 @dataclass(frozen=True)
@@ -202,5 +202,8 @@ def _blob_advice(data_dir: Path, blob_dir: Path | None, out: TextIO) -> None:
         parent = folder.relative_to(data_dir).parent
         into = blobs if parent == Path() else f"{blobs}/{parent}"
         print(f"  mkdir -p {into} && cp -a {folder} {into}/", file=out)
+    if (data_dir / "embeddings").is_dir():
+        print(f"Not to copy: {data_dir / 'embeddings'}, a cache of image encodings (diskcache), which the blob folder "
+              "keeps in a format of its own (a file per entry): it fills again as images are encoded.", file=out)
     print(f"({data_dir}/models/*/versions and {data_dir}/scorers/*/versions hold the versions' files; the "
           "registry.sqlite3 and json files beside them are read no more once SEGAGENT_DATABASE_URL is set.)", file=out)
