@@ -24,8 +24,13 @@ serve: install
 	HOST=$(HOST) SEGAGENT_DATA_DIR=$${SEGAGENT_DATA_DIR:-./data} $(BIN)/gunicorn --bind $(HOST):$(PORT) \
 		--workers 1 --threads $(THREADS) --timeout 300 --access-logfile - backend.wsgi:app
 
+# The backend's HTTP tests again with every store in PostgreSQL (a throwaway cluster the suite starts).
+POSTGRES_TESTS = tests/test_backend.py tests/test_click_races.py tests/test_ingest_races.py tests/test_interactive_objects.py \
+	tests/test_preannotation.py tests/test_quality_labels.py tests/test_refusals.py tests/test_concepts.py \
+	tests/test_polygon_output.py tests/test_security.py tests/test_request_edge.py tests/test_result_types.py
 test: install
 	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --database postgresql $(POSTGRES_TESTS)
 
 test-fast: install
 	$(BIN)/python -m pytest -q tests --ignore=tests/e2e

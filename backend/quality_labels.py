@@ -133,12 +133,12 @@ class QualityLabels:
 
     def counts(self, project: str) -> dict:
         """The project's labels by source, and those of another features version (stale: not fitted on)."""
-        rows = self._db.fetchall("SELECT source, features_version = ?, COUNT(*) FROM quality_labels WHERE project = ? "
-                                 "GROUP BY source, features_version = ?", (FEATURES_VERSION, project, FEATURES_VERSION))
+        rows = self._db.fetchall("SELECT source, features_version, COUNT(*) FROM quality_labels WHERE project = ? "
+                                 "GROUP BY source, features_version", (project,))
         by_source = {source: 0 for source in SOURCES}
         stale = 0
-        for source, current, count in rows:
-            if current:
+        for source, version, count in rows:
+            if version == FEATURES_VERSION:
                 by_source[source] = by_source.get(source, 0) + count
             else:
                 stale += count

@@ -5,8 +5,26 @@ import uuid
 import numpy as np
 import pytest
 
+from tests import apps
 from tests.apps import close_all
 from tests.synthetic import FileServer, free_port, png_bytes, scene
+
+
+def pytest_addoption(parser):
+    parser.addoption("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                     help="where the backends tests build keep their stores (postgresql: a fresh database each)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def apps_database(request):
+    """Under --database postgresql, every backend a test builds (tests/apps.py) gets a database of one cluster."""
+    if request.config.getoption("--database") != "postgresql":
+        yield
+        return
+    server = request.getfixturevalue("postgres_server")
+    apps.fresh_database = server.create_database
+    yield
+    apps.fresh_database = None
 
 
 @pytest.fixture(autouse=True)
