@@ -46,6 +46,8 @@ docs: install
 	$(BIN)/python -m model settings-doc --out docs/configuration.md
 
 DATA ?= ../shared/data
+# bench-load and bench-preannotate: the stores in SQLite files, or in a throwaway PostgreSQL cluster (postgresql)
+DATABASE ?= sqlite
 bench: install
 	$(BIN)/python -m model evaluate --dataset $(DATA)/grabcut --tool classical --max-clicks 20 --out bench/grabcut_classical
 	$(BIN)/python -m model evaluate --dataset $(DATA)/coco_mval_dev --tool classical --max-clicks 20 --workers 2 --out bench/coco_classical
@@ -75,12 +77,12 @@ bench-interactive: install
 # The backend as make serve runs it, over loopback: 1 and 8 clients clicking GrabCut objects, idle and while
 # learning from a burst of 200 submitted annotations: requests/s, p50, p95, peak RSS.
 bench-load: install
-	$(BIN)/python scripts/bench_load.py $(DATA)/grabcut --seconds 30
+	$(BIN)/python scripts/bench_load.py $(DATA)/grabcut --seconds 30 --database $(DATABASE)
 
 # Pre-annotating a 200-task project (GrabCut images with rectangles, refine mode) in a real Label Studio
 # (the test suite's cached install) through POST /preannotate: tasks per minute, mIoU of what was stored.
 bench-preannotate: install
-	$(BIN)/python scripts/bench_preannotate.py $(DATA)/grabcut --tasks 200
+	$(BIN)/python scripts/bench_preannotate.py $(DATA)/grabcut --tasks 200 --database $(DATABASE)
 
 # SAM 3 at its real size (facebook/sam3's architecture, 860 M parameters) with random weights, written once into
 # bench/sam3-random (3.3 GB): seconds to load, to encode an image, to find a phrase's instances, per click; CPU.

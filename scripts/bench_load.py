@@ -38,6 +38,7 @@ from model.core.clicks import Click  # noqa: E402
 from model.core.datasets import read_target  # noqa: E402
 from model.core.imageio import load_image  # noqa: E402
 from model.tools import Segmenter, ToolResult, make_segmenter  # noqa: E402
+from tests.postgres_server import database_for  # noqa: E402
 from tests.synthetic import FileServer, free_port  # noqa: E402
 
 CONFIG = """<View><Image name="image" value="$image"/>
@@ -212,7 +213,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", 8)))
     parser.add_argument("--burst", type=int, default=200, help="annotations submitted for the 'learning' runs")
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite",
+                        help="where the stores are: SQLite files, or a throwaway PostgreSQL cluster on this machine")
     args = parser.parse_args()
+    with database_for(args.database) as database_url:
+        os.environ["SEGAGENT_DATABASE_URL"] = database_url
+        summary = measure(args)
+    print(json.dumps({**summary, "database": args.database}, indent=2))
+
+
+def measure(args: argparse.Namespace) -> dict:
     entries = json.loads((args.dataset / "manifest.json").read_text())
     segmenter = make_segmenter("classical")
     objects, _ = click_sequences(args.dataset, entries, segmenter)
@@ -238,7 +248,7 @@ def main() -> None:
     finally:
         os.killpg(server.pid, signal.SIGKILL)  # the learning backlog is owed in its data folder, thrown away
         server.wait(timeout=30)
-    print(json.dumps(summary, indent=2))
+    return summary
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from model.core.datasets import read_target  # noqa: E402
 from model.core.masks import iou  # noqa: E402
 from tests.e2e.conftest import make_serve, running_label_studio  # noqa: E402
 from tests.e2e.test_label_studio import CONFIG, _bbox_percent  # noqa: E402
+from tests.postgres_server import database_for  # noqa: E402
 from tests.synthetic import FileServer, free_port  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -151,7 +152,16 @@ def main() -> None:
                         help="the backend's own threads, one RQ worker (segagent-worker, a real redis-server), or both")
     parser.add_argument("--sam-vit-b-random", action="store_true",
                         help="the SAM tool with a ViT-B of random weights, written by this script")
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite",
+                        help="where the stores are: SQLite files, or a throwaway PostgreSQL cluster on this machine")
     args = parser.parse_args()
+    with database_for(args.database) as database_url:
+        os.environ["SEGAGENT_DATABASE_URL"] = database_url  # the backend and its RQ worker inherit it
+        summary = measure(args)
+    print(json.dumps({**summary, "database": args.database}, indent=2))
+
+
+def measure(args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp())
     args.sam_checkpoint = random_sam_vit_b(root) if args.sam_vit_b_random else None
     runners = ["process", "rq"] if args.runner == "both" else [args.runner]
@@ -161,7 +171,7 @@ def main() -> None:
                "machine": f"{os.cpu_count()} CPU cores"}
     if len(runs) == 2:
         summary["rq_over_process"] = round(runs[1]["tasks_per_minute"] / runs[0]["tasks_per_minute"], 3)
-    print(json.dumps(summary, indent=2))
+    return summary
 
 
 if __name__ == "__main__":

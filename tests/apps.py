@@ -3,12 +3,12 @@ builds is closed after it (tests/conftest.py), as the app closes its own on exit
 each backend a test builds gets a fresh PostgreSQL database of the session's cluster instead of SQLite files."""
 from __future__ import annotations
 
-from flask.testing import FlaskClient
-
-from backend.app import create_app
 import uuid
 from collections.abc import Callable
 
+from flask.testing import FlaskClient
+
+from backend.app import create_app
 from backend.container import Backend
 from model.core.database import dispose_engines
 from model.settings import Settings

@@ -11,6 +11,8 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.synthetic import free_port
@@ -100,3 +102,18 @@ class PostgresServer:
             log = self.folder / "postgres.log" if self.folder else None
             tail = log.read_text()[-2000:] if log and log.exists() else ""
             raise RuntimeError(f"{program} failed ({result.returncode}): {result.stderr.strip()}\n{tail}")
+
+
+@contextmanager
+def database_for(kind: str) -> Iterator[str]:
+    """SEGAGENT_DATABASE_URL for a benchmark: "" for SQLite (the data folder), else a database of a throwaway
+    cluster, stopped at the end."""
+    if kind == "sqlite":
+        yield ""
+        return
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server.create_database("bench")
+    finally:
+        server.stop()
