@@ -90,7 +90,8 @@ class Backend:
                                   CorrectionLabels(quality_labels, predictor.predicted, annotations,
                                                    settings.scorer_match_iou), scorers.after_new_labels)
         preannotator = Preannotator(settings, capabilities, connection, fetcher, configs, server, predictor,
-                                    PreannotationQueue(settings.store("preannotation")), dispatcher)
+                                    PreannotationQueue(settings.store("preannotation"),
+                                                       settings.preannotation_lease_seconds), dispatcher)
         handlers: dict[Kind, Handler] = {"preannotate": preannotator.run_task, "annotation": ingest.do_owed_work,
                                          "train": training_jobs.run}
         for kind, handler in handlers.items():

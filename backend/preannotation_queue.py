@@ -1,14 +1,13 @@
 """The durable queue of project pre-annotation: one row per (project, task, model version), so a task is
 predicted once per version however often it is asked for, and what was queued survives a restart.
 
-Several queues may share the database (worker threads, RQ workers and web processes on one SEGAGENT_DATA_DIR,
-or on several machines sharing SEGAGENT_DATABASE_URL),
-and a task is claimed by one of them at a time: claiming it leases it, for LEASE_SECONDS, to a token of that
-claim, and the claiming queue's heartbeat renews its leases while its process lives. The heartbeats also
-queue again, counting an attempt, each task whose lease has expired (its holder killed with `kill -9`, or
-frozen), and hand it to `on_expired` (the runner hands it out); what a holder says about a task whose
-lease it lost (done, failed, later) changes nothing. A queue closed cleanly hands back the tasks it still
-holds, so that the next start runs them at once."""
+Several queues may share the database (worker threads, RQ workers and web processes on one SEGAGENT_DATA_DIR, or on
+several machines sharing SEGAGENT_DATABASE_URL), and a task is claimed by one of them at a time: claiming it leases
+it, for LEASE_SECONDS (or SEGAGENT_PREANNOTATION_LEASE_SECONDS), to a token of that claim, and the claiming queue's
+heartbeat renews its leases while its process lives. The heartbeats also queue again, counting an attempt, each
+task whose lease has expired (its holder killed with `kill -9`, or frozen), and hand it to `on_expired` (the runner
+hands it out); what a holder says about a task whose lease it lost (done, failed, later) changes nothing. A queue
+closed cleanly hands back the tasks it still holds, so that the next start runs them at once."""
 from __future__ import annotations
 
 import logging
@@ -48,10 +47,10 @@ class Item:
 
 
 class PreannotationQueue:
-    def __init__(self, target: str | Path):
-        """`target`: the SQLite file, or the database URL."""
+    def __init__(self, target: str | Path, lease_seconds: float | None = None):
+        """`target`: the SQLite file, or the database URL; `lease_seconds`: LEASE_SECONDS unless given."""
         self._db = Database(target, store="preannotation", migrations=MIGRATIONS)
-        self.lease_seconds = LEASE_SECONDS
+        self.lease_seconds = lease_seconds or LEASE_SECONDS
         self._held: set[Item] = set()
         self._held_lock = threading.Lock()
         self._stop = threading.Event()

@@ -188,6 +188,9 @@ class Settings(BaseSettings):
                                      description=(
                                          "tasks pre-annotated at once in the background (`/preannotate`, "
                                          "`TASKS_CREATED`)"))
+    preannotation_lease_seconds: float = Field(60.0, ge=5, alias="SEGAGENT_PREANNOTATION_LEASE_SECONDS", description=(
+        "how long a task being pre-annotated stays its worker's without a renewal (renewed every quarter of it): "
+        "a worker killed with `kill -9` has its task run elsewhere after this"))
     retention_days: float = Field(30.0, ge=0, alias="SEGAGENT_RETENTION_DAYS",
                                   description=(
                                       "recorded agent episodes and interactive requests older than this many days, "
