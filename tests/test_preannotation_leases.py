@@ -1,8 +1,8 @@
-"""Several pre-annotation queues on one SQLite file (threads of one process, or processes sharing
-SEGAGENT_DATA_DIR): a task is claimed by one of them at a time. A claimed task is leased: its holder's
-heartbeat renews the lease while the holder lives, and the task is queued again (and handed out) only once
-the lease has expired (its holder killed or frozen); what a holder that lost its lease says afterwards
-changes nothing."""
+"""Several pre-annotation queues on one database (threads of one process, or processes sharing SEGAGENT_DATA_DIR's
+SQLite file or, as several machines do, one PostgreSQL database): a task is claimed by one of them at a time. A
+claimed task is leased: its holder's heartbeat renews the lease while the holder lives, and the task is queued
+again (and handed out) only once the lease has expired (its holder killed or frozen); what a holder that lost its
+lease says afterwards changes nothing."""
 from __future__ import annotations
 
 import os
@@ -41,7 +41,13 @@ def short_leases(monkeypatch):
     monkeypatch.setattr(preannotation_queue, "LEASE_SECONDS", LEASE)
 
 
-def _holder(path: Path, count: int) -> tuple[subprocess.Popen, list[int]]:
+@pytest.fixture
+def path(tmp_path, database_url) -> str:
+    """The queues' database: a SQLite file, or a PostgreSQL URL."""
+    return database_url or str(tmp_path / "q.sqlite3")
+
+
+def _holder(path: str, count: int) -> tuple[subprocess.Popen, list[int]]:
     process = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), str(LEASE), str(count)], cwd=ROOT,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
@@ -53,11 +59,11 @@ def _drain(queue: PreannotationQueue) -> list[int]:
     return [item.task_id for item in queue.waiting() if queue.claim(*item.key) is not None]
 
 
-def test_a_queue_opened_while_another_holds_tasks_takes_only_the_others(tmp_path):
-    first = PreannotationQueue(tmp_path / "q.sqlite3")
+def test_a_queue_opened_while_another_holds_tasks_takes_only_the_others(path):
+    first = PreannotationQueue(path)
     first.add("1", [1, 2, 3, 4], "v0")
     held = [item.task_id for item in first.waiting()[:2] if first.claim(*item.key) is not None]
-    second = PreannotationQueue(tmp_path / "q.sqlite3")
+    second = PreannotationQueue(path)
     taken = _drain(second)
     time.sleep(2.5 * LEASE)  # the first queue's heartbeat keeps its tasks its own
     taken += _drain(second) + _drain(first)
@@ -66,8 +72,7 @@ def test_a_queue_opened_while_another_holds_tasks_takes_only_the_others(tmp_path
     second.close()
 
 
-def test_a_task_held_by_a_live_process_is_not_taken_and_a_killed_one_s_is_handed_out_after_its_lease(tmp_path):
-    path = tmp_path / "q.sqlite3"
+def test_a_task_held_by_a_live_process_is_not_taken_and_a_killed_one_s_is_handed_out_after_its_lease(path):
     pending = PreannotationQueue(path)
     pending.add("1", [1, 2, 3, 4], "v0")
     handed_out: queue.Queue = queue.Queue()
@@ -91,8 +96,7 @@ def test_a_task_held_by_a_live_process_is_not_taken_and_a_killed_one_s_is_handed
     opened_now.close()
 
 
-def test_a_holder_that_lost_its_lease_does_not_finish_the_new_holder_s_task(tmp_path):
-    path = tmp_path / "q.sqlite3"
+def test_a_holder_that_lost_its_lease_does_not_finish_the_new_holder_s_task(path):
     pending = PreannotationQueue(path)
     pending.add("1", [1], "v0")
     handed_out: queue.Queue = queue.Queue()
@@ -118,8 +122,7 @@ def test_a_holder_that_lost_its_lease_does_not_finish_the_new_holder_s_task(tmp_
     pending.close()
 
 
-def test_a_task_whose_worker_is_killed_each_time_fails_for_good_after_the_last_attempt(tmp_path):
-    path = tmp_path / "q.sqlite3"
+def test_a_task_whose_worker_is_killed_each_time_fails_for_good_after_the_last_attempt(path):
     pending = PreannotationQueue(path)
     pending.add("1", [1], "v0")
     handed_out: queue.Queue = queue.Queue()
