@@ -36,7 +36,7 @@ LEASE = 5  # SEGAGENT_PREANNOTATION_LEASE_SECONDS: how long the task of a killed
 @contextmanager
 def _process(args: list[str], log: Path, env: dict):
     """A process in a session of its own (killed with its group at the end, whatever happened)."""
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:
         yield process
@@ -66,7 +66,7 @@ class Machine:
         return self.stack.enter_context(make_serve(self.folder, **self.env))
 
     def worker(self, *kinds: str) -> subprocess.Popen:
-        log = self.folder / f"{'-'.join(k.strip('-') for k in kinds)}.log"
+        log = self.folder / f"{'-'.join(k.strip('-') for k in kinds)}.log"  # appended to by a restarted one
         return self.stack.enter_context(_process([WORKER, *kinds], log, self.process_env))
 
     def logs(self) -> str:
@@ -139,7 +139,7 @@ def _run(client, label_studio: dict, postgres_url: str, masks: dict, a: Machine,
     held = _running_tasks(postgres_url)
     done_before = progress(backend_a)["done"]
     assert held and done_before < TASKS, (held, done_before)
-    b.worker("preannotate", "annotation")
+    worker_b = b.worker("preannotate", "annotation")
     assert _wait(lambda: progress(backend_b).get("remaining") == 0, timeout=120), progress(backend_b)
     counted = ("done", "failed", "remaining", "total", "written")
     final = progress(backend_b)
@@ -150,12 +150,18 @@ def _run(client, label_studio: dict, postgres_url: str, masks: dict, a: Machine,
     counts = _ours(client, project.id)
     assert len(counts) == TASKS and set(counts.values()) == {1}, counts  # one prediction per task, none twice
 
-    # 2. annotations: Label Studio's webhooks go to A, which is killed with SIGKILL once they are answered
-    a.worker("preannotate", "annotation")  # A's worker back
+    # 2. annotations, with no worker running: Label Studio's webhooks go to A, which keeps each annotation and the
+    # work it owes before answering; A is then killed with SIGKILL, and Redis loses the queued work (a Redis without
+    # persistence restarted): A's next start queues it again from the store, and both machines' workers learn it
+    _kill(worker_b)
     for task in tasks[:ANNOTATED]:
         client.annotations.create(id=task.id, result=[_brush(masks[task.data["image"]])], was_cancelled=False)
+    assert _get(backend_b, "/status", project.id)["derived_work"]["pending"] == ANNOTATED
     _kill(backend_a["process"])
+    _annotation_queue(a.env["REDIS_URL"]).empty()
     backend_a = a.serve()  # the same data folder
+    a.worker("preannotate", "annotation")
+    b.worker("preannotate", "annotation")
     expected = {"scratch": ANNOTATED, "correction": ANNOTATED}
     learned = lambda server: {k: _get(server, "/status", project.id)["trajectories"][k] for k in expected}  # noqa: E731
     assert _wait(lambda: learned(backend_b) == expected and
@@ -185,6 +191,15 @@ def _run(client, label_studio: dict, postgres_url: str, masks: dict, a: Machine,
         "tasks": [{"id": task.id, "data": task.data}], "project": f"{project.id}.1", "label_config": CONFIG},
         timeout=120).json()
     assert predicted["model_version"] == new_version and predicted["results"][0], predicted
+
+
+def _annotation_queue(redis_url: str):
+    from redis import Redis
+    from rq import Queue
+
+    from backend.dispatch import QUEUES
+
+    return Queue(QUEUES["annotation"], connection=Redis.from_url(redis_url))
 
 
 def _trained_on(redis_url: str, job_id: str, trainers: dict[str, subprocess.Popen]) -> str:
