@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from model.core.database import redact as redact_database
+
 from .connection import redact
 from .container import Backend
 
@@ -44,6 +46,13 @@ def tool_details(backend: Backend) -> dict[str, str]:
     return {"device": str(getattr(tool, "device", "cpu")), "weights": str(weights)} if weights else {}
 
 
+def storage(backend: Backend) -> dict[str, str]:
+    """Where the stores' rows and the shared files are (the database's URL without its password)."""
+    settings = backend.settings
+    return {"database": redact_database(settings.database_url) if settings.database_url
+            else f"sqlite ({settings.data_dir})", "blobs": str(settings.blobs)}
+
+
 def status(backend: Backend, project: str) -> dict:
     caps = backend.capabilities
     label_studio = backend.connection.for_project(project)
@@ -62,5 +71,6 @@ def status(backend: Backend, project: str) -> dict:
         "derived_work": backend.ingest.work_status(),
         "preannotation": backend.preannotator.status(),
         "label_studio": {"url": label_studio.url or None, "token": bool(label_studio.key)},
+        "storage": storage(backend),
         "uptime_seconds": round(time.time() - backend.started, 1),
     })

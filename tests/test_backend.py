@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from label_studio_sdk.converter import brush
+from sqlalchemy.engine import make_url
 
 from model.core.clicks import Click
 from model.core.masks import iou
@@ -81,6 +82,20 @@ def test_health_status_and_root(client):
     status = client.get("/status").json
     assert {"policy", "tool", "active_version", "trajectories", "training"} <= set(status)
     assert client.get("/versions").json == {"versions": [health["model_version"]], "scorers": {}}
+
+
+def test_status_says_where_the_stores_are_without_the_database_password(tmp_path):
+    app = make_app(tmp_path)
+    storage = app.client.get("/status").json["storage"]
+    url = app.backend.settings.database_url  # set under --database postgresql (make test's second run)
+    if url:
+        password = make_url(url).password
+        assert password and password not in storage["database"] and storage["database"].startswith("postgresql://")
+    else:
+        assert storage["database"] == f"sqlite ({tmp_path})"
+    assert storage["blobs"] == str(tmp_path)
+    blobs = make_app(tmp_path / "other", blob_dir=tmp_path / "shared").client.get("/status").json["storage"]["blobs"]
+    assert blobs == str(tmp_path / "shared")
 
 
 def test_setup_answers_the_version_and_keeps_label_studio(client):

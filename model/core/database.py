@@ -102,9 +102,7 @@ class Database:
     @property
     def revision(self) -> int:
         """The schema's revision number (revisions are named 0001, 0002, ...); 0 for an empty database."""
-        with self._reading() as connection:
-            current = MigrationContext.configure(connection, opts={"version_table": self.version_table}) \
-                .get_current_revision()
+        current = self._stamped()
         return int(current) if current else 0
 
     def joined(self, column: str, separator: str) -> str:
@@ -146,10 +144,13 @@ class Database:
             config.attributes.update(connection=tx.connection, version_table=self.version_table)
             command.upgrade(config, "head")
 
-    def _current(self, script: ScriptDirectory) -> str | None:
+    def _stamped(self) -> str | None:
         with self._reading() as connection:
-            current = MigrationContext.configure(connection, opts={"version_table": self.version_table}) \
+            return MigrationContext.configure(connection, opts={"version_table": self.version_table}) \
                 .get_current_revision()
+
+    def _current(self, script: ScriptDirectory) -> str | None:
+        current = self._stamped()
         if current is not None:
             try:
                 script.get_revision(current)
