@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -86,6 +87,19 @@ def _running_tasks(database_url: str) -> list[tuple[int, int]]:
         db.close()
 
 
+def _frozen_holding_a_task(worker: subprocess.Popen, database_url: str) -> list[tuple[int, int]]:
+    """The worker frozen (SIGSTOP) at a moment it holds a task, so that the kill that follows lands mid-task, not
+    between two tasks; the tasks it holds (it is the only worker)."""
+    for _ in range(50):
+        os.killpg(worker.pid, signal.SIGSTOP)
+        held = _running_tasks(database_url)
+        if held:
+            return held
+        os.killpg(worker.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    return []
+
+
 def _attempts(database_url: str, task_id: int) -> tuple[str, int]:
     db = Database(database_url, store="preannotation", migrations=MIGRATIONS)
     try:
@@ -133,10 +147,9 @@ def _run(client, label_studio: dict, postgres_url: str, masks: dict, a: Machine,
     answer = requests.post(f"{backend_a['url']}/preannotate", json={"project": project.id}, timeout=60)
     assert answer.status_code == 202 and answer.json()["runner"] == "rq", answer.text
     progress = lambda server: _get(server, "/status", project.id)["preannotation"].get(str(project.id), {})  # noqa: E731
-    assert _wait(lambda: progress(backend_a).get("done", 0) >= 1 and _running_tasks(postgres_url), timeout=120,
-                 every=0.1), progress(backend_a)
+    assert _wait(lambda: progress(backend_a).get("done", 0) >= 1, timeout=120, every=0.1), progress(backend_a)
+    held = _frozen_holding_a_task(worker_a, postgres_url)
     _kill(worker_a)
-    held = _running_tasks(postgres_url)
     done_before = progress(backend_a)["done"]
     assert held and done_before < TASKS, (held, done_before)
     worker_b = b.worker("preannotate", "annotation")
