@@ -19,6 +19,7 @@ from pathlib import Path
 from model.flywheel.job import JobSpec, run_job
 from model.flywheel.registry import JobRecord, Registry, this_host
 from model.flywheel.stores import policy_registry
+from model.settings import Settings
 
 from .store import AnnotationStore
 
@@ -58,15 +59,25 @@ def run_in_process(registry: Registry, annotations: AnnotationStore, job_id: str
 
 def run_here(job_id: str, spec: dict) -> JobRecord:
     """The job in this process (an RQ trainer's work horse), after the annotation work acknowledged before it."""
-    settings = JobSpec.model_validate(spec).settings
-    job = policy_registry(settings).job(job_id)
+    local = on_this_machine(JobSpec.model_validate(spec))
+    job = policy_registry(local.settings).job(job_id)
     if job is not None:
-        annotations = AnnotationStore(settings.store("annotations"))
+        annotations = AnnotationStore(local.settings.store("annotations"))
         try:
             learn_first(annotations, job.created)
         finally:
             annotations.close()
-    return run_job(spec)
+    return run_job(local)
+
+
+def on_this_machine(spec: JobSpec) -> JobSpec:
+    """With stores in a shared database, the data and blob folders as this trainer's own settings name them: the
+    machine that queued the job may mount them elsewhere. On SQLite the job's data folder is where its stores are."""
+    if not spec.settings.database_url:
+        return spec
+    local = Settings()
+    return spec.model_copy(update={"settings": spec.settings.model_copy(
+        update={"data_dir": local.data_dir.resolve(), "blob_dir": local.blob_dir})})
 
 
 def process_ended(job: JobRecord, running: bool) -> str | None:

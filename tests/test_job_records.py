@@ -133,3 +133,18 @@ def test_a_record_refuses_what_a_job_file_cannot_hold(tmp_path):
         tx.execute("UPDATE registry_jobs SET record = ? WHERE job_id = ?",
                    (json.dumps({"id": job_id, "state": "exploded"}), job_id))
     assert registry.job(job_id) is None and registry.jobs("project-1") == []  # left out, not a 500
+
+
+def test_an_rq_trainer_uses_its_own_folders_when_the_stores_are_shared(monkeypatch, tmp_path):
+    from backend.training_runs import on_this_machine
+    from model.flywheel.job import JobSpec
+
+    queued_by_b = JobSpec(scope="project-3", settings=Settings(data_dir=tmp_path / "b", blob_dir=tmp_path / "b-mount"))
+    assert on_this_machine(queued_by_b).settings.data_dir == (tmp_path / "b").resolve()  # SQLite: the job's folder
+    monkeypatch.setenv("SEGAGENT_DATABASE_URL", "postgresql://segagent@db.internal:5432/segagent")
+    monkeypatch.setenv("SEGAGENT_DATA_DIR", str(tmp_path / "a"))
+    monkeypatch.setenv("SEGAGENT_BLOB_DIR", str(tmp_path / "a-mount"))
+    spec = JobSpec.model_validate(queued_by_b.model_dump(mode="json"))  # as the trainer on machine A receives it
+    local = on_this_machine(spec).settings
+    assert (local.data_dir, local.blob_dir) == ((tmp_path / "a").resolve(), tmp_path / "a-mount")
+    assert local.database_url == "postgresql://segagent@db.internal:5432/segagent"  # from the trainer's environment
