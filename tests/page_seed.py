@@ -143,7 +143,7 @@ def seed_folder(data_dir: Path) -> None:
     labels = QualityLabels(data_dir / "quality_labels.sqlite3")
     try:
         seed(data_dir, annotations, trajectories, queue, Registry(data_dir / "models"), labels,
-             Registry(data_dir / "scorers"))
+             Registry(data_dir / "scorers", kind="scorers"))
     finally:
         annotations.close()
         trajectories.close()
