@@ -38,6 +38,7 @@ class Store:
     migrations: Path
     files: tuple[str, ...]  # SQLite files, relative to the data folder
     renumbered: dict[str, str] = field(default_factory=dict)  # table -> serial column the target assigns anew
+    in_blobs: bool = False  # its files are under the blob folder (SEGAGENT_BLOB_DIR), not the data folder
 
 
 STORES = (
@@ -48,7 +49,7 @@ STORES = (
     Store("trajectories", trajectories.MIGRATIONS, ("trajectories/trajectories.sqlite3",)),
     # two files, each numbering its history from 1: the target numbers the merged history (in each file's order)
     Store("registry", registry.MIGRATIONS, ("models/registry.sqlite3", "scorers/registry.sqlite3"),
-          {"registry_history": "seq"}),
+          {"registry_history": "seq"}, in_blobs=True),
 )
 REGISTRIES = (("models", "models"), ("scorers", "scorers"))  # folder, kind
 
@@ -61,12 +62,15 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend migrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, help="the data folder (default: SEGAGENT_DATA_DIR)")
     parser.add_argument("--database-url", help="the target, postgresql://... (default: SEGAGENT_DATABASE_URL)")
+    parser.add_argument("--blob-dir", type=Path,
+                        help="where the registries' folders are (default: SEGAGENT_BLOB_DIR, else the data folder)")
     args = parser.parse_args(argv)
-    settings = Settings() if args.data_dir is None or args.database_url is None else None
+    settings = Settings() if None in (args.data_dir, args.database_url, args.blob_dir) else None
     data_dir: Path = args.data_dir if args.data_dir is not None else settings.data_dir if settings else Path()
     url: str = args.database_url if args.database_url is not None else settings.database_url if settings else ""
+    blob_dir = args.blob_dir if args.blob_dir is not None else settings.blob_dir if settings else None
     try:
-        migrate(data_dir, url, out)
+        migrate(data_dir, url, out, blob_dir)
     except Refused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
@@ -75,12 +79,13 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         return 1
     finally:
         dispose_engines()
-    _blob_advice(data_dir, settings.blob_dir if settings else None, out)
+    _blob_advice(data_dir, blob_dir, out)
     return 0
 
 
-def migrate(data_dir: Path, url: str, out: TextIO) -> None:
-    """Copy every store of `data_dir` found into `url`; Refused (nothing written) when a target table has rows."""
+def migrate(data_dir: Path, url: str, out: TextIO, blob_dir: Path | None = None) -> None:
+    """Copy every store of `data_dir` (the registries': of `blob_dir`, when given) found into `url`; Refused (nothing
+    written) when a target table has rows."""
     if not url or not is_database_url(url):
         raise Refused("no database URL: give --database-url postgresql://... or set SEGAGENT_DATABASE_URL")
     if not data_dir.is_dir():
@@ -88,12 +93,13 @@ def migrate(data_dir: Path, url: str, out: TextIO) -> None:
     print(f"migrating {data_dir} into {redact(url)}", file=out)
     with engine_for(url).connect():
         pass  # reachable, before the folder's files are brought up to date
-    _open_registries(data_dir, out)
+    _open_registries(blob_dir or data_dir, out)
     sources: list[tuple[Store, list[Path]]] = []
     for each in STORES:
-        files = [data_dir / name for name in each.files if (data_dir / name).is_file()]
+        folder = (blob_dir or data_dir) if each.in_blobs else data_dir
+        files = [folder / name for name in each.files if (folder / name).is_file()]
         if not files:
-            print(f"{each.name}: skipped, no {' or '.join(each.files)} in {data_dir}", file=out)
+            print(f"{each.name}: skipped, no {' or '.join(each.files)} in {folder}", file=out)
             continue
         for path in files:
             Database(path, store=each.name, migrations=each.migrations)  # adopts or upgrades the file
@@ -104,10 +110,10 @@ def migrate(data_dir: Path, url: str, out: TextIO) -> None:
         print(f"{each.name}: " + ", ".join(f"{table} {n} rows" for table, n in counts.items()), file=out)
 
 
-def _open_registries(data_dir: Path, out: TextIO) -> None:
+def _open_registries(parent: Path, out: TextIO) -> None:
     """Open each registry folder, so that one written before the database has its json files imported."""
     for folder, kind in REGISTRIES:
-        root = data_dir / folder
+        root = parent / folder
         if root.is_dir():
             had_database = (root / "registry.sqlite3").exists()
             Registry(root, kind=kind)

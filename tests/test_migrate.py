@@ -192,6 +192,23 @@ def test_a_folder_written_by_the_current_code_migrates(tmp_path, postgres_url):
                                                           ("scorers", "v1", ["first scorers"])]
 
 
+def test_registries_kept_in_the_blob_folder_are_migrated_from_there(tmp_path, postgres_url):
+    data, blobs = tmp_path / "data", tmp_path / "blobs"  # SQLite with SEGAGENT_BLOB_DIR: the registries are there
+    AnnotationStore(data / "annotations.sqlite3")
+    for registry in _registries(blobs, None):
+        with registry.lock("shared"):
+            name, _ = registry.allocate("shared")
+            registry.register("shared", name, {"parent": "v0"})
+            registry.activate("shared", name, f"kept in the blob folder ({registry.kind})")
+    dispose_engines()
+
+    result = _migrate(env={"SEGAGENT_DATA_DIR": str(data), "SEGAGENT_BLOB_DIR": str(blobs),
+                           "SEGAGENT_DATABASE_URL": postgres_url})
+    assert result.returncode == 0, result.stderr
+    assert [(r.active("shared"), [h["reason"] for h in r.history("shared")]) for r in _registries(blobs, postgres_url)] \
+        == [("v1", ["kept in the blob folder (models)"]), ("v1", ["kept in the blob folder (scorers)"])]
+
+
 def test_without_a_database_url_it_says_so(tmp_path):
     result = _migrate("--data-dir", str(tmp_path))
     assert result.returncode == 2 and "SEGAGENT_DATABASE_URL" in result.stderr
