@@ -6,7 +6,7 @@ A write transaction holds the store's write lock for its whole length, so the st
 on PostgreSQL without rewriting their logic: on SQLite `BEGIN IMMEDIATE` takes the file's write lock up front
 (no upgrade from reader can deadlock); on PostgreSQL a transaction-scoped advisory lock per store does the
 same. Reads take no lock. Stores write SQL with `?` placeholders; they become bound parameters here, for
-either dialect.
+either dialect. A released revision is never edited: a change to a schema is a new revision at the end of its chain.
 
     db = Database(target, store="annotations", migrations=FOLDER)   # target: a file path or a database URL
     with db.transaction() as tx:
