@@ -54,11 +54,22 @@ def test_a_blank_value_means_the_default_and_field_names_are_not_read(env):
 @pytest.mark.parametrize("variable, value", [
     ("SEGAGENT_AGENT_STEPS", "five"), ("SEGAGENT_POLICY_SCOPE", "everyone"), ("SEGAGENT_TOOL", "magic"),
     ("SEGAGENT_BANNED_SUBNETS", "10.0.0.0/99"), ("SEGAGENT_RETURN_CLICKS", "perhaps"), ("SEGAGENT_AGENT_STEPS", "0"),
+    ("SEGAGENT_DATABASE_URL", "mysql://u:p@db/segagent"), ("SEGAGENT_DATABASE_URL", "/srv/data/annotations.sqlite3"),
 ])
 def test_a_bad_value_names_its_variable(env, variable, value):
     env(**{variable: value})
     with pytest.raises(ValidationError, match=variable):
         Settings()
+
+
+def test_the_stores_and_blobs_are_where_the_settings_say(env, tmp_path):
+    env(SEGAGENT_DATA_DIR=str(tmp_path), SEGAGENT_DATABASE_URL="", SEGAGENT_BLOB_DIR="")
+    local = Settings()
+    assert local.store("annotations") == tmp_path / "annotations.sqlite3" and local.blobs == tmp_path
+    env(SEGAGENT_DATABASE_URL="postgres://segagent:pw@db:5432/segagent", SEGAGENT_BLOB_DIR="/mnt/blobs")
+    shared = Settings()
+    assert shared.store("annotations") == shared.store("trajectories") == "postgresql://segagent:pw@db:5432/segagent"
+    assert shared.blobs == Path("/mnt/blobs") and "pw" not in repr(shared)
 
 
 def test_the_tool_is_sam_when_a_checkpoint_is_set(env):
