@@ -4,7 +4,6 @@ A tiny random SAM (and SAM 2) is saved as a checkpoint and loaded by path; encod
 tool's encode. Another process is a real subprocess on the same folder."""
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -17,44 +16,18 @@ import numpy as np
 import pytest
 import torch
 
-from model.core.clicks import Click
 from model.core.imageio import image_digest
 from model.core.masks import iou
 from model.settings import Settings
 from model.tools import EmbeddingStore, StorableTool, make_segmenter, segmenter_from
 from model.tools.embedding_store import pack, unpack
+from tests.embedding_helpers import CLICKS, FullDiskFile, arrays_of, sam, write_tiny_sam
 from tests.synthetic import scene
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_SAM = {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads": 2, "global_attn_indexes": [1],
-            "image_size": 64, "patch_size": 16, "window_size": 2, "prompt_embed_dim": 32,
-            "decoder_mlp_dim": 64, "decoder_num_heads": 2, "iou_head_hidden_dim": 32}
-CLICKS = [Click(48, 40, True), Click(10, 10, False)]
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from model.tools.sam import build_sam
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("sam") / "tiny_sam.pth"
-    torch.save({"config": TINY_SAM, "model": build_sam(TINY_SAM).state_dict()}, path)
-    return path
-
-
-def sam(checkpoint: Path, folder: Path | None, store_bytes: int = 64 << 20, precision="float16"):
-    """A tiny SAM segmenter on the store in `folder`, and the list its encodings are counted in."""
-    segmenter = make_segmenter("sam", sam_checkpoint=str(checkpoint), device="cpu", store_folder=folder,
-                               store_bytes=store_bytes, store_precision=precision)
-    encodes: list[str] = []
-    encode = segmenter.tool.encode
-
-    def counted(image):
-        encodes.append(image_digest(image))
-        return encode(image)
-
-    segmenter.tool.encode = counted
-    return segmenter, encodes
+    return write_tiny_sam(tmp_path_factory.mktemp("sam") / "tiny_sam.pth")
 
 
 def entry_files(folder: Path) -> list[Path]:
@@ -78,7 +51,7 @@ def test_a_second_process_reads_the_encoding_instead_of_encoding(checkpoint, tmp
     np.save(tmp_path / "image.npy", image)
     script = f"""
 import json, numpy as np
-from tests.test_embedding_store import sam, CLICKS
+from tests.embedding_helpers import sam, CLICKS
 from pathlib import Path
 segmenter, encodes = sam(Path({str(checkpoint)!r}), Path({str(tmp_path / 'store')!r}))
 result = segmenter.predict(np.load({str(tmp_path / 'image.npy')!r}), CLICKS)
@@ -126,10 +99,6 @@ def test_concurrent_misses_in_one_process_encode_and_write_once(checkpoint, tmp_
     for thread in threads:
         thread.join()
     assert len(encodes) == 1 and segmenter.store.writes == 1 and segmenter.store.misses == 1
-
-
-def arrays_of(megabytes: float, seed: int) -> dict[str, np.ndarray]:
-    return {"features": np.random.default_rng(seed).random(int(megabytes * (1 << 20)) // 4, dtype=np.float32)}
 
 
 def test_past_its_bound_the_least_recently_used_goes(tmp_path):
@@ -219,23 +188,7 @@ def test_a_damaged_entry_is_a_miss_and_is_written_again(checkpoint, tmp_path, ca
 def test_a_full_disk_is_logged_and_the_encoding_still_served(checkpoint, tmp_path, caplog, monkeypatch):
     import diskcache.core
 
-    class FullDisk:
-        """A file that takes 1000 bytes and then finds the disk full."""
-
-        def __init__(self, path, *args, **kwargs):
-            self._file = open(path, *args, **kwargs)
-
-        def write(self, chunk):
-            self._file.write(chunk[:1000])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self._file.close()
-
-    monkeypatch.setattr(diskcache.core, "open", FullDisk, raising=False)
+    monkeypatch.setattr(diskcache.core, "open", FullDiskFile, raising=False)
     image, _ = scene(96, 80, seed=7)
     segmenter, encodes = sam(checkpoint, tmp_path / "store")
     with caplog.at_level(logging.WARNING, logger="model.tools.embedding_store"):

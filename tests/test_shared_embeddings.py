@@ -3,7 +3,6 @@ LRU by modification time, bounded by sweeps. Another machine is a real subproces
 a tiny random SAM saved as a checkpoint and loaded by path."""
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -14,49 +13,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from model.core.clicks import Click
-from model.core.imageio import image_digest
 from model.core.masks import iou
 from model.settings import Settings
-from model.tools import EmbeddingStore, make_segmenter, segmenter_from, shared_entries
+from model.tools import EmbeddingStore, segmenter_from, shared_entries
 from model.tools.embedding_store import unpack
 from model.tools.shared_entries import PARTIAL, SUFFIX, SharedEntries
+from tests.embedding_helpers import CLICKS, MB, FullDiskFile, arrays_of, sam, write_tiny_sam
 from tests.synthetic import scene
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-TINY_SAM = {"encoder_embed_dim": 32, "encoder_depth": 2, "encoder_num_heads": 2, "global_attn_indexes": [1],
-            "image_size": 64, "patch_size": 16, "window_size": 2, "prompt_embed_dim": 32,
-            "decoder_mlp_dim": 64, "decoder_num_heads": 2, "iou_head_hidden_dim": 32}
-CLICKS = [Click(48, 40, True), Click(10, 10, False)]
-MB = 1 << 20
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from model.tools.sam import build_sam
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("sam") / "tiny_sam.pth"
-    torch.save({"config": TINY_SAM, "model": build_sam(TINY_SAM).state_dict()}, path)
-    return path
+    return write_tiny_sam(tmp_path_factory.mktemp("sam") / "tiny_sam.pth")
 
 
-def sam(checkpoint: Path, folder: Path, store_bytes: int = 64 * MB):
+def shared_sam(checkpoint: Path, folder: Path, store_bytes: int = 64 * MB):
     """A tiny SAM segmenter on the shared store in `folder`, and the list its encodings are counted in."""
-    segmenter = make_segmenter("sam", sam_checkpoint=str(checkpoint), device="cpu", store_folder=folder,
-                               store_bytes=store_bytes, store_shared=True)
-    encodes: list[str] = []
-    encode = segmenter.tool.encode
-
-    def counted(image):
-        encodes.append(image_digest(image))
-        return encode(image)
-
-    segmenter.tool.encode = counted
-    return segmenter, encodes
+    return sam(checkpoint, folder, store_bytes, shared=True)
 
 
 def entries(folder: Path) -> list[Path]:
@@ -67,18 +42,14 @@ def partials(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*" + PARTIAL))
 
 
-def arrays_of(megabytes: float, seed: int) -> dict[str, np.ndarray]:
-    return {"features": np.random.default_rng(seed).random(int(megabytes * MB) // 4, dtype=np.float32)}
-
-
 def test_the_tool_serves_a_first_click_from_an_encoding_another_machine_stored(checkpoint, tmp_path):
     image, _ = scene(96, 80, seed=2)
     np.save(tmp_path / "image.npy", image)
     script = f"""
 import json, numpy as np
 from pathlib import Path
-from tests.test_shared_embeddings import sam, CLICKS
-segmenter, encodes = sam(Path({str(checkpoint)!r}), Path({str(tmp_path / 'blobs')!r}))
+from tests.test_shared_embeddings import shared_sam, CLICKS
+segmenter, encodes = shared_sam(Path({str(checkpoint)!r}), Path({str(tmp_path / 'blobs')!r}))
 np.save({str(tmp_path / 'mask.npy')!r}, segmenter.predict(np.load({str(tmp_path / 'image.npy')!r}), CLICKS).mask)
 print(json.dumps({{"encodes": len(encodes), **segmenter.store.status()}}))
 """
@@ -87,7 +58,7 @@ print(json.dumps({{"encodes": len(encodes), **segmenter.store.status()}}))
     assert done.returncode == 0, done.stderr
     other = json.loads(done.stdout.strip().splitlines()[-1])
     assert other["shared"] and (other["encodes"], other["writes"], other["entries"]) == (1, 1, 1)
-    segmenter, _ = sam(checkpoint, tmp_path / "blobs")
+    segmenter, _ = shared_sam(checkpoint, tmp_path / "blobs")
     segmenter.tool.encode = None  # an encoding would fail
     result = segmenter.predict(image, CLICKS)
     assert segmenter.store.hits == 1 and segmenter.store.misses == 0
@@ -178,25 +149,9 @@ def test_a_damaged_file_is_a_miss_and_is_removed(tmp_path, caplog, damage):
 
 
 def test_a_full_disk_leaves_no_partial_file_and_the_encoding_is_served(checkpoint, tmp_path, caplog, monkeypatch):
-    class FullDisk:
-        """A file that takes 1000 bytes and then finds the disk full."""
-
-        def __init__(self, path, *args, **kwargs):
-            self._file = open(path, *args, **kwargs)
-
-        def write(self, chunk):
-            self._file.write(chunk[:1000])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self._file.close()
-
-    monkeypatch.setattr(shared_entries, "open", FullDisk, raising=False)
+    monkeypatch.setattr(shared_entries, "open", FullDiskFile, raising=False)
     image, _ = scene(96, 80, seed=7)
-    segmenter, encodes = sam(checkpoint, tmp_path / "blobs")
+    segmenter, encodes = shared_sam(checkpoint, tmp_path / "blobs")
     with caplog.at_level(logging.WARNING, logger="model.tools.embedding_store"):
         result = segmenter.predict(image, CLICKS)
     assert result.mask.shape == (80, 96) and len(encodes) == 1
