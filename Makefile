@@ -68,7 +68,7 @@ bench-quality: install
 # as it is, and made synthetic microscopy-like (grey, low contrast, blurred, noisy) as images unlike the training data.
 bench-quality-stream: install
 	$(BIN)/python -m model quality-stream --dataset $(DATA)/coco_mval_dev --domain photo --domain microscopy \
-		--out bench/quality_stream
+		--orders 200 --out bench/quality_stream
 
 # Interactive requests through the HTTP layer: median and p90 seconds per request.
 bench-interactive: install

@@ -234,8 +234,8 @@ class Settings(BaseSettings):
         "how strongly a project's scorer is held to the shipped one: the ridge pull of its correction toward none, "
         "in labels' worth (its feature weights 10 times harder)"))
     scorer_gate_tolerance: float = Field(0.0, ge=0, alias="SEGAGENT_SCORER_GATE_TOLERANCE", description=(
-        "how much lower a refitted scorer's held-out Pearson, and higher its MAE, may be than the active scorer's "
-        "for it to be promoted"))
+        "how much higher a refitted scorer's held-out MAE, and lower its Pearson beyond that Pearson's standard "
+        "error on the held-out labels, may be than the active scorer's for it to be promoted"))
     scorer_match_iou: float = Field(0.3, ge=0, le=1, alias="SEGAGENT_SCORER_MATCH_IOU", description=(
         "a submitted region with no prediction of its id is the same object as a prediction of its label when "
         "their IoU is at least this (one to one, best pairs first): the prediction's label for the scorer"))

@@ -17,6 +17,7 @@ from model.quality.project_scorer import (
     fit_correction,
     held_out_tasks,
     load,
+    pearson_noise,
     refit,
     save,
 )
@@ -109,10 +110,28 @@ def test_figures_and_decide():
     assert figures(np.array([0.1, 0.5, 0.9]), np.array([0.2, 0.5, 0.8])) == {"pearson": 1.0, "mae": 0.0667}
     assert figures(np.array([0.5, 0.5]), np.array([0.2, 0.8]))["pearson"] == 0.0  # a constant side: no correlation
     active = {"pearson": 0.8, "mae": 0.1}
-    assert decide({"pearson": 0.8, "mae": 0.1}, active)[0]  # not worse: promoted
-    assert not decide({"pearson": 0.79, "mae": 0.05}, active)[0]
-    assert not decide({"pearson": 0.9, "mae": 0.11}, active)[0]
-    assert decide({"pearson": 0.79, "mae": 0.105}, active, tolerance=0.01)[0]
+    assert pearson_noise(0.8, 39) == pytest.approx(0.36 / 6)  # Fisher: (1 - r^2) / sqrt(n - 3)
+    assert pearson_noise(0.8, 1003) < pearson_noise(0.8, 39) < pearson_noise(0.0, 39)
+    assert decide({"pearson": 0.8, "mae": 0.1}, active, held_out=39)[0]  # not worse: promoted
+    assert decide({"pearson": 0.75, "mae": 0.05}, active, held_out=39)[0]  # 0.05 lower: within 0.06 of noise
+    assert not decide({"pearson": 0.75, "mae": 0.05}, active, held_out=1003)[0]  # not within 0.012
+    promoted, why = decide({"pearson": 0.7, "mae": 0.05}, active, held_out=39)
+    assert not promoted and "Pearson 0.700 < 0.800 - 0.060" in why
+    assert not decide({"pearson": 0.9, "mae": 0.11}, active, held_out=39)[0]  # MAE has no noise allowance
+    assert decide({"pearson": 0.9, "mae": 0.105}, active, held_out=39, tolerance=0.01)[0]
+    assert decide({"pearson": 0.7, "mae": 0.1}, active, held_out=39, tolerance=0.05)[0]  # within 0.06 + 0.05
+
+
+def test_a_pure_shift_of_the_level_is_corrected_and_promoted(prior):
+    """Labels a constant 0.2 below what the prior says: the correction fixes the level; its Pearson moves only
+    where IoUs are clipped at 0, within the noise of the held-out labels."""
+    features, _, tasks = domain(prior, 400)
+    ious = np.clip(prior.predict(features) - 0.2 + 0.05 * np.random.default_rng(1).normal(size=400), 0, 1)
+    _, gate, promote = refit(prior, features, ious, tasks)
+    assert promote, gate
+    assert gate["candidate"]["mae"] < 0.5 * gate["active"]["mae"]
+    assert gate["candidate"]["pearson"] > gate["active"]["pearson"] - pearson_noise(gate["active"]["pearson"],
+                                                                                    gate["held_out"])
 
 
 def test_a_saved_correction_loads_the_same(prior, tmp_path):

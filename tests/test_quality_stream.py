@@ -110,10 +110,35 @@ def test_each_refit_point_scores_the_next_window_with_both_scorers(stream):
         qs.evaluate_refits(stream, QualityModel.load(), points=(14,), window=4)
 
 
+def test_another_order_keeps_each_objects_annotations_together(stream):
+    shuffled = qs.reordered(stream, np.random.default_rng(0))
+    assert sorted((a.task, a.clicks) for a in shuffled) == sorted((a.task, a.clicks) for a in stream)
+    objects = [a.task for a in shuffled]
+    assert len(set(objects)) == len([t for i, t in enumerate(objects) if i == 0 or objects[i - 1] != t])
+    assert objects != [a.task for a in stream]
+
+
+def test_the_goal_over_orders_starts_with_the_seeded_stream(stream):
+    prior = QualityModel.load()
+    refit = functools.partial(project_scorer.refit, min_held_out=2)
+    streams = {"photo": stream, "microscopy": stream}
+    seeded = qs.goal(qs.evaluate_refits(stream, prior, refit, points=(6, 10), window=4),
+                     qs.evaluate_refits(stream, prior, refit, points=(6, 10), window=4), at=10)
+    once = qs.over_orders(streams, prior, 1, seed=0, points=(6, 10), window=4, refit=refit)
+    assert once["differing_stream_met"] == {"microscopy": int(seeded["differing_stream_met"])}
+    assert once["photo_served_never_worse"] == int(seeded["photo_served_never_worse"])
+    assert once["goal_met"] == int(seeded["differing_stream_met"] and seeded["photo_served_never_worse"])
+    many = qs.over_orders(streams, prior, 5, seed=0, points=(6, 10), window=4, refit=refit)
+    assert many["orders"] == 5 and many["at"] == 10
+    assert 0 <= many["differing_stream_met"]["microscopy"] <= 5 and 0 <= many["photo_served_never_worse"] <= 5
+    assert many["goal_met"] <= min(many["differing_stream_met"]["microscopy"], many["photo_served_never_worse"])
+    assert set(many["served_minus_shipped"]["photo"]) == {"pearson", "mae_cut"}
+
+
 def test_the_command_writes_the_summary_of_both_streams(folder, cache, tmp_path):
     out = tmp_path / "out"
     assert main(["quality-stream", "--dataset", str(folder), "--domain", "photo", "--domain", "microscopy",
-                 "--seed", "3", "--refit-at", "4", "6", "--window", "4", "--cache", str(cache),
+                 "--seed", "3", "--refit-at", "4", "6", "--window", "4", "--cache", str(cache), "--orders", "2",
                  "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["streams"]) == {"photo", "microscopy"}
@@ -122,5 +147,6 @@ def test_the_command_writes_the_summary_of_both_streams(folder, cache, tmp_path)
         assert [r["labels"] for r in found["refits"]] == [4, 6]
         assert all({"shipped", "refitted", "served", "promoted", "gate"} <= set(r) for r in found["refits"])
     assert set(summary["goal"]["microscopy"]) == {"photo_served_never_worse"}  # no refit at 200 labels here
+    assert summary["over_orders"]["orders"] == 2 and summary["over_orders"]["at"] == 6
     lines = (out / "stream.csv").read_text().splitlines()
     assert lines[0].startswith("domain,position,object") and len(lines) == 1 + 2 * 2 * OBJECTS

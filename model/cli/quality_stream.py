@@ -29,6 +29,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     stream.add_argument("--limit", type=int, help="only the first N objects")
     stream.add_argument("--workers", type=int, default=1, help="processes")
     stream.add_argument("--cache", help="a folder to keep the tool's masks and the features in between runs")
+    stream.add_argument("--orders", type=int, default=1,
+                        help="also measure the goal over this many orders of the same objects (the seeded one first)")
     stream.set_defaults(run=_quality_stream)
 
 
@@ -39,7 +41,8 @@ def _quality_stream(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.dataset, args.images).limit(args.limit)
     summary, streams = run(dataset, args.domain or ["photo"], functools.partial(make_segmenter, "classical"),
                            seed=args.seed, per_object=args.per_object, points=args.refit_at, window=args.window,
-                           cache=Path(args.cache) if args.cache else None, workers=args.workers)
+                           cache=Path(args.cache) if args.cache else None, workers=args.workers,
+                           orders=args.orders)
     write_report(Path(args.out), summary, streams, QualityModel.load())
     print(json.dumps(summary, indent=2))
     return 0
