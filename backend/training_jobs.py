@@ -96,11 +96,13 @@ class TrainingJobs:
 
     def reap(self, scope: str) -> None:
         """Fail the scope's jobs that claim to be active but will never finish: their process is gone, RQ
-        dropped them, or they stopped beating."""
+        dropped them, their trainer no longer holds the scope's training lock, or they stopped beating."""
         for job in self.registry.jobs(scope):
             if not job.state.active:
                 continue
             why = self.ended(job)
+            if why is None and job.state is JobState.running and self.registry.trainer_gone(scope):
+                why = "its trainer is gone (the training lock it held is free); the active version is unchanged"
             if why is None and job.state is JobState.running and time.time() - job.updated > LOST_AFTER:
                 why = f"no heartbeat for {LOST_AFTER:.0f} s; the active version is unchanged"
             if why is not None:

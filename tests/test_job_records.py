@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -111,13 +112,62 @@ def test_the_reaper_fails_a_dead_job_with_no_request(tmp_path):
                                host=this_host(), pid=os.getpid())
     jobs = _training_jobs(tmp_path, registry, reap_every=0.2)
     try:
-        deadline = time.time() + 20
-        while time.time() < deadline and registry.job(dead.id).state is not JobState.failed:
-            time.sleep(0.1)
+        with registry.lock("project-4"):  # the alive job's trainer holds its training lock, as run_job does
+            deadline = time.time() + 20
+            while time.time() < deadline and registry.job(dead.id).state is not JobState.failed:
+                time.sleep(0.1)
+            time.sleep(0.5)  # a few more rounds of the reaper
     finally:
         jobs.close()
     assert registry.job(dead.id).state is JobState.failed
     assert registry.job(alive.id) == alive  # a job whose process runs is left alone, not even touched
+
+
+def _train_holding_the_lock(root: str, database: str, scope: str, job_id: str, holding) -> None:
+    """A trainer as run_job is one: the scope's training lock, then the job recorded running, then training."""
+    registry = Registry(root, database)
+    with registry.lock(scope), registry.heartbeat(job_id):
+        registry.write_job(job_id, state=JobState.running, stage="training", pid=os.getpid(), host="machine-b")
+        holding.set()
+        time.sleep(600)
+
+
+def test_a_trainer_killed_mid_training_is_failed_in_seconds(tmp_path, database_url):
+    """Jobs of RQ trainers on another machine (no process of this host to watch, RQ not asked: never enqueued
+    from here). One trainer is killed with SIGKILL mid-training: the training lock it held is freed with it, and
+    the reaper fails its job within seconds instead of after 900 s without a heartbeat. The other, alive and
+    holding its lock, is left running."""
+    database = database_url or str(tmp_path / "registry.sqlite3")
+    registry = Registry(tmp_path / "models", database)
+    context = multiprocessing.get_context("spawn")
+    trainers, ids = {}, {}
+    for scope in ("project-5", "project-6"):
+        ids[scope] = registry.new_job_id(scope)
+        registry.write_job(ids[scope], state=JobState.queued, runner="rq", host="machine-b", trigger="request",
+                           through_id=3)
+        holding = context.Event()
+        trainers[scope] = context.Process(target=_train_holding_the_lock,
+                                          args=(str(tmp_path / "models"), database, scope, ids[scope], holding))
+        trainers[scope].start()
+        assert holding.wait(60), "the trainer never started"
+    jobs = _training_jobs(tmp_path, registry, reap_every=0.2)
+    try:
+        time.sleep(1.0)  # several rounds of the reaper: both trainers hold their locks
+        assert {registry.job(i).state for i in ids.values()} == {JobState.running}
+        os.kill(trainers["project-5"].pid, signal.SIGKILL)
+        trainers["project-5"].join(30)
+        deadline = time.time() + 20
+        while time.time() < deadline and registry.job(ids["project-5"]).state is not JobState.failed:
+            time.sleep(0.1)
+        killed = registry.job(ids["project-5"])
+        assert killed.state is JobState.failed and "its trainer is gone" in (killed.error or "")
+        assert registry.job(ids["project-6"]).state is JobState.running
+    finally:
+        jobs.close()
+        for trainer in trainers.values():
+            if trainer.is_alive():
+                trainer.kill()
+            trainer.join(30)
 
 
 def test_a_record_refuses_what_a_job_file_cannot_hold(tmp_path):

@@ -336,6 +336,16 @@ class Registry:
             finally:
                 held.discard(scope)
 
+    def trainer_gone(self, scope: str) -> bool:
+        """Whether no process holds the scope's training lock (taken and let go at once): a job recorded running
+        took that lock before saying so and keeps it until its outcome is written, so a running job whose lock is
+        free lost its trainer (killed, its machine gone)."""
+        try:
+            with self.lock(scope):
+                return True
+        except Busy:
+            return False
+
     def _held(self) -> set[str]:
         if not hasattr(self._local, "scopes"):
             self._local.scopes = set()
