@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -95,29 +97,40 @@ def _start(data: Path, port: int, log: Path) -> subprocess.Popen:
     raise RuntimeError(f"the backend did not start:\n{log.read_text()[-2000:]}")
 
 
-def test_a_burst_acknowledged_before_a_kill_9_is_learned_after_the_restart(tmp_path, image_server):
-    port, count = free_port(), 20
+@contextmanager
+def killed_with_work_owed_then_restarted(data: Path, make_events: Callable[[str], list[dict]]
+                                         ) -> Iterator[Callable[[], dict]]:
+    """A real backend on `data` sends the webhook events `make_events(url)` makes and is killed with SIGKILL while
+    the derived work they owe is pending; started again on the same folder, it finishes that work, and the events
+    sent once more find it done. Yields the restarted backend's /status (a function) for the caller's checks."""
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _start(tmp_path, port, tmp_path / "server.log")
+    server = _start(data, port, data / "server.log")
     try:
-        for annotation_id in range(1000, 1000 + count):
-            payload = _annotation_for(image_server, annotation_id=annotation_id, task_id=annotation_id)
-            assert requests.post(f"{url}/webhook", json=payload, timeout=30).json()["status"] == "ok"
+        events = make_events(url)
+        for event in events:
+            assert requests.post(f"{url}/webhook", json=event, timeout=30).json()["status"] == "ok"
         owed_at_kill = requests.get(f"{url}/status", timeout=10).json()["derived_work"]["pending"]
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=20)
     assert owed_at_kill > 0  # the kill came while work was owed: the point of the test
 
-    server = _start(tmp_path, port, tmp_path / "server.log")
+    server = _start(data, port, data / "server.log")
     try:
         status = lambda: requests.get(f"{url}/status", timeout=10).json()  # noqa: E731
         assert _wait_for(lambda: status()["derived_work"]["pending"] == 0, timeout=120), status()
-        assert status()["trajectories"]["scratch"] == count  # every annotation once, none twice
-        for annotation_id in range(1000, 1000 + count):  # replays find the work done: nothing queued
-            payload = _annotation_for(image_server, annotation_id=annotation_id, task_id=annotation_id)
-            assert requests.post(f"{url}/webhook", json=payload, timeout=30).json()["status"] == "unchanged"
-        assert status()["background_jobs"]["annotation"]["pending"] == 0
+        for event in events:  # replays find the work done: nothing queued
+            assert requests.post(f"{url}/webhook", json=event, timeout=30).json()["status"] == "unchanged"
+        yield status
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=20)
+
+
+def test_a_burst_acknowledged_before_a_kill_9_is_learned_after_the_restart(tmp_path, image_server):
+    count = 20
+    events = [_annotation_for(image_server, annotation_id=i, task_id=i) for i in range(1000, 1000 + count)]
+    with killed_with_work_owed_then_restarted(tmp_path, lambda url: events) as status:
+        assert status()["trajectories"]["scratch"] == count  # every annotation once, none twice
+        assert status()["background_jobs"]["annotation"]["pending"] == 0

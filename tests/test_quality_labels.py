@@ -215,19 +215,14 @@ def test_labels_and_versions_of_other_features_are_not_used(tmp_path, monkeypatc
 
 
 def test_labels_of_work_acknowledged_before_a_kill_9_are_made_once_after_the_restart(tmp_path, image_server):
-    import os
-    import signal
-
     import requests
 
-    from tests.synthetic import free_port
-    from tests.test_durability import _start
+    from tests.test_durability import killed_with_work_owed_then_restarted
 
-    port, count = free_port(), 6
-    url = f"http://127.0.0.1:{port}"
+    count = 6
     config = brush_annotation(np.ones((2, 2)))["project"]["label_config"]
-    server = _start(tmp_path, port, tmp_path / "server.log")
-    try:
+
+    def edited_predictions(url: str) -> list[dict]:
         events = []
         for task_id in range(1, count + 1):
             task = {"id": task_id, "data": {"image": f"{image_server.url}/object.png"},
@@ -238,21 +233,7 @@ def test_labels_of_work_acknowledged_before_a_kill_9_are_made_once_after_the_res
             edited[100:140, 20:60] = True
             events.append(annotation(image_server, [(region["id"], "Object", edited)], annotation_id=900 + task_id,
                                      task_id=task_id))
-        for event in events:
-            assert requests.post(f"{url}/webhook", json=event, timeout=30).json()["status"] == "ok"
-        owed_at_kill = requests.get(f"{url}/status", timeout=10).json()["derived_work"]["pending"]
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=20)
-    assert owed_at_kill > 0  # the kill came while work was owed: the point of the test
+        return events
 
-    server = _start(tmp_path, port, tmp_path / "server.log")
-    try:
-        status = lambda: requests.get(f"{url}/status", timeout=10).json()  # noqa: E731
-        assert _wait_for(lambda: status()["derived_work"]["pending"] == 0, timeout=120), status()
-        for event in events:  # re-delivered: nothing new
-            assert requests.post(f"{url}/webhook", json=event, timeout=30).json()["status"] == "unchanged"
+    with killed_with_work_owed_then_restarted(tmp_path, edited_predictions) as status:
         assert status()["quality"]["projects"]["3"]["labels"] == count  # every acknowledged label, once
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=20)
