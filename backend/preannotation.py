@@ -10,6 +10,7 @@ click is decoder-only."""
 from __future__ import annotations
 
 import logging
+import time
 
 from model.settings import Settings
 
@@ -50,9 +51,12 @@ class Preannotator:
         return self.dispatcher.name
 
     def resume(self) -> None:
-        """Hand out again what is queued (a stop may have come between queueing a task and running it)."""
+        """Hand out again what is queued (a stop may have come between queueing a task and running it), a task
+        still in a failed attempt's backoff when that backoff ends."""
+        now = time.time()
         try:
-            self._hand_out(self.queue.waiting())
+            for item in self.queue.waiting():
+                self._hand_out([item], delay=max(0.0, item.not_before - now))
         except CapabilityOff as exc:
             log.error("pre-annotation: %s", exc.message)
 

@@ -40,6 +40,7 @@ class Item:
     model_version: str
     attempts: int
     lease: str = ""  # the token of the claim that holds it; empty for an item not claimed
+    not_before: float = 0.0  # when a queued item may be tried again (a failed attempt's backoff), a Unix time
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -69,10 +70,11 @@ class PreannotationQueue:
                 (project, task_id, model_version, now)).rowcount]
 
     def waiting(self) -> list[Item]:
-        """Every queued item, oldest first (for a runner that hands them out elsewhere)."""
-        rows = self._db.fetchall("SELECT project, task_id, model_version, attempts FROM items WHERE state = 'queued' "
-                                 "ORDER BY queued, task_id")
-        return [Item(*row) for row in rows]
+        """Every queued item, oldest first (for a runner that hands them out elsewhere), with its backoff."""
+        rows = self._db.fetchall("SELECT project, task_id, model_version, attempts, not_before FROM items "
+                                 "WHERE state = 'queued' ORDER BY queued, task_id")
+        return [Item(project, task_id, version, attempts, not_before=not_before)
+                for project, task_id, version, attempts, not_before in rows]
 
     def claim(self, project: str, task_id: int, model_version: str) -> Item | None:
         """This item, leased to this claim, if it is queued (not done, failed for good, or held)."""

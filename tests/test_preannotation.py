@@ -2,6 +2,8 @@
 POST /preannotate; the whole path against a real Label Studio is in tests/e2e/test_preannotation.py."""
 from __future__ import annotations
 
+import time
+
 from backend.preannotation_queue import MAX_ATTEMPTS, Item, PreannotationQueue
 from model.settings import Settings
 from tests.apps import App
@@ -29,6 +31,28 @@ def test_what_was_taken_but_not_finished_is_taken_again_after_a_restart(tmp_path
     queue.close()  # a clean stop hands task 1 back (after a kill, its lease runs out: test_preannotation_leases.py)
     reopened = PreannotationQueue(tmp_path / "q.sqlite3")
     assert [item.task_id for item in reopened.waiting()] == [1, 2]
+
+
+def test_a_restart_hands_out_a_task_in_backoff_when_its_backoff_ends(tmp_path):
+    """The backoff of a failed attempt is the row's (not_before): a restart keeps it instead of trying again at
+    once."""
+    app = App(Settings(data_dir=tmp_path, banned_subnets="169.254.0.0/16"))
+    queue = app.backend.preannotator.queue
+    queue.add("1", [5, 6], "v0")
+    before = time.time()
+    queue.failed(queue.claim("1", 5, "v0"), "HTTP 503")  # first failure: 2 s of backoff
+    queue.later(queue.claim("1", 6, "v0"), 3600, "Label Studio not known yet")
+    by_task = {item.task_id: item for item in queue.waiting()}
+    assert before + 2 <= by_task[5].not_before <= time.time() + 2 and by_task[5].attempts == 1
+    assert by_task[6].not_before >= before + 3600 and by_task[6].attempts == 0
+
+    handed: list[tuple[int, float]] = []
+    app.backend.preannotator.dispatcher.submit = lambda kind, project, task, version, delay=0.0: handed.append(
+        (task, delay))
+    app.backend.preannotator.resume()  # what a start does
+    delays = dict(handed)
+    assert sorted(delays) == [5, 6]
+    assert 0 < delays[5] <= 2 and 3590 < delays[6] <= 3600
 
 
 def test_failures_are_counted_and_give_up_after_the_last_attempt(tmp_path):
