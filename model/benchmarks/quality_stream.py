@@ -318,7 +318,7 @@ def over_orders(streams: Mapping[str, Sequence[Annotation]], prior, orders: int,
                     if domain != "photo"}
         for domain, verdict in verdicts.items():
             met[domain] += verdict["differing_stream_met"]
-        never_worse = goal(results.get("photo", []), [], last).get("photo_served_never_worse", True)
+        never_worse = all(verdict.get("photo_served_never_worse", True) for verdict in verdicts.values())
         photo_never_worse += never_worse
         both += never_worse and all(verdict["differing_stream_met"] for verdict in verdicts.values())
     return {"orders": orders, "at": last, "goal_met": both, "differing_stream_met": met,
