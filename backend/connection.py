@@ -170,7 +170,10 @@ class LabelStudioConnection:
     def remember_setup(self, project: str, hostname: str | None, access_token: str | None) -> None:
         """What a project's /setup sent, as one pair: a host without a token gets no token, a token without a
         host is dropped. Nothing a request sends changes what the environment set."""
-        if self._env or not _is_web_origin(hostname or ""):
+        if self._env or not hostname:
+            return
+        if not _is_web_origin(hostname):  # not logged: a malformed address may carry a password redact() misses
+            log.warning("project %s: /setup's hostname is not an http(s) address without spaces; ignored", project)
             return
         pair = LabelStudio(hostname or "", access_token or "", self.timeout)
         with self._lock:
@@ -187,4 +190,5 @@ def _is_web_origin(url: str) -> bool:
         port_is_valid = parts.port is None or parts.port > 0
     except ValueError:  # a malformed IPv6 address or port
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and port_is_valid
+    no_space = not any(c.isspace() for c in url)  # RFC 3986; a password with one would escape redact()
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port_is_valid and no_space

@@ -260,6 +260,15 @@ class Settings(BaseSettings):
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    @field_validator("label_studio_url", "policy")
+    @classmethod
+    def _no_space_in_urls(cls, value: str) -> str:
+        """A URL holds no whitespace (RFC 3986); a password with a space would also escape the redaction of what
+        is shown and logged."""
+        if value.startswith(("http://", "https://")) and any(c.isspace() for c in value):
+            raise ValueError("a URL has no spaces in it: percent-encode them (%20)")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _postgres_only(cls, value: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from backend.connection import redact, redact_logs
 from model.settings import Settings
@@ -113,3 +114,18 @@ def test_compose_refuses_to_start_without_a_redis_password():
     configured = yaml.safe_load(run({**environment, "REDIS_PASSWORD": "r3dis"}).stdout)["services"]
     assert configured["worker"]["environment"]["REDIS_URL"] == "redis://:r3dis@redis:6379/0"
     assert configured["redis"]["command"][-2:] == ["--requirepass", "r3dis"]
+
+
+@pytest.mark.parametrize("space", [" ", "\t"])
+def test_an_address_whose_password_has_a_space_is_refused_not_shown(tmp_path, space):
+    """redact() stops at whitespace, so an address with a space in its password would be shown whole: a URL has
+    none (RFC 3986), so /setup ignores such a hostname and LABEL_STUDIO_URL or SEGAGENT_POLICY refuse it."""
+    client = App(Settings(data_dir=tmp_path)).client
+    hostname = f"http://lsuser:top{space}pa55word@127.0.0.1:1"
+    assert client.post("/setup", json={"project": "3", "hostname": hostname, "access_token": "tok"}).status_code == 200
+    assert client.get("/status?project=3").json["label_studio"] == {"url": None, "token": False}
+    for text in (client.get("/status?project=3").text, client.get("/", headers={"Accept": "text/html"}).text):
+        assert "pa55word" not in text
+    for name in ("LABEL_STUDIO_URL", "SEGAGENT_POLICY"):
+        with pytest.raises(ValidationError, match="percent-encode"):
+            Settings(data_dir=tmp_path, **{name: hostname})
