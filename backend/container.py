@@ -88,7 +88,8 @@ class Backend:
         ingest = AnnotationIngest(settings, capabilities, annotations, trajectories, fetcher, connection, dispatcher,
                                   training.after_new_trajectories,
                                   CorrectionLabels(quality_labels, predictor.predicted, annotations,
-                                                   settings.scorer_match_iou), scorers.after_new_labels)
+                                                   settings.scorer_match_iou, settings.max_mask_pixels),
+                                  scorers.after_new_labels)
         preannotator = Preannotator(settings, capabilities, connection, fetcher, configs, server, predictor,
                                     PreannotationQueue(settings.store("preannotation"),
                                                        settings.preannotation_lease_seconds), dispatcher)

@@ -31,6 +31,7 @@ class PredictedRegion:
     mask: np.ndarray  # bool (H, W)
 
 
+KEPT_PER_TASK = 64  # regions of a task kept, the newest: several predictions of one task, even a concept mode's many
 REPLACED = ("label", "model_version", "score", "height", "width", "top", "left_", "bottom", "right_", "mask", "created")
 
 
@@ -65,6 +66,9 @@ class PredictedRegions:
                 "height, width, top, left_, bottom, right_, mask, created) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, task, region_id) DO UPDATE SET "
                 + ", ".join(f"{column} = excluded.{column}" for column in REPLACED), rows)
+            conn.execute("DELETE FROM predicted_regions WHERE project = ? AND task = ? AND region_id NOT IN ("
+                         "SELECT region_id FROM predicted_regions WHERE project = ? AND task = ? "
+                         "ORDER BY created DESC LIMIT ?)", (project, task_id, project, task_id, KEPT_PER_TASK))
 
     def around(self, project: str, task_id: int, label: str, pixel: tuple[int, int], reach_share: float,
                shape: tuple[int, int]) -> list[PredictedRegion]:
@@ -82,12 +86,17 @@ class PredictedRegions:
                 found.append(PredictedRegion(region_id, label_, version, score, _unpack(blob, height, width)))
         return found
 
-    def for_task(self, project: str, task_id: int) -> list[PredictedRegion]:
-        """Every region predicted for the task, the newest first."""
-        return [PredictedRegion(region_id, label, version, score, _unpack(blob, height, width))
-                for region_id, label, version, score, height, width, blob in self._db.fetchall(
-                    "SELECT region_id, label, model_version, score, height, width, mask FROM predicted_regions "
-                    "WHERE project = ? AND task = ? ORDER BY created DESC", (project, task_id))]
+    def for_task(self, project: str, task_id: int, pixel_budget: int) -> list[PredictedRegion]:
+        """The regions predicted for the task, the newest first, as many as `pixel_budget` pixels of masks hold."""
+        found: list[PredictedRegion] = []
+        for region_id, label, version, score, height, width, blob in self._db.fetchall(
+                "SELECT region_id, label, model_version, score, height, width, mask FROM predicted_regions "
+                "WHERE project = ? AND task = ? ORDER BY created DESC", (project, task_id)):
+            pixel_budget -= height * width
+            if pixel_budget < 0:
+                break
+            found.append(PredictedRegion(region_id, label, version, score, _unpack(blob, height, width)))
+        return found
 
     def close(self) -> None:
         self._db.close()

@@ -161,8 +161,10 @@ class CorrectionLabels:
     """Makes an annotation's labels from the task's predictions (called by the annotation's derived work)."""
 
     def __init__(self, labels: QualityLabels, predicted: PredictedRegions, annotations: AnnotationStore,
-                 floor: float):
+                 floor: float, pixel_budget: int):
+        """`pixel_budget`: the predicted masks read for one annotation, at most (a byte each), the newest first."""
         self.labels, self.predicted, self.annotations, self.floor = labels, predicted, annotations, floor
+        self.pixel_budget = pixel_budget
 
     def learn(self, annotation: AnnotationInput, image: np.ndarray) -> int:
         """Store the annotation's labels (replacing its earlier ones); how many, or -1 if it changed meanwhile."""
@@ -183,7 +185,7 @@ class CorrectionLabels:
     def candidates(self, project: str, task_id: int, regions: list[tuple[str | None, str, np.ndarray]]
                    ) -> list[Candidate]:
         found = [Candidate("prediction", p.region_id, p.label, p.model_version, p.mask)
-                 for p in self.predicted.for_task(project, task_id)]
+                 for p in self.predicted.for_task(project, task_id, self.pixel_budget)]
         for label, region_id, last in self.annotations.interactive_objects(project, task_id):
             if any(label == kept_label and last.shape == mask.shape and np.array_equal(last, mask)
                    for _, kept_label, mask in regions):

@@ -88,7 +88,7 @@ def _stores(data: Path, url: str | None) -> dict:
             "interactive": [(o[0], o[1], o[2].tolist()) for o in annotations.interactive_objects("1", 10)],
             "queue": {k: progress[k] for k in ("done", "failed", "remaining", "total", "written", "skipped")},
             "predicted": [(p.region_id, p.label, p.model_version, p.score, p.mask.tolist())
-                          for p in PredictedRegions(place("predicted_regions")).for_task("1", 10)],
+                          for p in PredictedRegions(place("predicted_regions")).for_task("1", 10, 10**9)],
             "labels": [(x.tolist() if isinstance(x, np.ndarray) else x) for x in labels.training_set("1")],
             "trajectories": [(r.id, r.source, r.label, r.prompt, r.image_sha, r.target.tolist(), r.annotation_id,
                               [(s.click, s.mask_before.tolist(), s.mask_after.tolist(), s.iou) for s in r.steps])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from backend.predicted_regions import KEPT_PER_TASK, PredictedRegions
 from model.core.masks import iou
 from model.quality.scorers import OfflineScorer, quality_features
 from tests.test_backend import _wait_for, brush_annotation, decode, keypoint, make_app, rectangle_around
@@ -237,3 +238,20 @@ def test_labels_of_work_acknowledged_before_a_kill_9_are_made_once_after_the_res
 
     with killed_with_work_owed_then_restarted(tmp_path, edited_predictions) as status:
         assert status()["quality"]["projects"]["3"]["labels"] == count  # every acknowledged label, once
+
+
+def test_a_tasks_predicted_regions_are_bounded_in_rows_and_in_the_pixels_read(tmp_path):
+    """Each Retrieve predictions adds regions: a task keeps its newest KEPT_PER_TASK, and an annotation's labels
+    read the newest ones only as far as the pixel budget goes (the request budget, SEGAGENT_MAX_MASK_PIXELS)."""
+    store = PredictedRegions(tmp_path / "predicted_regions.sqlite3")
+    mask = np.zeros((10, 20), bool)
+    mask[2:5, 3:9] = True
+    for n in range(KEPT_PER_TASK + 6):
+        store.record("3", 7, "v", [(f"r{n}", "Cat", mask, 0.5)])
+    kept = store.for_task("3", 7, 10**9)
+    assert [r.region_id for r in kept] == [f"r{n}" for n in range(KEPT_PER_TASK + 5, 5, -1)]
+    store.record("3", 8, "v", [("other task", "Cat", mask, 0.5)])
+    assert len(store.for_task("3", 7, 10**9)) == KEPT_PER_TASK  # another task's record prunes nothing here
+    newest_three = [f"r{KEPT_PER_TASK + 5 - n}" for n in range(3)]
+    assert [r.region_id for r in store.for_task("3", 7, 3 * mask.size + 1)] == newest_three
+    assert store.for_task("3", 7, mask.size - 1) == []
