@@ -59,6 +59,10 @@ class Gone(DomainError):
     """A training job this backend no longer knows."""
 
 
+class Conflict(DomainError):
+    """The request contradicts what the backend keeps (an annotation id that another project's annotation has)."""
+
+
 class LabelStudioFailed(DomainError):
     """Label Studio's API answered with an error, or not at all."""
 
@@ -86,6 +90,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     NotFound: 404,
     UnknownVersion: 404,
     RegistryError: 400,
+    Conflict: 409,
     Gone: 410,
     ImageTooBig: 413,
     ImageTooLarge: 413,

@@ -59,7 +59,7 @@ class AnnotationIngest:
 
     def keep(self, annotation: AnnotationInput) -> dict:
         if annotation.cancelled:
-            self.delete([annotation.annotation_id])
+            self.delete([annotation.annotation_id], annotation.project)
             return {"status": "skipped", "reason": "the annotation was cancelled"}
         work = PendingWork(annotation.annotation_id, annotation.version, annotation.project, annotation.task_id,
                            annotation.image, annotation.task_data) if annotation.regions else None
@@ -140,7 +140,15 @@ class AnnotationIngest:
     def work_status(self) -> dict:
         return {**self.store.work_counts(MAX_ATTEMPTS), "max_attempts": MAX_ATTEMPTS}
 
-    def delete(self, annotation_ids: list[int]) -> int:
+    def delete(self, annotation_ids: list[int], project: str = "") -> int:
+        """Forget the annotations (of this project, when it is given: the ids another project's annotations have
+        are left, and logged)."""
+        if project:
+            others = self.store.of_other_projects(annotation_ids, project)
+            if others:
+                log.warning("project %s: annotations %s are kept for another project; not deleted", project,
+                            sorted(others))
+            annotation_ids = [each for each in annotation_ids if each not in others]
         # In this order: a trajectory write under way either sees the annotation gone or is undone here
         # (TrajectoryStore.replace_annotation).
         removed = self.store.delete(annotation_ids)

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from model.flywheel.registry import BASE_VERSION, RegistryError
+from model.flywheel.scopes import is_project_id
 
 from .container import Backend
 
@@ -87,7 +88,7 @@ def _project(backend: Backend, project: str) -> ProjectFigures:
         trajectories=backend.trajectories.daily_counts(project),
         labels=backend.quality_labels.daily_counts(project),
         preannotation=progress if progress["total"] else None, scope=scope, policy_versions=versions,
-        scorer_versions=backend.scorers.scorer_versions(project) if project.isdigit() else None,
+        scorer_versions=backend.scorers.scorer_versions(project) if is_project_id(project) else None,
         qualities=scored, unscored=len(qualities) - len(scored), worst=worst)
 
 

@@ -10,7 +10,8 @@ import logging
 import threading
 import time
 
-from model.flywheel.registry import BASE_VERSION, Busy, UnknownVersion, scope_for
+from model.flywheel.registry import BASE_VERSION, Busy, UnknownVersion
+from model.flywheel.scopes import is_project_id, scope_for
 from model.flywheel.stores import scorer_registry
 from model.quality import project_scorer
 from model.quality.project_scorer import FEATURES_VERSION, TooFewLabels
@@ -41,7 +42,7 @@ class ProjectScorers:
 
     def scorer_for(self, project: str) -> OfflineScorer | None:
         """The project's active scorer; None for the shipped one (v0, or a version this code cannot serve)."""
-        if not str(project).isdigit():
+        if not is_project_id(project):
             return None
         scope = scope_for(project)
         version = self.registry.active(scope)
@@ -70,7 +71,7 @@ class ProjectScorers:
     def after_new_labels(self, project: str) -> dict | None:
         """Every SEGAGENT_SCORER_REFIT_EVERY labels of the project since its last refit, a refit."""
         every = self.settings.scorer_refit_every
-        if every <= 0:
+        if every <= 0 or not is_project_id(project):
             return None
         fresh = self.labels.count_after(project, self._fitted_through(scope_for(project)))
         if fresh < every:
@@ -139,7 +140,7 @@ class ProjectScorers:
     def versions_by_project(self, project: str) -> dict[str, list[dict]]:
         """/versions' scorers: of one project, or of every project with labels or scorer versions."""
         return {name: self.scorer_versions(name) for name in ([project] if project else self.projects())
-                if str(name).isdigit()}
+                if is_project_id(name)}
 
     def projects(self) -> list[str]:
         scoped = [s.split("-", 1)[1] for s in self.registry.scopes() if s.startswith("project-")]
@@ -150,7 +151,7 @@ class ProjectScorers:
         projects = [project] if project else self.projects()
         answer = {}
         for name in projects:
-            if not str(name).isdigit():
+            if not is_project_id(name):
                 continue
             scope = scope_for(name)
             active = self.registry.active(scope)

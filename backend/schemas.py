@@ -9,12 +9,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, Strict, TypeAdapter, ValidationError
 
+from model.flywheel.scopes import PROJECT_DIGITS, is_project_id
+
 from .errors import InvalidRequest
 from .labelstudio.results import Result
 
 MAX_ID = 2**63 - 1  # Label Studio's ids are 64-bit integers
 Id = Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]
 Text = Annotated[str, Field(max_length=1_000_000)]
+Timestamp = Annotated[str, Field(max_length=64)]  # Label Studio's ISO 8601 times take about 30
 
 
 def _project_id(value: Any) -> str:
@@ -26,8 +29,8 @@ def _project_id(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError("a project is a number, \"id.timestamp\" or an object with an id")
     text = str(value).split(".")[0]
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
-        raise ValueError(f"{str(value)[:40]!r} is not a project id")
+    if not is_project_id(text):
+        raise ValueError(f"{str(value)[:40]!r} is not a project id (a number of up to {PROJECT_DIGITS} digits)")
     return str(int(text))
 
 
@@ -112,8 +115,8 @@ def _project_ref(value: Any) -> Any:
 class AnnotationBody(Body):
     id: Id
     result: list[Result] | None = None
-    updated_at: str | None = None
-    created_at: str | None = None
+    updated_at: Timestamp | None = None
+    created_at: Timestamp | None = None
     was_cancelled: bool = False
 
 

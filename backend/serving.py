@@ -9,8 +9,9 @@ import threading
 from dataclasses import dataclass
 
 from model.agent.loop import Agent
-from model.flywheel.registry import BASE_VERSION, Registry, RegistryError, scope_for
+from model.flywheel.registry import BASE_VERSION, Registry, RegistryError
 from model.flywheel.remote_training import untrainable_reason
+from model.flywheel.scopes import scope_for
 from model.flywheel.versions import version_policy
 from model.policies import PolicyError
 from model.settings import Settings

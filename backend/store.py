@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from model.core.database import Database
 from model.core.masks import rle_decode, rle_encode
 
-from .errors import StorageFull, out_of_space
+from .errors import Conflict, StorageFull, out_of_space
 
 MIGRATIONS = Path(__file__).with_name("migrations") / "annotations"
 
@@ -62,8 +62,12 @@ class AnnotationStore:
                  json.dumps(rle_encode(mask)), now, region_id)
                 for index, (label, prompt, source, mask, region_id) in enumerate(regions)]
         with self._storing("annotation", annotation_id), self._db.transaction() as db:
-            row = db.execute("SELECT updated_at FROM annotation_regions WHERE annotation_id = ? LIMIT 1",
+            row = db.execute("SELECT updated_at, project FROM annotation_regions WHERE annotation_id = ? LIMIT 1",
                              (annotation_id,)).fetchone()
+            if row is not None and row[1] != project:
+                raise Conflict(f"annotation {annotation_id} is kept for project {row[1] or '(none)'}, not "
+                               f"{project or '(none)'}: one backend serves one Label Studio, whose annotation ids "
+                               "are unique")
             if row is not None and not is_newer(updated_at, row[0]):
                 return False
             db.execute("DELETE FROM annotation_regions WHERE annotation_id = ?", (annotation_id,))
@@ -76,6 +80,15 @@ class AnnotationStore:
                            "queued) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (annotation_id, updated_at, project, task_id, work.image, json.dumps(work.task_data), now))
             return True
+
+    def of_other_projects(self, annotation_ids: list[int], project: str) -> set[int]:
+        """Those of the annotations that are kept for another project than this one."""
+        if not annotation_ids:
+            return set()
+        marks = ", ".join("?" * len(annotation_ids))
+        return {row[0] for row in self._db.fetchall(
+            f"SELECT DISTINCT annotation_id FROM annotation_regions WHERE annotation_id IN ({marks}) AND project <> ?",
+            [*annotation_ids, project])}
 
     def delete(self, annotation_ids: list[int]) -> int:
         with self._storing("annotation", annotation_ids), self._db.transaction() as db:

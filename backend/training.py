@@ -8,7 +8,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from model.flywheel.registry import BASE_VERSION, JobRecord, JobState, Registry, project_of
+from model.flywheel.registry import BASE_VERSION, JobRecord, JobState, Registry
+from model.flywheel.scopes import is_project_id, project_of
 from model.flywheel.trajectories import TrajectoryStore
 from model.settings import Settings
 
@@ -53,7 +54,7 @@ class Training:
         reason = self.server.trainable
         if reason:
             refitted = self.refit_scorer(project, "Start training without a policy") \
-                if self.refit_scorer is not None and str(project).isdigit() else None
+                if self.refit_scorer is not None and is_project_id(project) else None
             if refitted is not None:
                 return {"status": "scorer refitted", "scorer": refitted, "reason": f"training is off: {reason}"}
             self.last_skipped = {"state": "skipped", "reason": reason, "at": time.time()}

@@ -7,7 +7,7 @@ import threading
 
 from model.settings import Settings
 
-from .errors import InvalidRequest
+from .errors import Conflict, InvalidRequest
 from .ingest import AnnotationIngest
 from .labelstudio.parsing import annotation_input
 from .metrics import Metrics
@@ -48,10 +48,12 @@ class Webhooks:
         if action in ANNOTATION_EVENTS:
             if body.annotation is None or body.task is None:
                 raise InvalidRequest("an annotation event needs 'annotation' and 'task' objects")
+            if not body.project.id:  # Label Studio always says: without one, the page would show "project "
+                raise InvalidRequest("an annotation event needs its project ('project': {'id': ...})")
             return self.keep(body.project.id, body.project.label_config, body.task, body.annotation)
         if action in DELETE_EVENTS:
             ids = [ref.id for ref in body.annotations or []] + ([body.annotation.id] if body.annotation else [])
-            return {"status": "ok", "deleted_regions": self.ingest.delete(ids)}
+            return {"status": "ok", "deleted_regions": self.ingest.delete(ids, body.project.id)}
         if action in TRAINING_EVENTS:
             return self.training.start(body.project.id, "request", "requested by Label Studio")
         if action in IMPORT_EVENTS:
@@ -80,7 +82,7 @@ class Webhooks:
                     if isinstance(annotation, Unreadable):
                         raise InvalidRequest(annotation.problem)
                     kept += self.keep(project, label_config, task, annotation)["status"] == "ok"
-                except InvalidRequest as exc:
+                except (InvalidRequest, Conflict) as exc:
                     log.warning("training request: an annotation of task %s not kept: %s", task.id, exc.message[:200])
         log.info("training request: %d annotations not seen before are kept", kept)
         return kept

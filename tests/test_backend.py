@@ -257,6 +257,26 @@ def test_webhook_keeps_replays_updates_and_deletes(app, client):
     assert client.get("/status").json["webhook_events"]["ANNOTATION_CREATED"] == 3
 
 
+def test_an_annotation_id_another_project_has_is_refused_and_its_deletion_leaves_it(app, client):
+    """Two Label Studio instances (per-project /setup hosts) number annotations alike: the second one's annotation
+    51 gets a 409, never erases the first one's, and its deletion deletes nothing of project 3."""
+    mask = np.zeros((24, 32), bool)
+    mask[5:15, 8:20] = True
+    assert client.post("/webhook", json=brush_annotation(mask, annotation_id=51)).json["status"] == "ok"
+    other = brush_annotation(np.roll(mask, 3, axis=1), annotation_id=51, updated="2026-01-02T00:00:00Z")
+    other["project"]["id"] = 5
+    refused = client.post("/webhook", json=other)
+    assert refused.status_code == 409 and "project 3, not 5" in refused.json["error"]
+    deleted = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 5},
+                                            "annotations": [{"id": 51}]})
+    assert deleted.json["deleted_regions"] == 0
+    assert (app.backend.annotations.regions(51)[0]["mask"] == mask).all()
+    later = brush_annotation(mask, annotation_id=51, updated="2026-01-01T10:00:00Z")
+    assert client.post("/webhook", json=later).json["status"] == "ok"  # project 3's own update still lands
+    assert client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 3},
+                                         "annotations": [{"id": 51}]}).json["deleted_regions"] == 1
+
+
 def test_webhook_bad_input(client):
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}}).json["status"] == "ignored"
     imported = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": [{"id": 5}]})

@@ -23,7 +23,8 @@ from model.core.masks import iou
 from model.flywheel.finetune import split_by_task
 from model.flywheel.gate import decide
 from model.flywheel.job import JobSpec, run_job
-from model.flywheel.registry import JobState, Registry, RegistryError, scope_for
+from model.flywheel.registry import JobState, Registry, RegistryError
+from model.flywheel.scopes import scope_for
 from model.flywheel.sources import simulated
 from model.flywheel.trajectories import TrajectoryStore, TrajectorySummary
 from model.settings import Settings

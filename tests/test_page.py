@@ -6,9 +6,11 @@ import base64
 import re
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 
 from backend import page
+from backend.quality_labels import Label
 from model.settings import Settings
 from tests import page_seed
 from tests.apps import App
@@ -211,3 +213,16 @@ def test_a_shared_policy_scope_is_said_so(tmp_path):
     policy = re.search(r'data-card="policy".*?</article>', html).group(0)
     assert "Policy versions (shared by every project)" in policy and "No version trained yet" in policy
     assert '<b data-value="active-policy">v0</b> (scope shared)' in html
+
+
+def test_a_project_id_kept_before_ids_were_capped_does_not_break_the_page(tmp_path):
+    """Project ids of 13-18 digits were accepted once; no registry scope names them. A folder holding one still
+    serves the page, /status and /versions (that project without scorer versions)."""
+    app = seeded(tmp_path)
+    long_id, mask = str(10**12), np.ones((4, 4), bool)
+    app.backend.annotations.replace(long_id, 1, 900, "v", [("Cat", None, "human", mask, None)])
+    app.backend.quality_labels.replace_annotation(long_id, 1, 900, "v", [
+        Label("prediction", "p", "Cat", "segagent-v1", 0.5, np.zeros(4))])
+    html = app.client.get("/", headers=BROWSER).get_data(as_text=True)
+    assert f'data-project="{long_id}"' in html and f'data-project="{PROJECT}"' in html
+    assert app.client.get("/status").status_code == 200 and app.client.get("/versions").status_code == 200

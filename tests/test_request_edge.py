@@ -64,6 +64,7 @@ def test_a_polygon_on_an_image_over_the_pixel_limit_is_400(client):
     ({"tasks": [{"id": 2**70, "data": {}}]}, "tasks.0.id"),
     ({"tasks": [], "project": "²"}, "project"),
     ({"tasks": [], "project": "1" * 30}, "project"),
+    ({"tasks": [], "project": 10**12}, "project"),  # 13 digits: no registry scope could name it
 ])
 def test_wrong_types_in_predict_are_400(client, body, where):
     response = client.post("/predict", json={"label_config": CONFIG, **body})
@@ -76,15 +77,27 @@ def test_wrong_types_in_predict_are_400(client, body, where):
     {"action": "ANNOTATIONS_DELETED", "annotations": 5},
     {"action": "ANNOTATIONS_DELETED", "annotations": [2**70]},
     {"action": "X" * 10_000},
+    {"action": "ANNOTATION_UPDATED", "project": {"id": 1}, "annotation": {"id": 1, "result": [],
+                                                                    "updated_at": "2" * 100_000},
+     "task": {"id": 1, "data": {}}},
+    {"action": "ANNOTATION_CREATED", "project": {"id": None}, "annotation": {"id": 1, "result": []},
+     "task": {"id": 1, "data": {}}},
+    {"action": "ANNOTATION_CREATED", "project": {"id": 10**12}, "annotation": {"id": 1, "result": []},
+     "task": {"id": 1, "data": {}}},
 ])
 def test_wrong_types_in_webhooks_are_400(client, body):
     assert client.post("/webhook", json=body).status_code == 400
 
 
 @pytest.mark.parametrize("path", ["/status?project=²", f"/status?project={'1' * 30}", "/versions?project=abc",
-                                  "/quality?project=3&limit=x"])
+                                  "/quality?project=3&limit=x", f"/versions?project={10**12}"])
 def test_wrong_query_parameters_are_400(client, path):
     assert client.get(path).status_code == 400
+
+
+def test_the_longest_project_id_is_served(client):
+    for path in ("/status", "/versions", "/quality"):
+        assert client.get(f"{path}?project={10**12 - 1}").status_code == 200, path
 
 
 def test_rollback_checks_its_body(client, tmp_path):

@@ -32,7 +32,8 @@ from model.core.clicks import Click
 from model.core.datasets import Dataset, Sample
 from model.core.masks import iou
 from model.flywheel.job import JobSpec, run_job
-from model.flywheel.registry import BASE_VERSION, JobRecord, JobState, scope_for
+from model.flywheel.registry import BASE_VERSION, JobRecord, JobState
+from model.flywheel.scopes import scope_for
 from model.flywheel.sources import simulated
 from model.flywheel.stores import policy_registry, trajectory_store
 from model.flywheel.trajectories import TrajectoryStore

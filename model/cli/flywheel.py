@@ -119,7 +119,7 @@ def _add_bench_flywheel(commands: argparse._SubParsersAction, settings: Settings
 
 
 def _scope(args: argparse.Namespace) -> str:
-    from model.flywheel.registry import scope_for
+    from model.flywheel.scopes import scope_for
 
     if not args.shared and not args.project:
         raise SystemExit("give --project ID (a Label Studio project) or --shared")
@@ -140,7 +140,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from model.flywheel.registry import scope_for
+    from model.flywheel.scopes import scope_for
     from model.flywheel.sources import simulated
     from model.flywheel.stores import trajectory_store
 

@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
 
 from model.flywheel.finetune import TrainConfig, TurnReader, split_by_task, train_lora
 from model.flywheel.gate import GateConfig, decide, measure
-from model.flywheel.registry import BASE_VERSION, Busy, JobRecord, JobState, Registry, project_of, this_host
+from model.flywheel.registry import BASE_VERSION, Busy, JobRecord, JobState, Registry, this_host
 from model.flywheel.remote_training import is_remote_qwen, train_remote, untrainable_reason
+from model.flywheel.scopes import project_of
 from model.flywheel.stores import policy_registry, trajectory_store
 from model.flywheel.versions import version_policy
 from model.policies.base import Policy

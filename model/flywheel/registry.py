@@ -35,22 +35,18 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from model.core.database import Database, Transaction
 from model.core.exclusive import Held, exclusive
 from model.flywheel.registry_legacy import LegacyScope, has_legacy_files, read_legacy
+from model.flywheel.scopes import SCOPE_PATTERN, RegistryError
 
 BASE_VERSION = "v0"
-SHARED_SCOPE = "shared"
 MIGRATIONS = Path(__file__).with_name("registry_migrations")
-_SCOPE = re.compile(r"^(shared|project-\d{1,12})$")
+_SCOPE = re.compile(rf"^{SCOPE_PATTERN}$")
 _VERSION = re.compile(r"^v\d{1,6}$")
-_JOB = re.compile(r"^(shared|project-\d{1,12})_\d+_[0-9a-f]{6}$")  # also a valid RQ job id
+_JOB = re.compile(rf"^{SCOPE_PATTERN}_\d+_[0-9a-f]{{6}}$")  # also a valid RQ job id
 _HAS_ROWS = " UNION ALL ".join(f"SELECT 1 FROM registry_{table} WHERE kind = ?"
                                for table in ("versions", "active", "history", "jobs"))
 _SCOPES = " UNION ".join(f"SELECT scope FROM registry_{table} WHERE kind = ?"
                          for table in ("versions", "active", "history", "jobs"))
 log = logging.getLogger(__name__)
-
-
-class RegistryError(ValueError):
-    """A scope, version or job that does not exist or is not well-formed."""
 
 
 class UnknownVersion(RegistryError):
@@ -110,19 +106,6 @@ class JobRecord(BaseModel):
 
     def to_json(self) -> dict:
         return self.model_dump(mode="json", exclude_none=True)
-
-
-def scope_for(project: str, shared: bool = False) -> str:
-    if shared:
-        return SHARED_SCOPE
-    if not str(project).isdigit():
-        raise RegistryError(f"a project id is a number, not {project!r}")
-    return f"project-{int(project)}"
-
-
-def project_of(scope: str) -> str | None:
-    """The Label Studio project of a scope; None for the shared scope."""
-    return None if scope == SHARED_SCOPE else scope.split("-", 1)[1]
 
 
 class Registry:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 
-_VERSIONED = re.compile(r"(?P<base>[^@/\s]{1,100})@(?P<scope>shared|project-\d{1,12})/(?P<version>v\d{1,6})")
+from model.flywheel.scopes import SCOPE_PATTERN
+
+_VERSIONED = re.compile(rf"(?P<base>[^@/\s]{{1,100}})@(?P<scope>{SCOPE_PATTERN})/(?P<version>v\d{{1,6}})")
 
 
 def versioned_model(base: str, scope: str, version: str) -> str:
