@@ -83,12 +83,13 @@ class AnnotationStore:
 
     def of_other_projects(self, annotation_ids: list[int], project: str) -> set[int]:
         """Those of the annotations that are kept for another project than this one."""
-        if not annotation_ids:
-            return set()
-        marks = ", ".join("?" * len(annotation_ids))
-        return {row[0] for row in self._db.fetchall(
-            f"SELECT DISTINCT annotation_id FROM annotation_regions WHERE annotation_id IN ({marks}) AND project <> ?",
-            [*annotation_ids, project])}
+        found: set[int] = set()
+        for start in range(0, len(annotation_ids), 500):  # SQLite binds 32,766 values at most
+            chunk = annotation_ids[start:start + 500]
+            found |= {row[0] for row in self._db.fetchall(
+                f"SELECT DISTINCT annotation_id FROM annotation_regions WHERE annotation_id IN "
+                f"({', '.join('?' * len(chunk))}) AND project <> ?", [*chunk, project])}
+        return found
 
     def delete(self, annotation_ids: list[int]) -> int:
         with self._storing("annotation", annotation_ids), self._db.transaction() as db:

@@ -267,8 +267,8 @@ def test_an_annotation_id_another_project_has_is_refused_and_its_deletion_leaves
     other["project"]["id"] = 5
     refused = client.post("/webhook", json=other)
     assert refused.status_code == 409 and "project 3, not 5" in refused.json["error"]
-    deleted = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 5},
-                                            "annotations": [{"id": 51}]})
+    deleted = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 5},  # a bulk delete
+                                            "annotations": [{"id": n} for n in range(40_000)]})
     assert deleted.json["deleted_regions"] == 0
     assert (app.backend.annotations.regions(51)[0]["mask"] == mask).all()
     later = brush_annotation(mask, annotation_id=51, updated="2026-01-01T10:00:00Z")
