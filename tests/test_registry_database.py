@@ -70,6 +70,37 @@ def test_versions_the_active_one_its_history_and_jobs(tmp_path, database_url):
     assert registry.scopes() == ["project-1", "shared"]
 
 
+def test_a_version_is_promoted_only_over_the_version_it_was_gated_against(tmp_path, database_url):
+    """register(promote_over=...) activates in its own transaction, and only if what the candidate was gated
+    against is still active: a rollback that came meanwhile wins, and the candidate is recorded as rejected."""
+    registry = _registry(tmp_path, database_url)
+
+    def candidate(over: str) -> dict:
+        with registry.lock("project-1"):
+            name, _ = registry.allocate("project-1")
+            return registry.register("project-1", name, {"parent": over, "status": "promoted", "reason": "better"},
+                                     promote_over=over, why="passed the gate")
+
+    assert candidate("v0")["status"] == "promoted" and registry.active("project-1") == "v1"  # a first activation
+    assert candidate("v1")["status"] == "promoted" and registry.active("project-1") == "v2"
+    assert registry.history("project-1")[-1] | {"at": 0} == {"version": "v2", "previous": "v1",
+                                                              "reason": "passed the gate", "at": 0}
+    registry.rollback("project-1", "v0")
+    late = candidate("v2")  # gated against v2, which a rollback replaced while it was made
+    assert late["status"] == "rejected" and late["reason"] == "v0 became active while v3 was made"
+    assert registry.active("project-1") == "v0" and registry.version("project-1", "v3")["status"] == "rejected"
+    assert [entry["version"] for entry in registry.history("project-1")] == ["v1", "v2", "v0"]
+
+
+@pytest.mark.parametrize("name", ["v01", "v00", "v0001"])
+def test_a_version_has_one_spelling(tmp_path, database_url, name):
+    registry = _registry(tmp_path, database_url)
+    _train_a_version(registry, "project-1")
+    with pytest.raises(RegistryError):
+        registry.rollback("project-1", name)
+    assert registry.active("project-1") == "v1"
+
+
 def test_kinds_share_a_database_and_see_only_their_own_rows(tmp_path, database_url):
     policies, scorers = _registry(tmp_path, database_url), _registry(tmp_path, database_url, kind="scorers")
     _train_a_version(policies, "project-2")

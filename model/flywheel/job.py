@@ -158,12 +158,8 @@ def _train_gate_register(spec, registry, job_id, store, train, held_out, data, p
         "status": "promoted" if promoted else "rejected", "reason": reason, "job": job_id, "data": data,
         "training": {**training, "config": asdict(spec.train)},
         "gate": {"candidate": candidate_metrics, "active": active_metrics, "tolerance": spec.gate.tolerance,
-                 "tool": settings.tool}})
-    if promoted and registry.active(scope) != parent:  # rolled back (or on) while this job trained
-        promoted, reason = False, f"the active version became {registry.active(scope)} while {name} trained from {parent}"
-        meta = registry.register(scope, name, {**meta, "status": "rejected", "reason": reason})
-    if promoted:
-        registry.activate(scope, name, f"job {job_id}: {reason}")
+                 "tool": settings.tool}}, promote_over=parent, why=f"job {job_id}: {reason}")
+    reason = meta["reason"]  # rejected after all when a rollback (or another promotion) came while this job trained
     return registry.write_job(job_id, state=JobState(meta["status"]), stage="done", version=name, reason=reason,
                               finished=time.time(),
                               seconds=round(time.time() - started, 1), gate=meta["gate"])

@@ -34,14 +34,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from model.core.database import Database, Transaction
 from model.core.exclusive import Held, exclusive
-from model.flywheel.registry_legacy import LegacyScope, has_legacy_files, read_legacy
-from model.flywheel.scopes import SCOPE_PATTERN, RegistryError
+from model.flywheel.registry_legacy import has_legacy_files, insert_scope, read_legacy
+from model.flywheel.scopes import JOB, SCOPE_PATTERN, VERSION, RegistryError, job_scope
 
 BASE_VERSION = "v0"
 MIGRATIONS = Path(__file__).with_name("registry_migrations")
 _SCOPE = re.compile(rf"^{SCOPE_PATTERN}$")
-_VERSION = re.compile(r"^v\d{1,6}$")
-_JOB = re.compile(rf"^{SCOPE_PATTERN}_\d+_[0-9a-f]{{6}}$")  # also a valid RQ job id
 _HAS_ROWS = " UNION ALL ".join(f"SELECT 1 FROM registry_{table} WHERE kind = ?"
                                for table in ("versions", "active", "history", "jobs"))
 _SCOPES = " UNION ".join(f"SELECT scope FROM registry_{table} WHERE kind = ?"
@@ -131,7 +129,7 @@ class Registry:
 
     # ------------------------------------------------------------ versions
     def version_dir(self, scope: str, name: str) -> Path:
-        if not _VERSION.match(name or "") or name == BASE_VERSION:
+        if not VERSION.match(name or "") or name == BASE_VERSION:
             raise RegistryError(f"{name!r} is not a trained version (v1, v2, ...)")
         return self.scope_dir(scope) / "versions" / name
 
@@ -170,15 +168,43 @@ class Registry:
             folder.mkdir(parents=True)
         return folder.name, folder
 
-    def register(self, scope: str, name: str, meta: dict) -> dict:
-        """Record the version's metadata (again, when it changes), its files written: from now on it exists."""
+    def register(self, scope: str, name: str, meta: dict, promote_over: str | None = None, why: str = "") -> dict:
+        """Record the version's metadata (again, when it changes), its files written: from now on it exists. With
+        `promote_over` (the version it was gated against), one whose status is "promoted" is activated in the same
+        transaction, if `promote_over` is still active; else it is recorded as rejected (a rollback, or another
+        promotion, came while it was made)."""
         self.version_dir(scope, name)
         meta = {**meta, "name": name, "scope": scope}
+        promote = promote_over is not None and meta.get("status") == "promoted"
         with self.db.transaction() as tx:
-            tx.execute("INSERT INTO registry_versions (kind, scope, version, meta, created) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT (kind, scope, version) DO UPDATE SET meta = excluded.meta",
-                       (self.kind, scope, int(name[1:]), json.dumps(meta, sort_keys=True), time.time()))
+            self._write_meta(tx, scope, name, meta)
+            if promote and not self._activate_if(tx, scope, name, promote_over or BASE_VERSION, why):
+                current = tx.execute("SELECT version FROM registry_active WHERE kind = ? AND scope = ?",
+                                     (self.kind, scope)).scalar_one()
+                meta = {**meta, "status": "rejected", "reason": f"{current} became active while {name} was made"}
+                self._write_meta(tx, scope, name, meta)
         return meta
+
+    def _write_meta(self, tx: Transaction, scope: str, name: str, meta: dict) -> None:
+        tx.execute("INSERT INTO registry_versions (kind, scope, version, meta, created) VALUES (?, ?, ?, ?, ?) "
+                   "ON CONFLICT (kind, scope, version) DO UPDATE SET meta = excluded.meta",
+                   (self.kind, scope, int(name[1:]), json.dumps(meta, sort_keys=True), time.time()))
+
+    def _activate_if(self, tx: Transaction, scope: str, name: str, expected: str, reason: str) -> bool:
+        """Activate `name` if `expected` is the active version, in one statement (so that a concurrent activation
+        on PostgreSQL is waited for and seen); whether it was."""
+        tx.execute("INSERT INTO registry_active (kind, scope, version) VALUES (?, ?, ?) ON CONFLICT (kind, scope) "
+                   "DO NOTHING", (self.kind, scope, BASE_VERSION))  # a scope never activated serves the base
+        swapped = tx.execute("UPDATE registry_active SET version = ? WHERE kind = ? AND scope = ? AND version = ?",
+                             (name, self.kind, scope, expected)).rowcount
+        if swapped:
+            self._record(tx, scope, name, expected, reason)
+        return bool(swapped)
+
+    def _record(self, tx: Transaction, scope: str, name: str, previous: str, reason: str) -> None:
+        entry = {"version": name, "previous": previous, "reason": reason, "at": time.time()}
+        tx.execute("INSERT INTO registry_history (kind, scope, entry) VALUES (?, ?, ?)", (self.kind, scope,
+                                                                                          json.dumps(entry)))
 
     def adapter_path(self, scope: str, name: str) -> Path:
         return self.version_dir(scope, name) / "adapter"
@@ -200,11 +226,9 @@ class Registry:
                 raise UnknownVersion(f"{scope} has no version {name}")
             row = tx.execute("SELECT version FROM registry_active WHERE kind = ? AND scope = ?",
                              (self.kind, scope)).fetchone()
-            entry = {"version": name, "previous": row[0] if row else BASE_VERSION, "reason": reason, "at": time.time()}
             tx.execute("INSERT INTO registry_active (kind, scope, version) VALUES (?, ?, ?) "
                        "ON CONFLICT (kind, scope) DO UPDATE SET version = excluded.version", (self.kind, scope, name))
-            tx.execute("INSERT INTO registry_history (kind, scope, entry) VALUES (?, ?, ?)",
-                       (self.kind, scope, json.dumps(entry)))
+            self._record(tx, scope, name, row[0] if row else BASE_VERSION, reason)
 
     def rollback(self, scope: str, to: str | None = None) -> str:
         """Serve `to` (any registered version, or v0: the base) again; by default the active version's parent."""
@@ -233,7 +257,7 @@ class Registry:
     def job_path(self, job_id: str) -> Path:
         """Where the job's files go (its log, its spec) are named after: <root>/<scope>/jobs/<job id>.json; the
         record itself is a row."""
-        if not _JOB.match(job_id or ""):
+        if not JOB.match(job_id or ""):
             raise RegistryError(f"{job_id!r} is not a training job id")
         return self.scope_dir(job_scope(job_id)) / "jobs" / f"{job_id}.json"
 
@@ -345,25 +369,8 @@ class Registry:
                 return  # another process imported it meanwhile
             scopes = [state for state in read_legacy(self.root) if _SCOPE.match(state.scope)]
             for state in scopes:
-                self._import_scope(tx, state)
+                insert_scope(tx, self.kind, state)
         log.info("%s: imported %d scopes of the %s registry into its database", self.root, len(scopes), self.kind)
-
-    def _import_scope(self, tx: Transaction, state: LegacyScope) -> None:
-        kind, scope = self.kind, state.scope
-        tx.executemany("INSERT INTO registry_versions (kind, scope, version, meta, created) VALUES (?, ?, ?, ?, ?)",
-                       [(kind, scope, int(name[1:]), json.dumps(meta, sort_keys=True), _seconds(meta.get("created")))
-                        for name, meta in state.versions.items() if _VERSION.match(name) and name != BASE_VERSION])
-        if state.active and _VERSION.match(state.active):
-            tx.execute("INSERT INTO registry_active (kind, scope, version) VALUES (?, ?, ?)", (kind, scope, state.active))
-        tx.executemany("INSERT INTO registry_history (kind, scope, entry) VALUES (?, ?, ?)",
-                       [(kind, scope, json.dumps(entry)) for entry in state.history])
-        tx.executemany("INSERT INTO registry_jobs (kind, job_id, scope, record, updated) VALUES (?, ?, ?, ?, ?)",
-                       [(kind, job_id, scope, json.dumps(record, sort_keys=True), _seconds(record.get("updated")))
-                        for job_id, record in state.jobs.items() if _JOB.match(job_id) and job_scope(job_id) == scope])
-
-
-def _seconds(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _job_from(record: str, job_id: str) -> JobRecord | None:
@@ -372,10 +379,6 @@ def _job_from(record: str, job_id: str) -> JobRecord | None:
     except ValidationError as exc:
         log.warning("the record of job %s is not a job record; left out: %s", job_id, exc)
         return None
-
-
-def job_scope(job_id: str) -> str:
-    return job_id.rsplit("_", 2)[0]
 
 
 def this_host() -> str:

@@ -12,6 +12,10 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from model.core.database import Transaction
+from model.flywheel.scopes import JOB, VERSION, job_scope
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +84,22 @@ def _parse(text: str, path: Path) -> dict | None:
         log.warning("%s: not JSON; not imported into the registry's database", path)
         return None
     return data if isinstance(data, dict) else None
+
+
+def insert_scope(tx: Transaction, kind: str, state: LegacyScope) -> None:
+    """A scope's legacy state as the registry's rows (well-formed names only)."""
+    scope = state.scope
+    tx.executemany("INSERT INTO registry_versions (kind, scope, version, meta, created) VALUES (?, ?, ?, ?, ?)",
+                   [(kind, scope, int(name[1:]), json.dumps(meta, sort_keys=True), _seconds(meta.get("created")))
+                    for name, meta in state.versions.items() if VERSION.match(name) and name != "v0"])
+    if state.active and VERSION.match(state.active):
+        tx.execute("INSERT INTO registry_active (kind, scope, version) VALUES (?, ?, ?)", (kind, scope, state.active))
+    tx.executemany("INSERT INTO registry_history (kind, scope, entry) VALUES (?, ?, ?)",
+                   [(kind, scope, json.dumps(entry)) for entry in state.history])
+    tx.executemany("INSERT INTO registry_jobs (kind, job_id, scope, record, updated) VALUES (?, ?, ?, ?, ?)",
+                   [(kind, job_id, scope, json.dumps(record, sort_keys=True), _seconds(record.get("updated")))
+                    for job_id, record in state.jobs.items() if JOB.match(job_id) and job_scope(job_id) == scope])
+
+
+def _seconds(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0

@@ -1,9 +1,13 @@
-"""How the registries name a scope: a Label Studio project ("project-3") or "shared"."""
+"""How the registries name a scope (a Label Studio project, "project-3", or "shared"), a version and a job."""
 from __future__ import annotations
+
+import re
 
 SHARED_SCOPE = "shared"
 PROJECT_DIGITS = 12  # Label Studio numbers projects with a 32-bit serial: 10 digits at most
 SCOPE_PATTERN = rf"(shared|project-\d{{1,{PROJECT_DIGITS}}})"
+VERSION = re.compile(r"^v(0|[1-9]\d{0,5})$")  # one spelling a version: "v01" would name v1 and be shown apart
+JOB = re.compile(rf"^{SCOPE_PATTERN}_\d+_[0-9a-f]{{6}}$")  # also a valid RQ job id
 
 
 class RegistryError(ValueError):
@@ -27,3 +31,7 @@ def scope_for(project: str, shared: bool = False) -> str:
 def project_of(scope: str) -> str | None:
     """The Label Studio project of a scope; None for the shared scope."""
     return None if scope == SHARED_SCOPE else scope.split("-", 1)[1]
+
+
+def job_scope(job_id: str) -> str:
+    return job_id.rsplit("_", 2)[0]
