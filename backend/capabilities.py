@@ -118,10 +118,14 @@ class Capabilities:
         if not self.scorer.on:
             return fallback
         try:
-            return float(self._scorer(project)(image, mask, description))
+            score = float(self._scorer(project)(image, mask, description))
         except (PolicyError, ValueError) as exc:
             log.warning("quality scorer failed, using the tool's score: %s", exc)
             return fallback
+        if not 0.0 <= score <= 1.0:  # NaN too: a score is kept (a NOT NULL column) and written to Label Studio
+            log.warning("quality scorer answered %s, using the tool's score", score)
+            return fallback
+        return score
 
     def _scorer(self, project: str) -> Scorer:
         scorer = self.scorer.get()

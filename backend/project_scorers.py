@@ -31,7 +31,7 @@ class ProjectScorers:
         self.registry = scorer_registry(settings)
         self._prior: QualityModel | None = None
         self._prior_digest = ""
-        self._loaded: dict[tuple[str, str], OfflineScorer | None] = {}
+        self._loaded: dict[tuple[str, str], tuple[OfflineScorer | None, str | None]] = {}  # scorer, or why not
         self._lock = threading.Lock()
 
     def _shipped(self) -> tuple[QualityModel, str]:
@@ -46,20 +46,25 @@ class ProjectScorers:
             return None
         scope = scope_for(project)
         version = self.registry.active(scope)
-        if version == BASE_VERSION:
-            return None
+        return None if version == BASE_VERSION else self._served(scope, version)[0]
+
+    def _served(self, scope: str, version: str) -> tuple[OfflineScorer | None, str | None]:
+        """The version's scorer, or None and why the shipped scorer answers in its place; loaded once."""
         with self._lock:
             if (scope, version) not in self._loaded:
                 self._loaded[(scope, version)] = self._load(scope, version)
             return self._loaded[(scope, version)]
 
-    def _load(self, scope: str, version: str) -> OfflineScorer | None:
+    def _load(self, scope: str, version: str) -> tuple[OfflineScorer | None, str | None]:
         why = self._unservable(self.registry.version(scope, version))
-        if why:
-            log.warning("%s: scorer %s is not served (%s): the shipped scorer is", scope, version, why)
-            return None
-        path = self.registry.version_dir(scope, version) / CORRECTION
-        return OfflineScorer(project_scorer.load(path, self._shipped()[0]))
+        if not why:
+            path = self.registry.version_dir(scope, version) / CORRECTION
+            try:
+                return OfflineScorer(project_scorer.load(path, self._shipped()[0])), None
+            except (OSError, ValueError) as exc:  # a lost or damaged file: roll back, or refit over the shipped one
+                why = f"its {CORRECTION} does not load: {type(exc).__name__}: {str(exc)[:200]}"
+        log.warning("%s: scorer %s is not served (%s): the shipped scorer is", scope, version, why)
+        return None, why
 
     def _unservable(self, meta: dict) -> str | None:
         if meta.get("features_version") != FEATURES_VERSION:
@@ -81,36 +86,33 @@ class ProjectScorers:
     def _fitted_through(self, scope: str) -> int:
         return max((m.get("through", 0) for m in self.registry.versions(scope)), default=0)
 
-    def refit(self, project: str, trigger: str) -> dict | None:
-        """Fit a candidate on the project's labels and promote it if the gate says so; None when the labels are too
-        few for a gate (or another refit of the project is under way)."""
+    def refit(self, project: str, trigger: str) -> dict:
+        """Fit a candidate on the project's labels and promote it if the gate says so: its version, status (promoted
+        or rejected), labels and gate; {"status": "skipped", "reason": ...} when the labels are too few for a gate or
+        another refit of the project is under way."""
         scope = scope_for(project)
         prior, digest = self._shipped()
         features, ious, tasks, through = self.labels.training_set(project)
         try:
             with self.registry.lock(scope):
                 active_name = self.registry.active(scope)
-                active = self.scorer_for(project)
+                active = self.scorer_for(project)  # None when a broken version is active: the shipped one serves
                 try:
                     candidate, gate, promote = project_scorer.refit(
                         prior, features, ious, tasks, active.model if active else None,
                         strength=self.settings.scorer_prior_strength, tolerance=self.settings.scorer_gate_tolerance)
                 except TooFewLabels as exc:
-                    log.info("%s: no scorer refit: %s", scope, exc)
-                    return None
+                    return _skipped(scope, str(exc))
                 name, folder = self.registry.allocate(scope)
                 project_scorer.save(candidate, folder / CORRECTION, digest)
                 meta = self.registry.register(scope, name, {
                     "kind": "scorer", "parent": active_name, "created": time.time(), "trigger": trigger,
                     "labels": len(ious), "through": through, "gate": gate, "features_version": FEATURES_VERSION,
-                    "prior": digest, "status": "promoted" if promote else "rejected",
-                    "strength": self.settings.scorer_prior_strength})
-                if promote:
-                    self.registry.activate(scope, name, gate["reason"])
+                    "prior": digest, "status": "promoted" if promote else "rejected", "reason": gate["reason"],
+                    "strength": self.settings.scorer_prior_strength}, promote_over=active_name, why=gate["reason"])
         except Busy:
-            log.info("%s: a scorer refit is under way already", scope)
-            return None
-        log.info("%s: scorer %s %s: %s", scope, name, meta["status"], gate["reason"])
+            return _skipped(scope, "a refit of the project's scorer is under way already")
+        log.info("%s: scorer %s %s: %s", scope, name, meta["status"], meta["reason"])
         return {"version": name, "status": meta["status"], "labels": len(ious), "gate": gate}
 
     def rollback(self, project: str, version: str | None) -> dict:
@@ -134,7 +136,7 @@ class ProjectScorers:
         for meta in self.registry.versions(scope):
             rows.append({"version": meta["name"], "created_at": meta.get("created"), "labels": meta.get("labels", 0),
                          "gate": meta.get("gate", {}), "active": meta["name"] == active, "status": meta.get("status"),
-                         "trigger": meta.get("trigger"), "unservable": self._unservable(meta)})
+                         "trigger": meta.get("trigger"), "unservable": self._served(scope, meta["name"])[1]})
         return rows
 
     def versions_by_project(self, project: str) -> dict[str, list[dict]]:
@@ -155,10 +157,15 @@ class ProjectScorers:
                 continue
             scope = scope_for(name)
             active = self.registry.active(scope)
-            unservable = self._unservable(self.registry.version(scope, active)) if active != BASE_VERSION else None
+            unservable = self._served(scope, active)[1] if active != BASE_VERSION else None
             answer[name] = {"active_scorer": active, "served": BASE_VERSION if unservable else active,
                             "unservable": unservable, "versions": len(self.registry.versions(scope)),
                             "new_labels": self.labels.count_after(name, self._fitted_through(scope)),
                             **self.labels.counts(name)}
         return {"refit_every": self.settings.scorer_refit_every, "features_version": FEATURES_VERSION,
                 "projects": answer}
+
+
+def _skipped(scope: str, reason: str) -> dict:
+    log.info("%s: no scorer refit: %s", scope, reason)
+    return {"status": "skipped", "reason": reason}

@@ -26,7 +26,7 @@ JOB_STATUS = {JobState.queued: "queued", JobState.running: "started", JobState.f
 
 class Training:
     def __init__(self, settings: Settings, registry: Registry, trajectories: TrajectoryStore, server: VersionServer,
-                 jobs: TrainingJobs, metrics: Metrics, refit_scorer: Callable[[str, str], dict | None] | None = None):
+                 jobs: TrainingJobs, metrics: Metrics, refit_scorer: Callable[[str, str], dict] | None = None):
         self.settings = settings
         self.registry = registry
         self.trajectories = trajectories
@@ -55,8 +55,10 @@ class Training:
         if reason:
             refitted = self.refit_scorer(project, "Start training without a policy") \
                 if self.refit_scorer is not None and is_project_id(project) else None
-            if refitted is not None:
+            if refitted is not None and refitted["status"] != "skipped":
                 return {"status": "scorer refitted", "scorer": refitted, "reason": f"training is off: {reason}"}
+            if refitted is not None:
+                reason = f"{reason}; no scorer refit: {refitted['reason']}"
             self.last_skipped = {"state": "skipped", "reason": reason, "at": time.time()}
             raise CapabilityOff(f"training is off: {reason}")
         if not project and self.settings.policy_scope != "shared":

@@ -106,8 +106,9 @@ def _seed_labels(data_dir: Path, labels: QualityLabels) -> None:
 
 def _seed_scorers(scorers: Registry) -> None:
     for name, (status, candidate, active) in SCORERS.items():
-        allocated, _ = scorers.allocate("project-3")
+        allocated, folder = scorers.allocate("project-3")
         assert allocated == name
+        (folder / "correction.json").write_text('{"scale": 1.0, "shift": 0.0, "weights": []}')  # no correction
         scorers.register("project-3", name, {
             "kind": "scorer", "parent": "v0", "created": time.time(), "labels": 16, "status": status,
             "features_version": FEATURES_VERSION, "prior": prior_digest(),

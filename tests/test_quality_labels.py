@@ -7,6 +7,7 @@ import pytest
 
 from backend.predicted_regions import KEPT_PER_TASK, PredictedRegions
 from model.core.masks import iou
+from model.quality import project_scorer
 from model.quality.scorers import OfflineScorer, quality_features
 from tests.test_backend import _wait_for, brush_annotation, decode, keypoint, make_app, rectangle_around
 from tests.test_project_scorer import domain
@@ -166,7 +167,7 @@ def test_labels_refit_the_project_s_scorer_which_is_gated_versioned_and_rolled_b
 
     backend.scorers.settings = backend.settings.model_copy(update={"scorer_prior_strength": 1e6})
     worse = backend.scorers.refit("3", "test: a candidate held to the shipped scorer")
-    assert worse is not None and worse["status"] == "rejected" and worse["version"] == "v2"
+    assert worse["status"] == "rejected" and worse["version"] == "v2"
     assert backend.scorers.scorer_versions("3")[-1]["gate"]["reason"].startswith("worse than the active scorer")
     assert client.get("/status").json["quality"]["projects"]["3"]["active_scorer"] == "v1"
 
@@ -190,7 +191,55 @@ def test_start_training_without_a_policy_refits_the_scorer(tmp_path):
     assert answer.json["scorer"]["version"] == "v1" and answer.json["scorer"]["status"] == "promoted"
     assert client.get("/status").json["quality"]["projects"]["3"]["active_scorer"] == "v1"
     nothing = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 4}})  # no labels
-    assert nothing.status_code == 503
+    assert nothing.status_code == 503 and "no scorer refit: " in nothing.json["error"]
+    with app.backend.scorers.registry.lock("project-3"):  # a refit under way (in this or another process)
+        busy = client.post("/train", json={"project": 3})
+    assert busy.status_code == 503 and "refit of the project's scorer is under way" in busy.json["error"]
+
+
+def test_a_rollback_while_a_refit_runs_is_not_undone_by_it(tmp_path, monkeypatch):
+    app = make_app(tmp_path)
+    client, backend = app.client, app.backend
+    _seed_labels(backend.quality_labels, "3")
+    assert client.post("/train", json={"project": 3}).json["scorer"]["status"] == "promoted"
+    fit = project_scorer.refit
+
+    def rolled_back_meanwhile(*args, **kwargs):
+        fitted = fit(*args, **kwargs)  # gated against v1, which it matches: it would be promoted
+        assert client.post("/rollback", json={"project": 3, "kind": "scorer", "version": "v0"}).status_code == 200
+        return fitted
+
+    monkeypatch.setattr(project_scorer, "refit", rolled_back_meanwhile)
+    answer = client.post("/train", json={"project": 3}).json["scorer"]
+    assert answer["version"] == "v2" and answer["status"] == "rejected"
+    assert client.get("/status").json["quality"]["projects"]["3"]["active_scorer"] == "v0"
+    assert backend.scorers.registry.version("project-3", "v2")["reason"] == "v0 became active while v2 was made"
+
+
+@pytest.mark.parametrize("damage", ["garbage", '{"scale": NaN, "shift": 0, "weights": []}',
+                                    '{"scale": 1, "shift": 0, "weights": [0.5, 0.1]}', '{"shift": 0}', None])
+def test_a_damaged_active_scorer_is_not_served_says_why_and_is_refitted_over(tmp_path, image_server, damage):
+    """A lost or damaged correction.json of the active version: the shipped scorer answers (not the tool's
+    fallback, never a 500), /status and /versions say why, and Start training refits over the shipped scorer."""
+    app = make_app(tmp_path)
+    client, backend = app.client, app.backend
+    _seed_labels(backend.quality_labels, "3")
+    assert client.post("/train", json={"project": 3}).json["scorer"]["status"] == "promoted"
+    correction = backend.scorers.registry.version_dir("project-3", "v1") / "correction.json"
+    correction.unlink() if damage is None else correction.write_text(damage)
+    fresh = make_app(tmp_path)  # a restart: nothing of v1 loaded before the damage
+    region = refined(fresh.client, image_server, 7)
+    assert region["score"] == pytest.approx(OfflineScorer()(image_server.image, decode(region)), abs=1e-3)
+    status = fresh.client.get("/status").json["quality"]["projects"]["3"]
+    assert status["active_scorer"] == "v1" and status["served"] == "v0"
+    assert "correction.json does not load" in status["unservable"]
+    [_, v1] = fresh.client.get("/versions").json["scorers"]["3"]
+    assert v1["unservable"] == status["unservable"]
+    assert fresh.client.get("/", headers={"Accept": "text/html"}).status_code == 200
+    again = fresh.client.post("/train", json={"project": 3})  # gated against the shipped scorer, which serves
+    assert again.status_code == 200 and again.json["scorer"]["version"] == "v2", again.json
+    assert again.json["scorer"]["gate"]["active"] == app.backend.scorers.registry.version("project-3", "v1")[
+        "gate"]["active"]  # the same held-out labels, the same shipped scorer: the same figures as v1's gate
 
 
 def test_labels_and_versions_of_other_features_are_not_used(tmp_path, monkeypatch):

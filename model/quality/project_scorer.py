@@ -7,7 +7,8 @@ The correction works on the prior's logit and the standardised features:
 
 fitted by least squares on the IoU with a ridge penalty pulling (scale, shift, weights) toward the identity
 (1, 0, 0) with `strength` labels' worth of weight: with few labels the candidate stays the prior, with many it
-follows them. 18 numbers, fitted in milliseconds (L-BFGS), so a refit needs no torch and no GPU.
+follows them. Two numbers and a weight per feature (59), fitted in milliseconds (L-BFGS), so a refit needs no
+torch and no GPU.
 
 `refit` is the whole step as a plain function: split the labels by task (as the policy's gate does), fit the
 candidate on the training tasks, measure it and the active scorer on the held-out tasks (Pearson and MAE) and say
@@ -61,7 +62,10 @@ class Correction:
 
     @classmethod
     def from_json(cls, data: dict) -> Correction:
-        return cls(float(data["scale"]), float(data["shift"]), tuple(float(w) for w in data["weights"]))
+        try:
+            return cls(float(data["scale"]), float(data["shift"]), tuple(float(w) for w in data["weights"]))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a correction: {type(exc).__name__} {exc}") from exc
 
 
 def prior_digest(path: Path = scorers.WEIGHTS) -> str:
@@ -203,4 +207,11 @@ def save(model: CorrectedModel, path: Path, prior: str) -> None:
 
 
 def load(path: Path, prior: QualityModel) -> CorrectedModel:
-    return CorrectedModel(prior, Correction.from_json(json.loads(Path(path).read_text())))
+    """ValueError when the file holds no correction of this prior (another number of features, a number that is
+    not finite); OSError when it cannot be read."""
+    correction = Correction.from_json(json.loads(Path(path).read_text()))
+    if len(correction.weights) not in (0, len(prior.mean)):
+        raise ValueError(f"{len(correction.weights)} weights for {len(prior.mean)} features")
+    if not np.isfinite([correction.scale, correction.shift, *correction.weights]).all():
+        raise ValueError("a number that is not finite")
+    return CorrectedModel(prior, correction)
