@@ -62,7 +62,8 @@ class ProjectScorers:
             try:
                 return OfflineScorer(project_scorer.load(path, self._shipped()[0])), None
             except (OSError, ValueError) as exc:  # a lost or damaged file: roll back, or refit over the shipped one
-                why = f"its {CORRECTION} does not load: {type(exc).__name__}: {str(exc)[:200]}"
+                detail = exc.strerror if isinstance(exc, OSError) else str(exc)[:200]  # no server path shown
+                why = f"its {CORRECTION} does not load: {type(exc).__name__}: {detail}"
         log.warning("%s: scorer %s is not served (%s): the shipped scorer is", scope, version, why)
         return None, why
 

@@ -232,7 +232,7 @@ def test_a_damaged_active_scorer_is_not_served_says_why_and_is_refitted_over(tmp
     assert region["score"] == pytest.approx(OfflineScorer()(image_server.image, decode(region)), abs=1e-3)
     status = fresh.client.get("/status").json["quality"]["projects"]["3"]
     assert status["active_scorer"] == "v1" and status["served"] == "v0"
-    assert "correction.json does not load" in status["unservable"]
+    assert "correction.json does not load" in status["unservable"] and str(tmp_path) not in status["unservable"]
     [_, v1] = fresh.client.get("/versions").json["scorers"]["3"]
     assert v1["unservable"] == status["unservable"]
     assert fresh.client.get("/", headers={"Accept": "text/html"}).status_code == 200
