@@ -103,7 +103,7 @@ class ProjectScorers:
                         prior, features, ious, tasks, active.model if active else None,
                         strength=self.settings.scorer_prior_strength, tolerance=self.settings.scorer_gate_tolerance)
                 except TooFewLabels as exc:
-                    return _skipped(scope, str(exc))
+                    return _skipped(scope, str(exc) if len(ious) else "the project has no quality labels yet")
                 name, folder = self.registry.allocate(scope)
                 project_scorer.save(candidate, folder / CORRECTION, digest)
                 meta = self.registry.register(scope, name, {

@@ -307,7 +307,8 @@ def test_polygon_annotations_are_rasterised(app, client):
 def test_training_without_policy_is_answered(client):
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}).status_code == 503
     assert client.post("/train", json={"annotations": [], "project": "3.1"}).json["error"] == \
-        "training is off: no policy to fine-tune (no policy configured)"
+        "training is off: no policy to fine-tune (no policy configured); no scorer refit: the project has no " \
+        "quality labels yet"
     assert client.get("/status").json["training"]["state"] == "skipped"
     training = client.get("/health").json["capabilities"]["training"]
     assert training == {"on": False, "runner": "process", "reason": "no policy to fine-tune (no policy configured)"}

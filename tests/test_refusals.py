@@ -9,6 +9,7 @@ from tests.apps import App
 from tests.labelstudio_projects import CONFIG
 
 NO_POLICY = "no policy to fine-tune (no policy configured)"
+NO_REFIT = "no scorer refit: the project has no quality labels yet"  # nor labels to refit the quality scorer on
 
 
 def test_a_refused_setup_remembers_neither_the_host_nor_the_token(tmp_path):
@@ -30,7 +31,7 @@ def test_start_training_without_a_policy_is_an_error_that_says_why(tmp_path, cap
     webhook = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
     legacy = client.post("/train", json={"annotations": [], "project": "3.1"})
     for answer in (webhook, legacy):
-        assert answer.status_code == 503 and answer.json == {"error": f"training is off: {NO_POLICY}"}
+        assert answer.status_code == 503 and answer.json == {"error": f"training is off: {NO_POLICY}; {NO_REFIT}"}
     assert "POST /train -> 503: training is off" in caplog.text
     training = client.get("/status").json["training"]
-    assert training["state"] == "skipped" and training["last_job"]["reason"] == NO_POLICY
+    assert training["state"] == "skipped" and training["last_job"]["reason"] == f"{NO_POLICY}; {NO_REFIT}"
