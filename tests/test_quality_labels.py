@@ -9,6 +9,7 @@ from backend.predicted_regions import KEPT_PER_TASK, PredictedRegions
 from model.core.masks import iou
 from model.quality import project_scorer
 from model.quality.scorers import OfflineScorer, quality_features
+from tests.apps import App
 from tests.test_backend import _wait_for, brush_annotation, decode, keypoint, make_app, rectangle_around
 from tests.test_project_scorer import domain
 
@@ -227,7 +228,7 @@ def test_a_damaged_active_scorer_is_not_served_says_why_and_is_refitted_over(tmp
     assert client.post("/train", json={"project": 3}).json["scorer"]["status"] == "promoted"
     correction = backend.scorers.registry.version_dir("project-3", "v1") / "correction.json"
     correction.unlink() if damage is None else correction.write_text(damage)
-    fresh = make_app(tmp_path)  # a restart: nothing of v1 loaded before the damage
+    fresh = App(backend.settings)  # a restart (the same database): nothing of v1 loaded before the damage
     region = refined(fresh.client, image_server, 7)
     assert region["score"] == pytest.approx(OfflineScorer()(image_server.image, decode(region)), abs=1e-3)
     status = fresh.client.get("/status").json["quality"]["projects"]["3"]
