@@ -35,9 +35,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from model.core.database import Database, Transaction
 from model.core.exclusive import Held, exclusive
 from model.flywheel.registry_legacy import has_legacy_files, insert_scope, read_legacy
-from model.flywheel.scopes import JOB, SCOPE_PATTERN, VERSION, RegistryError, job_scope
+from model.flywheel.scopes import BASE_VERSION, JOB, SCOPE_PATTERN, VERSION, RegistryError, job_scope
 
-BASE_VERSION = "v0"
 MIGRATIONS = Path(__file__).with_name("registry_migrations")
 _SCOPE = re.compile(rf"^{SCOPE_PATTERN}$")
 _HAS_ROWS = " UNION ALL ".join(f"SELECT 1 FROM registry_{table} WHERE kind = ?"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model.core.database import Transaction
-from model.flywheel.scopes import JOB, VERSION, job_scope
+from model.flywheel.scopes import BASE_VERSION, JOB, VERSION, job_scope
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def insert_scope(tx: Transaction, kind: str, state: LegacyScope) -> None:
     scope = state.scope
     tx.executemany("INSERT INTO registry_versions (kind, scope, version, meta, created) VALUES (?, ?, ?, ?, ?)",
                    [(kind, scope, int(name[1:]), json.dumps(meta, sort_keys=True), _seconds(meta.get("created")))
-                    for name, meta in state.versions.items() if VERSION.match(name) and name != "v0"])
+                    for name, meta in state.versions.items() if VERSION.match(name) and name != BASE_VERSION])
     if state.active and VERSION.match(state.active):
         tx.execute("INSERT INTO registry_active (kind, scope, version) VALUES (?, ?, ?)", (kind, scope, state.active))
     tx.executemany("INSERT INTO registry_history (kind, scope, entry) VALUES (?, ?, ?)",

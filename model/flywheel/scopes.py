@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+BASE_VERSION = "v0"  # the policy or scorer as shipped: no trained version
 SHARED_SCOPE = "shared"
 PROJECT_DIGITS = 12  # Label Studio numbers projects with a 32-bit serial: 10 digits at most
 SCOPE_PATTERN = rf"(shared|project-\d{{1,{PROJECT_DIGITS}}})"
