@@ -79,10 +79,14 @@ class ProjectScorers:
         every = self.settings.scorer_refit_every
         if every <= 0 or not is_project_id(project):
             return None
-        fresh = self.labels.count_after(project, self._fitted_through(scope_for(project)))
-        if fresh < every:
-            return None
-        return self.refit(project, f"{fresh} new labels (SEGAGENT_SCORER_REFIT_EVERY={every})")
+        answer = None
+        # A refit skipped because another one held the lock leaves its labels to the holder, which looks again when
+        # done, so labels that came in during a refit are fitted even if none come after them.
+        while (fresh := self.labels.count_after(project, self._fitted_through(scope_for(project)))) >= every:
+            answer = self.refit(project, f"{fresh} new labels (SEGAGENT_SCORER_REFIT_EVERY={every})")
+            if answer["status"] == "skipped":
+                break
+        return answer
 
     def _fitted_through(self, scope: str) -> int:
         return max((m.get("through", 0) for m in self.registry.versions(scope)), default=0)
@@ -93,9 +97,9 @@ class ProjectScorers:
         another refit of the project is under way."""
         scope = scope_for(project)
         prior, digest = self._shipped()
-        features, ious, tasks, through = self.labels.training_set(project)
         try:
             with self.registry.lock(scope):
+                features, ious, tasks, through = self.labels.training_set(project)
                 active_name = self.registry.active(scope)
                 active = self.scorer_for(project)  # None when a broken version is active: the shipped one serves
                 try:

@@ -128,14 +128,16 @@ def test_an_interactive_answer_edited_afterwards_is_a_label(tmp_path, image_serv
     assert backend.quality_labels.counts("3")["labels"] == 0
 
 
-def _seed_labels(labels, project: str, count: int = 400) -> None:  # annotation ids of their own per project
-    """A project's labels of a 'domain' the shipped scorer misjudges (tests/test_project_scorer.py)."""
+def _seed_labels(labels, project: str, count: int = 400, seed: int = 0) -> None:
+    """A project's labels of a 'domain' the shipped scorer misjudges (tests/test_project_scorer.py), of annotation ids
+    of their own per project and seed."""
     from backend.quality_labels import Label
     from model.quality.scorers import QualityModel
 
-    features, ious, tasks = domain(QualityModel.load(), count)
+    features, ious, tasks = domain(QualityModel.load(), count, seed)
+    first = 10_000 * int(project) + 1000 * seed
     for index in range(count):
-        labels.replace_annotation(project, 1000 + int(tasks[index].split("-")[1]), 10_000 * int(project) + index, "v", [
+        labels.replace_annotation(project, 1000 + int(tasks[index].split("-")[1]), first + index, "v", [
             Label("prediction", f"p{index}", "Object", "segagent-classical-v0", float(ious[index]), features[index])])
 
 
@@ -196,6 +198,28 @@ def test_start_training_without_a_policy_refits_the_scorer(tmp_path):
     with app.backend.scorers.registry.lock("project-3"):  # a refit under way (in this or another process)
         busy = client.post("/train", json={"project": 3})
     assert busy.status_code == 503 and "refit of the project's scorer is under way" in busy.json["error"]
+
+
+def test_labels_that_come_in_during_a_refit_are_fitted_when_it_ends(tmp_path, monkeypatch):
+    app = make_app(tmp_path, scorer_refit_every=50)
+    scorers = app.backend.scorers
+    _seed_labels(app.backend.quality_labels, "3")
+    fit = project_scorer.refit
+    fitted_on: list[int] = []
+
+    def labels_come_in_meanwhile(prior, features, *args, **kwargs):
+        fitted_on.append(len(features))
+        if len(fitted_on) == 1:  # 60 more labels, whose own refit finds this one under way
+            _seed_labels(app.backend.quality_labels, "3", 60, seed=1)
+            assert scorers.after_new_labels("3") == {
+                "status": "skipped", "reason": "a refit of the project's scorer is under way already"}
+        return fit(prior, features, *args, **kwargs)
+
+    monkeypatch.setattr(project_scorer, "refit", labels_come_in_meanwhile)
+    assert scorers.after_new_labels("3")["version"] == "v2"  # no label came after the 60: v1's refit fitted them
+    assert fitted_on == [400, 460]
+    assert [v["labels"] for v in scorers.scorer_versions("3")] == [0, 400, 460]
+    assert app.client.get("/status").json["quality"]["projects"]["3"]["new_labels"] == 0
 
 
 def test_a_rollback_while_a_refit_runs_is_not_undone_by_it(tmp_path, monkeypatch):
