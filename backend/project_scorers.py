@@ -79,14 +79,13 @@ class ProjectScorers:
         every = self.settings.scorer_refit_every
         if every <= 0 or not is_project_id(project):
             return None
-        answer = None
-        # A refit skipped because another one held the lock leaves its labels to the holder, which looks again when
-        # done, so labels that came in during a refit are fitted even if none come after them.
-        while (fresh := self.labels.count_after(project, self._fitted_through(scope_for(project)))) >= every:
-            answer = self.refit(project, f"{fresh} new labels (SEGAGENT_SCORER_REFIT_EVERY={every})")
-            if answer["status"] == "skipped":
-                break
-        return answer
+        fresh = self._fresh(project)
+        if fresh < every:
+            return None
+        return self.refit(project, f"{fresh} new labels (SEGAGENT_SCORER_REFIT_EVERY={every})")
+
+    def _fresh(self, project: str) -> int:
+        return self.labels.count_after(project, self._fitted_through(scope_for(project)))
 
     def _fitted_through(self, scope: str) -> int:
         return max((m.get("through", 0) for m in self.registry.versions(scope)), default=0)
@@ -94,7 +93,15 @@ class ProjectScorers:
     def refit(self, project: str, trigger: str) -> dict:
         """Fit a candidate on the project's labels and promote it if the gate says so: its version, status (promoted
         or rejected), labels and gate; {"status": "skipped", "reason": ...} when the labels are too few for a gate or
-        another refit of the project is under way."""
+        another refit of the project is under way. A refit skipped for one under way leaves its labels to that one,
+        which looks again when done, so labels that came in meanwhile are fitted even if none come after them."""
+        answer = self._refit_once(project, trigger)
+        every = self.settings.scorer_refit_every
+        while answer["status"] != "skipped" and every > 0 and (fresh := self._fresh(project)) >= every:
+            answer = self._refit_once(project, f"{fresh} new labels came in during a refit")
+        return answer
+
+    def _refit_once(self, project: str, trigger: str) -> dict:
         scope = scope_for(project)
         prior, digest = self._shipped()
         try:

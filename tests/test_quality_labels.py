@@ -219,6 +219,7 @@ def test_labels_that_come_in_during_a_refit_are_fitted_when_it_ends(tmp_path, mo
     assert scorers.after_new_labels("3")["version"] == "v2"  # no label came after the 60: v1's refit fitted them
     assert fitted_on == [400, 460]
     assert [v["labels"] for v in scorers.scorer_versions("3")] == [0, 400, 460]
+    assert scorers.scorer_versions("3")[-1]["trigger"] == "60 new labels came in during a refit"
     assert app.client.get("/status").json["quality"]["projects"]["3"]["new_labels"] == 0
 
 
