@@ -159,3 +159,74 @@ def test_score_command_cross_validates_on_corruptions(candidate_folder, tmp_path
     assert {"pearson", "spearman", "mae", "mse", "ece", "per_kind"} <= set(summary)
     assert "2-fold cross-validation by object" in summary["protocol"]
     assert summary["per_kind"]["untouched"]["true_iou"] == 1.0
+
+
+def _manifest(folder: Path, count: int, sizes: dict[int, tuple[int, int]] | None = None,
+              missing: int | None = None) -> Path:
+    """`count` scenes as a manifest folder; `sizes` gives some masks another size, `missing` names no mask file."""
+    folder.mkdir(parents=True)
+    entries = []
+    for index in range(count):
+        image, mask = scene(96, 72, seed=index, center=(30 + 5 * index, 36), axes=(14, 10))
+        Image.fromarray(image).save(folder / f"i{index}.png")
+        if index != missing:
+            picture = Image.fromarray(mask.astype(np.uint8) * 255)
+            picture.resize((sizes or {}).get(index, picture.size)).save(folder / f"m{index}.png")
+        entries.append({"image": f"i{index}.png", "mask": f"m{index}.png", "category": "blob"})
+    (folder / "manifest.json").write_text(json.dumps(entries))
+    return folder
+
+
+def test_the_wrong_object_is_another_objects_mask_whatever_the_number_of_objects(tmp_path, monkeypatch):
+    import model.benchmarks.quality as scoring
+    from model.core.datasets import open_dataset
+
+    monkeypatch.setattr(scoring, "quality_features", lambda image, mask: np.zeros(3))  # the masks are the subject
+    for count in (2, 3, 7, 8):  # 7: the object 7 places on is the object itself
+        rows = scoring.corrupted_features(open_dataset(_manifest(tmp_path / str(count), count)), progress=False)
+        wrong = [r for r in rows if r.kind == "wrong_object"]
+        assert len(wrong) == count and all(r.iou < 1.0 for r in wrong), count
+    with pytest.raises(scoring.DatasetError, match="two objects"):
+        scoring.corrupted_features(open_dataset(_manifest(tmp_path / "one", 1)), progress=False)
+
+
+def test_cross_validation_needs_two_folds_with_objects_to_train_on():
+    import model.benchmarks.quality as scoring
+
+    rows = [scoring.Scored(0, kind, 0.5, np.zeros(3)) for kind in KINDS]
+    with pytest.raises(ValueError, match="2 folds or more"):
+        scoring.cross_validated(rows, folds=1)
+    with pytest.raises(scoring.DatasetError, match="nothing to train on"):
+        scoring.cross_validated(rows, folds=5)  # one object: its fold trains on nothing
+
+
+def _exit_message(argv: list[str]) -> str:
+    from model.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code not in (0, None)
+    return str(exited.value.code)
+
+
+def test_score_and_fit_scorer_refuse_bad_data_with_a_clear_error(tmp_path, capsys):
+    missing = _manifest(tmp_path / "missing", 3, missing=1)
+    resized = _manifest(tmp_path / "resized", 3, sizes={2: (48, 36)})
+    good = _manifest(tmp_path / "good", 3)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    out = str(tmp_path / "out")
+    for command in (["score", "--workers", "1", "--out", out], ["fit-scorer", "--workers", "1", "--out", out]):
+        assert "m1.png" in _exit_message([*command, "--dataset", str(missing)])
+        assert "48 x 36" in _exit_message([*command, "--dataset", str(resized)])
+        assert "no dataset" in _exit_message([*command, "--dataset", str(tmp_path / "absent")])
+    assert "not a folder" in _exit_message(["score", "--dataset", str(good), "--out", str(afile)])
+    assert "is a folder" in _exit_message(["fit-scorer", "--dataset", str(good), "--out", str(tmp_path)])
+    assert "the dataset itself" in _exit_message(["score", "--dataset", str(good), "--train-extra", str(good),
+                                                  "--out", out])
+    from model.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["score", "--dataset", str(good), "--folds", "1", "--out", out])
+    assert exited.value.code == 2 and "at least 2" in capsys.readouterr().err
+    assert not Path(out).exists()

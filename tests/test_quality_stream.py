@@ -150,3 +150,43 @@ def test_the_command_writes_the_summary_of_both_streams(folder, cache, tmp_path)
     assert summary["over_orders"]["orders"] == 2 and summary["over_orders"]["at"] == 6
     lines = (out / "stream.csv").read_text().splitlines()
     assert lines[0].startswith("domain,position,object") and len(lines) == 1 + 2 * 2 * OBJECTS
+
+
+def _bad_folder(root, size: tuple[int, int] | None = None, missing: bool = False):
+    """Three of the scenes, the second's mask of another size or not there."""
+    root.mkdir()
+    entries = []
+    for index in range(3):
+        image, mask = _scene(index)
+        Image.fromarray(image).save(root / f"{index}.png")
+        picture = Image.fromarray(mask.astype(np.uint8) * 255)
+        if index == 1 and size:
+            picture = picture.resize(size)
+        if not (index == 1 and missing):
+            picture.save(root / f"m{index}.png")
+        entries.append({"image": f"{index}.png", "mask": f"m{index}.png"})
+    (root / "manifest.json").write_text(json.dumps(entries))
+    return root
+
+
+def test_the_command_refuses_bad_input_with_a_message(folder, tmp_path, capsys):
+    def refused(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exited:
+            main(["quality-stream", *argv])
+        assert exited.value.code not in (0, None)
+        return str(exited.value.code)
+
+    out = str(tmp_path / "out")
+    small = ["--refit-at", "2", "--window", "2", "--out", out]
+    assert "m1.png" in refused("--dataset", str(_bad_folder(tmp_path / "missing", missing=True)), *small)
+    assert "80 x 60" in refused("--dataset", str(_bad_folder(tmp_path / "resized", size=(80, 60))), *small)
+    assert "too few for 200 labels" in refused("--dataset", str(folder), "--out", out)  # 8 objects, 16 annotations
+    assert "no dataset" in refused("--dataset", str(tmp_path / "absent"), *small)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert "not a folder" in refused("--dataset", str(folder), "--refit-at", "2", "--window", "2", "--out", str(afile))
+    assert "not a folder" in refused("--dataset", str(folder), *small, "--cache", str(afile))
+    for flag, value in (("--orders", "0"), ("--refit-at", "0"), ("--window", "-1"), ("--per-object", "5")):
+        assert refused("--dataset", str(folder), *small, flag, value) == "2"  # argparse's usage error
+        assert flag in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

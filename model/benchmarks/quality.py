@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +14,32 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from model.core.datasets import Dataset, read_target
+from model.core.datasets import Dataset, Sample, read_target
 from model.core.masks import iou
 from model.quality.corruptions import corruptions
 from model.quality.scorers import OfflineScorer, quality_features, train_quality_model
+
+
+class DatasetError(ValueError):
+    """Data a benchmark cannot use: a file missing or unreadable, a mask not of its image's size, too few objects."""
+
+
+def checked_samples(dataset: Dataset) -> Iterator[Sample]:
+    """The dataset's samples; DatasetError naming the object for a file that cannot be read or a mask whose size
+    is not its image's (the features would read the mask against the wrong pixels)."""
+    samples = iter(dataset)
+    for position in range(len(dataset)):
+        try:
+            sample = next(samples)
+        except KeyError as exc:
+            raise DatasetError(f"{dataset.name}, object {position}: its entry has no {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{dataset.name}, object {position}: {exc}") from exc
+        if sample.target.shape != sample.image.shape[:2]:
+            raise DatasetError(f"{dataset.name}, object {position} ({sample.name}): the mask is "
+                               f"{sample.target.shape[1]} x {sample.target.shape[0]}, the image "
+                               f"{sample.image.shape[1]} x {sample.image.shape[0]}")
+        yield sample
 
 
 @dataclass
@@ -38,9 +60,14 @@ def _corrupted_rows(args) -> list[Scored]:
 
 
 def corrupted_features(dataset: Dataset, seed: int = 0, workers: int = 1, progress: bool = True) -> list[Scored]:
-    """Features and true IoU of every corrupted mask. The wrong object comes from the sample 7 places on."""
-    samples = list(dataset)
-    jobs = [(i, s, samples[(i + 7) % len(samples)].target, seed) for i, s in enumerate(samples) if s.target.any()]
+    """Features and true IoU of every corrupted mask. The wrong object comes from the sample 7 places on (1 place
+    on in a dataset of 7 objects, where 7 places on is the object itself)."""
+    samples = list(checked_samples(dataset))
+    if len(samples) < 2:
+        raise DatasetError(f"{dataset.name} has {len(samples)} object: the corruption protocol needs two objects or "
+                           "more (the wrong object is another's mask)")
+    step = 7 if 7 % len(samples) else 1
+    jobs = [(i, s, samples[(i + step) % len(samples)].target, seed) for i, s in enumerate(samples) if s.target.any()]
     bar = tqdm(total=len(jobs), desc=f"{dataset.name} (corrupt + features)", unit="obj", disable=not progress)
     rows: list[Scored] = []
     if workers > 1:
@@ -64,9 +91,16 @@ def _matrix(rows: list[Scored]) -> tuple[np.ndarray, np.ndarray]:
 def cross_validated(rows: list[Scored], folds: int = 5, extra: Sequence[Scored] = (), seed: int = 0) -> np.ndarray:
     """Out-of-fold estimates: each object's masks scored by a model trained on the other folds (split by
     object, so no object is both trained and measured on) plus the `extra` rows."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs 2 folds or more, not {folds}")
     estimates = np.zeros(len(rows))
     for fold in range(folds):
+        if not any(r.sample % folds == fold for r in rows):
+            continue
         train = [r for r in rows if r.sample % folds != fold and r.features is not None] + list(extra)
+        if not train:
+            raise DatasetError(f"fold {fold} of {folds} has nothing to train on: "
+                               f"{len({r.sample for r in rows})} objects with masks")
         model = train_quality_model(*_matrix(train), seed=seed)
         for position, row in enumerate(rows):
             if row.sample % folds == fold:
@@ -105,14 +139,23 @@ def candidate_rows(folder: Path, scorer) -> tuple[list[str], np.ndarray, np.ndar
     """Each manifest entry's `candidate` mask scored against its `mask`."""
     from model.core.imageio import load_image
 
-    entries = json.loads((folder / "manifest.json").read_text())
+    try:
+        entries = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{folder}: no manifest of candidates ({exc})") from exc
     names, estimates, truth = [], [], []
     for entry in entries:
         if "candidate" not in entry:
-            raise ValueError(f"manifest entry {entry.get('image')} has no 'candidate' mask")
-        image = load_image(folder / entry["image"])
-        target, ignore = read_target(folder / entry["mask"])
-        candidate = np.array(Image.open(folder / entry["candidate"]).convert("L")) > 127
+            raise DatasetError(f"manifest entry {entry.get('image')} has no 'candidate' mask")
+        try:
+            image = load_image(folder / entry["image"])
+            target, ignore = read_target(folder / entry["mask"])
+            candidate = np.array(Image.open(folder / entry["candidate"]).convert("L")) > 127
+        except (OSError, ValueError, KeyError) as exc:
+            raise DatasetError(f"manifest entry {entry.get('image')}: {type(exc).__name__} {exc}") from exc
+        if not image.shape[:2] == target.shape == candidate.shape:
+            raise DatasetError(f"manifest entry {entry['image']}: the image, its mask and its candidate are not all "
+                               f"of one size ({image.shape[:2]}, {target.shape}, {candidate.shape}, height x width)")
         names.append(entry["image"])
         estimates.append(scorer(image, candidate, entry.get("category") or ""))
         truth.append(iou(candidate, target, ignore))

@@ -51,6 +51,10 @@ WINDOW = 100
 Refit = Callable[..., tuple]
 
 
+class StreamTooShort(ValueError):
+    """The stream holds too few annotations for a refit point and the window scored after it."""
+
+
 @dataclass
 class Annotation:
     """One label of the stream: the prediction an annotator corrected, read as the scorer reads it."""
@@ -152,7 +156,9 @@ def _in_worker(args) -> list[Annotation]:
 def _annotate(dataset: Dataset, wanted: set[int], make_segmenter: Callable[[], Segmenter], domain: str, seed: int,
               per_object: int, cache: Path | None, workers: int, bar) -> dict[int, list[Annotation]]:
     """The annotations of the objects whose indices are `wanted`, by index."""
-    jobs = ((sample, index, domain, seed, per_object, cache) for index, sample in enumerate(dataset)
+    from model.benchmarks.quality import checked_samples
+
+    jobs = ((sample, index, domain, seed, per_object, cache) for index, sample in enumerate(checked_samples(dataset))
             if index in wanted and sample.target.any())
     found: dict[int, list[Annotation]] = {}
     if workers <= 1:
@@ -236,8 +242,8 @@ def evaluate_refits(stream: Sequence[Annotation], prior, refit: Refit | None = N
     for labels in points:
         train, scored = split_at(stream, labels, window)
         if len(train) < labels or len(scored) < window:
-            raise ValueError(f"the stream has {len(stream)} annotations: too few for {labels} labels and "
-                             f"{window} scored after them")
+            raise StreamTooShort(f"the stream has {len(stream)} annotations: too few for {labels} labels and "
+                                 f"{window} scored after them")
         features, ious, tasks = _matrix(train)
         try:
             candidate, gate, promote = fit(prior, features, ious, tasks.tolist(), active=served_model)

@@ -14,6 +14,34 @@ from model.settings import Settings
 from model.tools import TOOL_NAMES, make_segmenter
 
 
+def at_least(low: int):
+    """An argparse type: an integer of at least `low`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"at least {low}, not {value}")
+        return value
+    return parse
+
+
+def output_folder(path: str) -> Path:
+    """A folder to write into, checked before a long run rather than after it."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise SystemExit(f"error: {path} exists and is not a folder")
+    return Path(path)
+
+
+def open_checked(path: str, images: str | None = None) -> Dataset:
+    """open_dataset, its errors as a message and an exit status instead of a traceback."""
+    try:
+        return open_dataset(path, images)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+
 def add_commands(commands: argparse._SubParsersAction, settings: Settings) -> None:
     _add_evaluate(commands, settings)
     _add_score(commands)
@@ -71,13 +99,14 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--out", required=True)
     score.add_argument("--seed", type=int, default=0, help="seed of the corruption protocol")
     score.add_argument("--limit", type=int)
-    score.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: one per core)")
+    score.add_argument("--workers", type=at_least(1), default=os.cpu_count() or 1,
+                       help="processes (default: one per core)")
     score.add_argument("--candidates", action="store_true",
                        help="score each manifest entry's 'candidate' mask against its 'mask' instead")
     score.add_argument("--weights", help="score with these fixed weights (default: the shipped ones)")
     score.add_argument("--no-cross-validate", dest="cross_validate", action="store_false",
                        help="score with the shipped weights even on data they were trained on")
-    score.add_argument("--folds", type=int, default=5)
+    score.add_argument("--folds", type=at_least(2), default=5)
     score.add_argument("--train-extra", action="append", help="another dataset to train every fold on too")
     score.add_argument("--policy", help="score --candidates with this policy as the scorer")
     score.add_argument("--policy-adapter")
@@ -89,7 +118,7 @@ def _add_fit_scorer(commands: argparse._SubParsersAction) -> None:
     fit.add_argument("--dataset", action="append", required=True)
     fit.add_argument("--out", default=str(Path(__file__).parent.parent / "quality" / "weights.json"))
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    fit.add_argument("--workers", type=at_least(1), default=os.cpu_count() or 1)
     fit.set_defaults(run=_fit_scorer)
 
 
@@ -150,14 +179,21 @@ def _score(args: argparse.Namespace) -> int:
 
     if args.policy and not args.candidates:
         raise SystemExit("--policy scores --candidates; the corruption protocol measures the offline scorer")
+    out = output_folder(args.out)
+    same = [extra for extra in args.train_extra or [] if Path(extra).resolve() == Path(args.dataset).resolve()]
+    if same:
+        raise SystemExit(f"error: --train-extra {same[0]} is the dataset itself: every object would be trained on")
     name = f"policy {args.policy}" if args.policy else "offline"
-    if args.candidates:
-        labels, estimates, truth = scoring.candidate_rows(Path(args.dataset), _fixed_scorer(args))
-        summary = {"dataset": args.dataset, "scorer": name, "protocol": "candidates",
-                   **scoring.metrics(estimates, truth)}
-    else:
-        summary, estimates, truth, labels = _score_corruptions(args, name)
-    scoring.write_score_report(Path(args.out), summary, estimates, truth, labels)
+    try:
+        if args.candidates:
+            labels, estimates, truth = scoring.candidate_rows(Path(args.dataset), _fixed_scorer(args))
+            summary = {"dataset": args.dataset, "scorer": name, "protocol": "candidates",
+                       **scoring.metrics(estimates, truth)}
+        else:
+            summary, estimates, truth, labels = _score_corruptions(args, name)
+    except scoring.DatasetError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    scoring.write_score_report(out, summary, estimates, truth, labels)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -178,14 +214,14 @@ def _score_corruptions(args: argparse.Namespace, name: str) -> tuple:
 
     import model.benchmarks.quality as scoring
 
-    dataset = open_dataset(args.dataset, args.images).limit(args.limit)
+    dataset = open_checked(args.dataset, args.images).limit(args.limit)
     rows = scoring.corrupted_features(dataset, seed=args.seed, workers=args.workers)
     if args.weights or not args.cross_validate:
         estimates, protocol = scoring.with_scorer(rows, _fixed_scorer(args)), "corruptions, fixed weights"
     else:
         extra = []
         for folder in args.train_extra or []:
-            extra += [r for r in scoring.corrupted_features(open_dataset(folder), seed=args.seed,
+            extra += [r for r in scoring.corrupted_features(open_checked(folder), seed=args.seed,
                                                             workers=args.workers) if r.features is not None]
         estimates = scoring.cross_validated(rows, args.folds, extra, seed=args.seed)
         protocol = f"corruptions, {args.folds}-fold cross-validation by object" + (
@@ -201,10 +237,15 @@ def _fit_scorer(args: argparse.Namespace) -> int:
     import model.benchmarks.quality as scoring
     from model.quality.scorers import train_quality_model
 
+    if Path(args.out).is_dir():
+        raise SystemExit(f"error: --out {args.out} is a folder; it names the weights file to write")
     rows = []
     for folder in args.dataset:
-        rows += [r for r in scoring.corrupted_features(open_dataset(folder), seed=args.seed, workers=args.workers)
-                 if r.features is not None]
+        try:
+            found = scoring.corrupted_features(open_checked(folder), seed=args.seed, workers=args.workers)
+        except scoring.DatasetError as exc:
+            raise SystemExit(f"error: {exc}") from exc
+        rows += [r for r in found if r.features is not None]
     features, ious = scoring._matrix(rows)
     model = train_quality_model(features, ious, seed=args.seed,
                                 trained_on={"datasets": [Path(d).name for d in args.dataset], "seed": args.seed,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-from pathlib import Path
 
-from model.core.datasets import open_dataset
+from model.cli.benchmarks import at_least, open_checked, output_folder
 from model.tools import make_segmenter
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    from model.benchmarks.quality_stream import DOMAINS, REFIT_POINTS, WINDOW
+    from model.benchmarks.quality_stream import DOMAINS, MAX_CLICKS, REFIT_POINTS, WINDOW
 
     stream = commands.add_parser("quality-stream", help="the project scorer's refits on a simulated project stream, "
                                                         "against the shipped weights")
@@ -23,26 +22,37 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                              + "; ".join(f"{name}: {what}" for name, what in DOMAINS.items()))
     stream.add_argument("--out", required=True, help="folder for summary.json and stream.csv")
     stream.add_argument("--seed", type=int, default=0, help="of the objects' order, the click counts and the noise")
-    stream.add_argument("--per-object", type=int, default=2, help="annotations per object (distinct click counts)")
-    stream.add_argument("--refit-at", type=int, nargs="+", default=list(REFIT_POINTS), help="labels at each refit")
-    stream.add_argument("--window", type=int, default=WINDOW, help="annotations scored after each refit")
-    stream.add_argument("--limit", type=int, help="only the first N objects")
-    stream.add_argument("--workers", type=int, default=1, help="processes")
+    stream.add_argument("--per-object", type=int, default=2, choices=range(1, MAX_CLICKS + 1),
+                        help="annotations per object (distinct click counts)")
+    stream.add_argument("--refit-at", type=at_least(1), nargs="+", default=list(REFIT_POINTS),
+                        help="labels at each refit")
+    stream.add_argument("--window", type=at_least(1), default=WINDOW, help="annotations scored after each refit")
+    stream.add_argument("--limit", type=at_least(1), help="only the first N objects")
+    stream.add_argument("--workers", type=at_least(1), default=1, help="processes")
     stream.add_argument("--cache", help="a folder to keep the tool's masks and the features in between runs")
-    stream.add_argument("--orders", type=int, default=1,
+    stream.add_argument("--orders", type=at_least(1), default=1,
                         help="also measure the goal over this many orders of the same objects (the seeded one first)")
     stream.set_defaults(run=_quality_stream)
 
 
 def _quality_stream(args: argparse.Namespace) -> int:
-    from model.benchmarks.quality_stream import run, write_report
+    from model.benchmarks.quality import DatasetError
+    from model.benchmarks.quality_stream import StreamTooShort, run, write_report
     from model.quality.scorers import QualityModel
 
-    dataset = open_dataset(args.dataset, args.images).limit(args.limit)
-    summary, streams = run(dataset, args.domain or ["photo"], functools.partial(make_segmenter, "classical"),
-                           seed=args.seed, per_object=args.per_object, points=args.refit_at, window=args.window,
-                           cache=Path(args.cache) if args.cache else None, workers=args.workers,
-                           orders=args.orders)
-    write_report(Path(args.out), summary, streams, QualityModel.load())
+    out, cache = output_folder(args.out), output_folder(args.cache) if args.cache else None
+    dataset = open_checked(args.dataset, args.images).limit(args.limit)
+    needed = max(args.refit_at) + args.window
+    if len(dataset) * args.per_object < needed:
+        raise SystemExit(f"error: {len(dataset)} objects make at most {len(dataset) * args.per_object} annotations "
+                         f"at {args.per_object} an object: too few for {max(args.refit_at)} labels and "
+                         f"{args.window} scored after them")
+    try:
+        summary, streams = run(dataset, args.domain or ["photo"], functools.partial(make_segmenter, "classical"),
+                               seed=args.seed, per_object=args.per_object, points=args.refit_at, window=args.window,
+                               cache=cache, workers=args.workers, orders=args.orders)
+    except (DatasetError, StreamTooShort) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    write_report(out, summary, streams, QualityModel.load())
     print(json.dumps(summary, indent=2))
     return 0
