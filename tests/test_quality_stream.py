@@ -152,6 +152,17 @@ def test_the_command_writes_the_summary_of_both_streams(folder, cache, tmp_path)
     assert lines[0].startswith("domain,position,object") and len(lines) == 1 + 2 * 2 * OBJECTS
 
 
+def test_the_orders_do_not_depend_on_the_order_of_the_domains(stream):
+    prior = QualityModel.load()
+    refit = functools.partial(project_scorer.refit, min_held_out=2)
+    other = list(reversed(stream))  # a second domain's stream, of the same objects
+    forward = qs.over_orders({"photo": stream, "microscopy": other}, prior, 4, seed=0, points=(6, 10), window=4,
+                             refit=refit)
+    backward = qs.over_orders({"microscopy": other, "photo": stream}, prior, 4, seed=0, points=(6, 10), window=4,
+                              refit=refit)
+    assert forward == backward
+
+
 def _bad_folder(root, size: tuple[int, int] | None = None, missing: bool = False):
     """Three of the scenes, the second's mask of another size or not there."""
     root.mkdir()

@@ -306,16 +306,18 @@ def reordered(stream: Sequence[Annotation], rng: np.random.Generator) -> list[An
 def over_orders(streams: Mapping[str, Sequence[Annotation]], prior, orders: int, seed: int,
                 points: Sequence[int] = REFIT_POINTS, window: int = WINDOW, refit: Refit | None = None) -> dict:
     """Issue #21's goal over `orders` projects made of the same annotations: the seeded stream, then the objects
-    shuffled (seeded by `seed`). One stream is one project, and which objects come first moves its figures by more
-    than the goal's margins; this counts the projects that meet the goal (both its parts, and each alone), and
-    averages what is served against the shipped weights after the last refit."""
-    rng = np.random.default_rng([seed, 1])
+    shuffled (each domain's by a generator seeded by `seed` and the order's number alone, so that the figures do not
+    depend on the order the domains come in, and streams of the same objects share each order). One stream is one
+    project, and which objects come first moves its figures by more than the goal's margins; this counts the projects
+    that meet the goal (both its parts, and each alone), and averages what is served against the shipped weights
+    after the last refit."""
     met = {domain: 0 for domain in streams if domain != "photo"}
     photo_never_worse, both, last = 0, 0, max(points)
     changes: dict[str, list[tuple[float, float]]] = {domain: [] for domain in streams}
     for order in range(orders):
-        results = {domain: evaluate_refits(stream if order == 0 else reordered(stream, rng), prior, refit, points,
-                                           window) for domain, stream in streams.items()}
+        results = {domain: evaluate_refits(stream if order == 0 else
+                                           reordered(stream, np.random.default_rng([seed, 1, order])), prior, refit,
+                                           points, window) for domain, stream in streams.items()}
         for domain, refits in results.items():
             end = next(r for r in refits if r["labels"] == last)
             changes[domain].append((_pearson(end["served"]) - _pearson(end["shipped"]),
