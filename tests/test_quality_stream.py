@@ -201,3 +201,19 @@ def test_the_command_refuses_bad_input_with_a_message(folder, tmp_path, capsys):
         assert refused("--dataset", str(folder), *small, flag, value) == "2"  # argparse's usage error
         assert flag in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_cache_is_not_reused_once_the_images_transform_changes(folder, tmp_path, monkeypatch):
+    def make(cache=None):
+        return qs.project_stream(open_dataset(folder), functools.partial(make_segmenter, "classical"), "microscopy",
+                                 seed=3, per_object=1, cache=cache, progress=False, needed=4)
+
+    def plain(image, domain, seed=0, index=0):
+        return image  # the microscopy domain redefined: the photographs themselves
+
+    cached = make(tmp_path)
+    monkeypatch.setattr(qs, "transform_image", plain)
+    changed, fresh = make(tmp_path), make()
+    assert [r.iou for r in changed] == [r.iou for r in fresh]
+    assert all(np.array_equal(a.features, b.features) for a, b in zip(changed, fresh))
+    assert not all(np.array_equal(a.features, b.features) for a, b in zip(changed, cached))

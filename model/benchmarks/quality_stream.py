@@ -104,8 +104,10 @@ def predictions(segmenter: Segmenter, image: np.ndarray, sample: Sample, counts:
 
 
 def _source_key(*code) -> str:
-    """Changes whenever what the code computes may have: the source of the modules that define it."""
-    sources = (inspect.getsource(inspect.getmodule(c) or c) for c in code)
+    """Changes whenever what the code computes may have: the source of each function of this module given (its own
+    steps, not the rest of it), and of the module that defines anything else given."""
+    sources = (inspect.getsource(c) if inspect.isfunction(c) and c.__module__ == __name__
+               else inspect.getsource(inspect.getmodule(c) or c) for c in code)
     return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:12]
 
 
@@ -113,9 +115,10 @@ def _object_annotations(segmenter: Segmenter, sample: Sample, index: int, domain
                         per_object: int, cache: Path | None) -> list[Annotation]:
     """An object's annotations; the tool's masks and the features are cached under `cache` when given."""
     stem = f"{domain}_{seed}_{per_object}_{index}"
-    cache = cache / _source_key(type(segmenter.tool)) if cache else None
+    if cache:  # the masks' code: the tool, the simulated annotator's clicks and the image they are made on
+        cache = cache / _source_key(type(segmenter.tool), next_click, predictions, click_counts, transform_image)
     masks_file = cache / "masks" / f"{stem}.pkl" if cache else None
-    features_key = _source_key(scorers, scorers.quality_features)
+    features_key = _source_key(scorers, scorers.quality_features, iou, transform_image)
     features_file = cache / f"features_{features_key}" / f"{stem}.pkl" if cache else None
     if features_file and features_file.exists():
         return pickle.loads(features_file.read_bytes())
