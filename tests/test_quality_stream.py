@@ -217,3 +217,9 @@ def test_the_cache_is_not_reused_once_the_images_transform_changes(folder, tmp_p
     assert [r.iou for r in changed] == [r.iou for r in fresh]
     assert all(np.array_equal(a.features, b.features) for a, b in zip(changed, fresh))
     assert not all(np.array_equal(a.features, b.features) for a, b in zip(changed, cached))
+
+
+def test_the_matrix_keeps_each_label_with_its_features():
+    rows = [qs.Annotation(1, "a", 1, 0.2, None), qs.Annotation(2, "b", 1, 0.7, np.ones(3))]
+    features, ious, tasks = qs._matrix(rows)
+    assert len(features) == len(ious) == len(tasks) == 1 and ious[0] == 0.7 and tasks[0] == 2

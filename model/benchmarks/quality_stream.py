@@ -214,8 +214,10 @@ def split_at(stream: Sequence[Annotation], labels: int, window: int) -> tuple[li
 
 
 def _matrix(rows: Sequence[Annotation]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return (np.stack([r.features for r in rows if r.features is not None]), np.array([r.iou for r in rows]),
-            np.array([r.task for r in rows]))
+    """Features, IoUs and tasks of the rows with features, row for row."""
+    usable = [(r.features, r) for r in rows if r.features is not None]
+    return (np.stack([features for features, _ in usable]), np.array([r.iou for _, r in usable]),
+            np.array([r.task for _, r in usable]))
 
 
 def _figures(estimates: np.ndarray, truth: np.ndarray) -> dict:
