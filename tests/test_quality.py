@@ -230,3 +230,17 @@ def test_score_and_fit_scorer_refuse_bad_data_with_a_clear_error(tmp_path, capsy
         main(["score", "--dataset", str(good), "--folds", "1", "--out", out])
     assert exited.value.code == 2 and "at least 2" in capsys.readouterr().err
     assert not Path(out).exists()
+
+
+def test_score_candidates_refuses_a_missing_or_misfit_candidate(candidate_folder, tmp_path):
+    import shutil
+
+    for name, broken in (("missing", None), ("misfit", (40, 30))):
+        folder = tmp_path / name
+        shutil.copytree(candidate_folder, folder)
+        if broken:
+            Image.open(folder / "c2.png").resize(broken).save(folder / "c2.png")
+        else:
+            (folder / "c2.png").unlink()
+        message = _exit_message(["score", "--dataset", str(folder), "--candidates", "--out", str(tmp_path / "o")])
+        assert "i2.png" in message and ("c2.png" in message if name == "missing" else "not all of one size" in message)
