@@ -223,3 +223,25 @@ def test_the_matrix_keeps_each_label_with_its_features():
     rows = [qs.Annotation(1, "a", 1, 0.2, None), qs.Annotation(2, "b", 1, 0.7, np.ones(3))]
     features, ious, tasks = qs._matrix(rows)
     assert len(features) == len(ious) == len(tasks) == 1 and ious[0] == 0.7 and tasks[0] == 2
+
+
+def test_the_cache_is_not_shared_by_datasets_of_one_name(tmp_path):
+    def folder_of(root, first: int):
+        """Two of the scenes, from the `first`, as a manifest folder named `tiny`."""
+        root = root / "tiny"
+        root.mkdir(parents=True)
+        for index in range(2):
+            image, mask = _scene(first + index)
+            Image.fromarray(image).save(root / f"{index}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / f"m{index}.png")
+        (root / "manifest.json").write_text(json.dumps([{"image": f"{i}.png", "mask": f"m{i}.png"} for i in range(2)]))
+        return root
+
+    def make(folder, cache=None):
+        return qs.project_stream(open_dataset(folder), functools.partial(make_segmenter, "classical"), "photo",
+                                 seed=0, per_object=1, cache=cache, progress=False)
+
+    make(folder_of(tmp_path / "a", 0), tmp_path / "cache")
+    other = folder_of(tmp_path / "b", 5)
+    found, fresh = make(other, tmp_path / "cache"), make(other)
+    assert [(r.iou, r.features.tolist()) for r in found] == [(r.iou, r.features.tolist()) for r in fresh]

@@ -111,10 +111,19 @@ def _source_key(*code) -> str:
     return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:12]
 
 
+def _content_key(sample: Sample) -> str:
+    """The object's pixels and masks: a cache entry of another dataset of the same name, or of the same dataset
+    with an image or mask since changed, is not read back."""
+    digest = hashlib.sha256(str(sample.image.shape).encode() + sample.image.tobytes())
+    for mask in (sample.target,) if sample.ignore is None else (sample.target, sample.ignore):
+        digest.update(np.packbits(mask).tobytes())
+    return digest.hexdigest()[:12]
+
+
 def _object_annotations(segmenter: Segmenter, sample: Sample, index: int, domain: str, seed: int,
                         per_object: int, cache: Path | None) -> list[Annotation]:
     """An object's annotations; the tool's masks and the features are cached under `cache` when given."""
-    stem = f"{domain}_{seed}_{per_object}_{index}"
+    stem = f"{domain}_{seed}_{per_object}_{index}_{_content_key(sample)}" if cache else ""
     if cache:  # the masks' code: the tool, the simulated annotator's clicks and the image they are made on
         cache = cache / _source_key(type(segmenter.tool), next_click, predictions, click_counts, transform_image)
     masks_file = cache / "masks" / f"{stem}.pkl" if cache else None
