@@ -193,7 +193,7 @@ def test_the_wrong_object_is_another_objects_mask_whatever_the_number_of_objects
 def test_cross_validation_needs_two_folds_with_objects_to_train_on():
     import model.benchmarks.quality as scoring
 
-    rows = [scoring.Scored(0, kind, 0.5, np.zeros(3)) for kind in KINDS]
+    rows = [scoring.Scored(0, 0, kind, 0.5, np.zeros(3)) for kind in KINDS]
     with pytest.raises(ValueError, match="2 folds or more"):
         scoring.cross_validated(rows, folds=1)
     with pytest.raises(scoring.DatasetError, match="nothing to train on"):
@@ -244,3 +244,28 @@ def test_score_candidates_refuses_a_missing_or_misfit_candidate(candidate_folder
             (folder / "c2.png").unlink()
         message = _exit_message(["score", "--dataset", str(folder), "--candidates", "--out", str(tmp_path / "o")])
         assert "i2.png" in message and ("c2.png" in message if name == "missing" else "not all of one size" in message)
+
+
+def test_cross_validation_keeps_the_objects_of_one_image_in_one_fold(tmp_path, monkeypatch):
+    import model.benchmarks.quality as scoring
+    from model.core.datasets import open_dataset
+
+    folder = _manifest(tmp_path / "shared", 5)
+    entries = json.loads((folder / "manifest.json").read_text())
+    entries[1]["image"] = entries[3]["image"] = "i0.png"  # three objects of one photograph, as COCO has
+    (folder / "manifest.json").write_text(json.dumps(entries))
+    monkeypatch.setattr(scoring, "quality_features", lambda image, mask: np.zeros(3))
+    rows = scoring.corrupted_features(open_dataset(folder), progress=False)
+    assert {r.sample: r.group for r in rows} == {0: 0, 1: 0, 2: 2, 3: 0, 4: 4}
+
+    class Remembers:  # estimates 1 for a row of an image it was trained on, else 0
+        def __init__(self, features, ious, seed=0):
+            self.groups = {int(f[0]) for f in features}
+
+        def predict(self, features):
+            return np.array([float(int(features[0]) in self.groups)])
+
+    monkeypatch.setattr(scoring, "train_quality_model", Remembers)
+    tagged = [scoring.Scored(r.sample, r.group, r.kind, r.iou, np.array([r.group, 0.0, 0.0])) for r in rows]
+    assert not scoring.cross_validated(tagged, folds=3).any()  # by object alone, object 1 was scored by a model
+    # trained on objects 0 and 3, of its image

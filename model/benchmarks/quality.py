@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from model.core.datasets import Dataset, Sample, read_target
+from model.core.datasets import Dataset, Sample, image_groups, read_target
 from model.core.masks import iou
 from model.quality.corruptions import corruptions
 from model.quality.scorers import OfflineScorer, quality_features, train_quality_model
@@ -44,18 +44,19 @@ def checked_samples(dataset: Dataset) -> Iterator[Sample]:
 
 @dataclass
 class Scored:
-    sample: int  # index of the object in the dataset (the unit of cross-validation)
+    sample: int  # index of the object in the dataset
+    group: int  # index of the first object of its image: the unit of cross-validation
     kind: str
     iou: float
     features: np.ndarray | None
 
 
 def _corrupted_rows(args) -> list[Scored]:
-    index, sample, other, seed = args
+    index, group, sample, other, seed = args
     rows = []
     for kind, mask in corruptions(sample.target, index, seed, other):
         features = quality_features(sample.image, mask) if mask.any() and not mask.all() else None
-        rows.append(Scored(index, kind, iou(mask, sample.target, sample.ignore), features))
+        rows.append(Scored(index, group, kind, iou(mask, sample.target, sample.ignore), features))
     return rows
 
 
@@ -67,7 +68,9 @@ def corrupted_features(dataset: Dataset, seed: int = 0, workers: int = 1, progre
         raise DatasetError(f"{dataset.name} has {len(samples)} object: the corruption protocol needs two objects or "
                            "more (the wrong object is another's mask)")
     step = 7 if 7 % len(samples) else 1
-    jobs = [(i, s, samples[(i + step) % len(samples)].target, seed) for i, s in enumerate(samples) if s.target.any()]
+    groups = image_groups(samples)
+    jobs = [(i, groups[i], s, samples[(i + step) % len(samples)].target, seed) for i, s in enumerate(samples)
+            if s.target.any()]
     bar = tqdm(total=len(jobs), desc=f"{dataset.name} (corrupt + features)", unit="obj", disable=not progress)
     rows: list[Scored] = []
     if workers > 1:
@@ -90,20 +93,21 @@ def _matrix(rows: list[Scored]) -> tuple[np.ndarray, np.ndarray]:
 
 def cross_validated(rows: list[Scored], folds: int = 5, extra: Sequence[Scored] = (), seed: int = 0) -> np.ndarray:
     """Out-of-fold estimates: each object's masks scored by a model trained on the other folds (split by
-    object, so no object is both trained and measured on) plus the `extra` rows."""
+    object, the objects of one image in one fold, so no object or image is both trained and measured on) plus the
+    `extra` rows."""
     if folds < 2:
         raise ValueError(f"cross-validation needs 2 folds or more, not {folds}")
     estimates = np.zeros(len(rows))
     for fold in range(folds):
-        if not any(r.sample % folds == fold for r in rows):
+        if not any(r.group % folds == fold for r in rows):
             continue
-        train = [r for r in rows if r.sample % folds != fold and r.features is not None] + list(extra)
+        train = [r for r in rows if r.group % folds != fold and r.features is not None] + list(extra)
         if not train:
             raise DatasetError(f"fold {fold} of {folds} has nothing to train on: "
                                f"{len({r.sample for r in rows})} objects with masks")
         model = train_quality_model(*_matrix(train), seed=seed)
         for position, row in enumerate(rows):
-            if row.sample % folds == fold:
+            if row.group % folds == fold:
                 estimates[position] = model.predict(row.features)[0] if row.features is not None else 0.0
     return estimates
 

@@ -224,7 +224,7 @@ def _score_corruptions(args: argparse.Namespace, name: str) -> tuple:
             extra += [r for r in scoring.corrupted_features(open_checked(folder), seed=args.seed,
                                                             workers=args.workers) if r.features is not None]
         estimates = scoring.cross_validated(rows, args.folds, extra, seed=args.seed)
-        protocol = f"corruptions, {args.folds}-fold cross-validation by object" + (
+        protocol = f"corruptions, {args.folds}-fold cross-validation by object (an image's objects in one fold)" + (
             f", trained with {', '.join(args.train_extra)} too" if args.train_extra else "")
     truth = np.array([r.iou for r in rows])
     labels = [f"{r.sample}:{r.kind}" for r in rows]
