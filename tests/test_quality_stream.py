@@ -88,10 +88,30 @@ def test_the_microscopy_domain_is_a_deterministic_grey_noisy_image():
 
 
 def test_a_refit_point_never_scores_an_object_it_was_fitted_on():
-    rows = [qs.Annotation(task, str(task), clicks, 0.5, np.zeros(3)) for task in (4, 1, 7, 2) for clicks in (1, 3)]
+    rows = [qs.Annotation(task, task, str(task), clicks, 0.5, np.zeros(3)) for task in (4, 1, 7, 2)
+            for clicks in (1, 3)]
     train, scored = qs.split_at(rows, 3, 4)
     assert [r.task for r in train] == [4, 4, 1]
     assert [r.task for r in scored] == [7, 7, 2, 2]  # the second annotation of object 1 is skipped
+
+
+def test_the_objects_of_one_image_are_one_task_annotated_together_and_never_scored_after_it(folder, tmp_path):
+    import shutil
+
+    shared = tmp_path / "tiny"
+    shutil.copytree(folder, shared)
+    entries = json.loads((shared / "manifest.json").read_text())
+    entries[5]["image"] = entries[2]["image"]  # objects 2 and 5 of one photograph
+    (shared / "manifest.json").write_text(json.dumps(entries))
+    stream = qs.project_stream(open_dataset(shared), functools.partial(make_segmenter, "classical"), "photo", seed=3,
+                               per_object=1, progress=False)
+    shuffled = [int(i) for i in np.random.default_rng(3).permutation(OBJECTS)]
+    shuffled.remove(5)
+    shuffled.insert(shuffled.index(2) + 1, 5)  # where object 2 comes, both
+    assert [a.obj for a in stream] == shuffled and {a.task for a in stream if a.obj in (2, 5)} == {2}
+    cut = shuffled.index(2) + 1  # the labels end between the image's two objects
+    train, scored = qs.split_at(stream, cut, OBJECTS)
+    assert [a.obj for a in train] == shuffled[:cut] and [a.obj for a in scored] == shuffled[cut + 1:]  # not 5
 
 
 def test_each_refit_point_scores_the_next_window_with_both_scorers(stream):
@@ -149,7 +169,7 @@ def test_the_command_writes_the_summary_of_both_streams(folder, cache, tmp_path)
     assert set(summary["goal"]["microscopy"]) == {"photo_served_never_worse"}  # no refit at 200 labels here
     assert summary["over_orders"]["orders"] == 2 and summary["over_orders"]["at"] == 6
     lines = (out / "stream.csv").read_text().splitlines()
-    assert lines[0].startswith("domain,position,object") and len(lines) == 1 + 2 * 2 * OBJECTS
+    assert lines[0].startswith("domain,position,task,object") and len(lines) == 1 + 2 * 2 * OBJECTS
 
 
 def test_the_orders_do_not_depend_on_the_order_of_the_domains(stream):
@@ -220,7 +240,7 @@ def test_the_cache_is_not_reused_once_the_images_transform_changes(folder, tmp_p
 
 
 def test_the_matrix_keeps_each_label_with_its_features():
-    rows = [qs.Annotation(1, "a", 1, 0.2, None), qs.Annotation(2, "b", 1, 0.7, np.ones(3))]
+    rows = [qs.Annotation(1, 1, "a", 1, 0.2, None), qs.Annotation(2, 2, "b", 1, 0.7, np.ones(3))]
     features, ious, tasks = qs._matrix(rows)
     assert len(features) == len(ious) == len(tasks) == 1 and ious[0] == 0.7 and tasks[0] == 2
 

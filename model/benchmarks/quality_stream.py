@@ -8,8 +8,9 @@ true mask is the annotation, so the label is IoU(prediction, true mask) and the 
 (one run of clicks, its masks kept at each k), so IoUs spread; an object's annotations come one after
 another. At each refit point n, the project scorer is refitted on the first n labels (the backend's refit,
 model/quality/project_scorer.py: the shipped weights as its prior, a gate on held-out labels split by
-task) and the shipped and refitted scorers score the next `window` annotations. The refit point never
-splits an object: an object's annotations past n that share it with the refit's labels are skipped.
+task, a task being an image as in Label Studio) and the shipped and refitted scorers score the next `window`
+annotations. An image's objects come one after another, and the annotations past n of an image among the refit's
+labels are skipped: what is scored is of images the refit has not seen.
 
 Domains (`DOMAINS`): `photo` is the dataset's images as they are; `microscopy` is a synthetic stand-in for
 images unlike the natural photographs the scorer was trained on (`transform_image` says exactly what).
@@ -31,8 +32,9 @@ import numpy as np
 from tqdm import tqdm
 
 from model.annotator.clicker import next_click
+from model.benchmarks.quality import checked_samples
 from model.core.clicks import Click
-from model.core.datasets import Dataset, Sample
+from model.core.datasets import Dataset, Sample, image_groups
 from model.core.masks import iou
 from model.quality import scorers
 from model.tools.base import Segmenter, ToolResult
@@ -59,7 +61,8 @@ class StreamTooShort(ValueError):
 class Annotation:
     """One label of the stream: the prediction an annotator corrected, read as the scorer reads it."""
 
-    task: int  # the object's index in the dataset: what the refit's gate splits by
+    task: int  # the object's image (its first object's index in the dataset): what the refit's gate splits by
+    obj: int  # the object's index in the dataset
     name: str
     clicks: int
     iou: float  # of the prediction with the true mask (the annotation)
@@ -120,10 +123,10 @@ def _content_key(sample: Sample) -> str:
     return digest.hexdigest()[:12]
 
 
-def _object_annotations(segmenter: Segmenter, sample: Sample, index: int, domain: str, seed: int,
+def _object_annotations(segmenter: Segmenter, sample: Sample, index: int, task: int, domain: str, seed: int,
                         per_object: int, cache: Path | None) -> list[Annotation]:
     """An object's annotations; the tool's masks and the features are cached under `cache` when given."""
-    stem = f"{domain}_{seed}_{per_object}_{index}_{_content_key(sample)}" if cache else ""
+    stem = f"{domain}_{seed}_{per_object}_{index}_{task}_{_content_key(sample)}" if cache else ""
     if cache:  # the masks' code: the tool, the simulated annotator's clicks and the image they are made on
         cache = cache / _source_key(type(segmenter.tool), next_click, predictions, click_counts, transform_image)
     masks_file = cache / "masks" / f"{stem}.pkl" if cache else None
@@ -144,7 +147,7 @@ def _object_annotations(segmenter: Segmenter, sample: Sample, index: int, domain
     rows = []
     for count, mask in sorted(masks.items()):
         features = scorers.quality_features(image, mask) if mask.any() and not mask.all() else None
-        rows.append(Annotation(index, sample.name, count, iou(mask, sample.target, sample.ignore), features))
+        rows.append(Annotation(task, index, sample.name, count, iou(mask, sample.target, sample.ignore), features))
     if features_file:
         features_file.parent.mkdir(parents=True, exist_ok=True)
         features_file.write_bytes(pickle.dumps(rows))
@@ -165,24 +168,23 @@ def _in_worker(args) -> list[Annotation]:
     return _object_annotations(_worker_segmenter, *args)
 
 
-def _annotate(dataset: Dataset, wanted: set[int], make_segmenter: Callable[[], Segmenter], domain: str, seed: int,
-              per_object: int, cache: Path | None, workers: int, bar) -> dict[int, list[Annotation]]:
-    """The annotations of the objects whose indices are `wanted`, by index."""
-    from model.benchmarks.quality import checked_samples
-
-    jobs = ((sample, index, domain, seed, per_object, cache) for index, sample in enumerate(checked_samples(dataset))
-            if index in wanted and sample.target.any())
+def _annotate(dataset: Dataset, wanted: set[int], groups: Sequence[int], make_segmenter: Callable[[], Segmenter],
+              domain: str, seed: int, per_object: int, cache: Path | None, workers: int,
+              bar) -> dict[int, list[Annotation]]:
+    """The annotations of the objects whose indices are `wanted`, by index (`groups`: each object's image)."""
+    jobs = ((sample, index, groups[index], domain, seed, per_object, cache)
+            for index, sample in enumerate(checked_samples(dataset)) if index in wanted and sample.target.any())
     found: dict[int, list[Annotation]] = {}
     if workers <= 1:
         segmenter = make_segmenter()
         for job in jobs:
             rows = _object_annotations(segmenter, *job)
-            found[rows[0].task] = rows
+            found[rows[0].obj] = rows
             bar.update()
         return found
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(make_segmenter,)) as pool:
         for rows in pool.map(_in_worker, jobs):
-            found[rows[0].task] = rows
+            found[rows[0].obj] = rows
             bar.update()
     return found
 
@@ -190,14 +192,20 @@ def _annotate(dataset: Dataset, wanted: set[int], make_segmenter: Callable[[], S
 def project_stream(dataset: Dataset, make_segmenter: Callable[[], Segmenter], domain: str = "photo", seed: int = 0,
                    per_object: int = 2, cache: Path | None = None, workers: int = 1, needed: int | None = None,
                    progress: bool = True) -> list[Annotation]:
-    """The objects' annotations, objects in a seeded order; with `needed`, only as many objects as make that
-    many annotations with features (all objects when there are too few)."""
+    """The objects' annotations, objects in a seeded order, those of one image together (where its first object
+    comes); with `needed`, only as many objects as make that many annotations with features (all objects when there
+    are too few)."""
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; choose from {', '.join(DOMAINS)}")
     if not 1 <= per_object <= MAX_CLICKS:
         raise ValueError(f"per_object must be within 1-{MAX_CLICKS}")
     folder = Path(cache) / dataset.name if cache else None
+    groups = image_groups(checked_samples(dataset))
     order = [int(i) for i in np.random.default_rng(seed).permutation(len(dataset))]
+    first = {}
+    for position, index in enumerate(order):
+        first.setdefault(groups[index], position)
+    order.sort(key=lambda index: first[groups[index]])
     by_object: dict[int, list[Annotation]] = {}
     taken = 0
     bar = tqdm(total=len(dataset), desc=f"{dataset.name} ({domain} stream)", unit="obj", disable=not progress)
@@ -207,7 +215,7 @@ def project_stream(dataset: Dataset, make_segmenter: Callable[[], Segmenter], do
         if taken >= len(order) or (needed is not None and featured >= needed):
             break
         more = len(order) if needed is None else max(4, -(-(needed - featured) // per_object) + 2)
-        by_object.update(_annotate(dataset, set(order[taken:taken + more]), make_segmenter, domain, seed,
+        by_object.update(_annotate(dataset, set(order[taken:taken + more]), groups, make_segmenter, domain, seed,
                                    per_object, folder, workers, bar))
         taken += more
     bar.close()
@@ -215,7 +223,7 @@ def project_stream(dataset: Dataset, make_segmenter: Callable[[], Segmenter], do
 
 
 def split_at(stream: Sequence[Annotation], labels: int, window: int) -> tuple[list[Annotation], list[Annotation]]:
-    """The first `labels` annotations, and the next `window` of objects not among them."""
+    """The first `labels` annotations, and the next `window` of tasks (images) not among them."""
     train = list(stream[:labels])
     seen = {a.task for a in train}
     rest = [a for a in stream[labels:] if a.task not in seen]
@@ -264,10 +272,10 @@ def evaluate_refits(stream: Sequence[Annotation], prior, refit: Refit | None = N
         except project_scorer.TooFewLabels as exc:
             candidate, gate, promote = None, {"refused": str(exc)}, False
         served_model = candidate if promote else served_model
-        test_features, truth, test_tasks = _matrix(scored)
+        test_features, truth, _ = _matrix(scored)
         results.append({
-            "labels": labels, "scored": len(scored), "objects_trained": len(set(tasks.tolist())),
-            "objects_scored": len(set(test_tasks.tolist())), "true_iou_mean": round(float(truth.mean()), 4),
+            "labels": labels, "scored": len(scored), "objects_trained": len({a.obj for a in train}),
+            "objects_scored": len({a.obj for a in scored}), "true_iou_mean": round(float(truth.mean()), 4),
             "shipped": _figures(prior.predict(test_features), truth),
             "refitted": _figures(candidate.predict(test_features), truth) if candidate else None,
             "served": _figures(served_model.predict(test_features), truth), "promoted": bool(promote),
@@ -295,7 +303,7 @@ def run(dataset: Dataset, domains: Sequence[str], make_segmenter: Callable[[], S
         "clicks": f"{per_object} distinct counts of 1-{MAX_CLICKS} per object, seeded", "window": window,
         "shipped_weights": {**prior.trained_on, "digest": project_scorer.prior_digest()},
         "features": len(scorers.FEATURES), "features_version": project_scorer.FEATURES_VERSION,
-        "streams": {domain: {"what": DOMAINS[domain], "objects": len({a.task for a in streams[domain]}),
+        "streams": {domain: {"what": DOMAINS[domain], "objects": len({a.obj for a in streams[domain]}),
                              "annotations": sum(a.features is not None for a in streams[domain]),
                              "left_out": sum(a.features is None for a in streams[domain]),
                              "true_iou_mean": round(float(np.mean([a.iou for a in streams[domain]])), 4),
@@ -309,12 +317,12 @@ def run(dataset: Dataset, domains: Sequence[str], make_segmenter: Callable[[], S
 
 
 def reordered(stream: Sequence[Annotation], rng: np.random.Generator) -> list[Annotation]:
-    """The same annotations with the objects in another order, each object's annotations kept together."""
-    by_object: dict[int, list[Annotation]] = {}
+    """The same annotations with the images in another order, each image's annotations kept together."""
+    by_task: dict[int, list[Annotation]] = {}
     for annotation in stream:
-        by_object.setdefault(annotation.task, []).append(annotation)
-    objects = list(by_object)
-    return [a for position in rng.permutation(len(objects)) for a in by_object[objects[position]]]
+        by_task.setdefault(annotation.task, []).append(annotation)
+    tasks = list(by_task)
+    return [a for position in rng.permutation(len(tasks)) for a in by_task[tasks[position]]]
 
 
 def over_orders(streams: Mapping[str, Sequence[Annotation]], prior, orders: int, seed: int,
@@ -382,8 +390,9 @@ def write_report(out: Path, summary: dict, streams: Mapping[str, Sequence[Annota
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     with open(out / "stream.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["domain", "position", "object", "name", "clicks", "true_iou", "shipped_estimate"])
+        writer.writerow(["domain", "position", "task", "object", "name", "clicks", "true_iou", "shipped_estimate"])
         for domain, stream in streams.items():
             for position, row in enumerate(stream):
                 estimate = round(float(prior.predict(row.features)[0]), 4) if row.features is not None else ""
-                writer.writerow([domain, position, row.task, row.name, row.clicks, round(row.iou, 4), estimate])
+                writer.writerow([domain, position, row.task, row.obj, row.name, row.clicks, round(row.iou, 4),
+                                 estimate])
