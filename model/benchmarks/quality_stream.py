@@ -202,7 +202,7 @@ def project_stream(dataset: Dataset, make_segmenter: Callable[[], Segmenter], do
     folder = Path(cache) / dataset.name if cache else None
     groups = image_groups(checked_samples(dataset))
     order = [int(i) for i in np.random.default_rng(seed).permutation(len(dataset))]
-    first = {}
+    first: dict[int, int] = {}
     for position, index in enumerate(order):
         first.setdefault(groups[index], position)
     order.sort(key=lambda index: first[groups[index]])
