@@ -229,6 +229,9 @@ def test_score_and_fit_scorer_refuse_bad_data_with_a_clear_error(tmp_path, capsy
     with pytest.raises(SystemExit) as exited:
         main(["score", "--dataset", str(good), "--folds", "1", "--out", out])
     assert exited.value.code == 2 and "at least 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # -1 dropped the last object silently
+        main(["score", "--dataset", str(good), "--limit", "-1", "--out", out])
+    assert exited.value.code == 2 and "at least 1" in capsys.readouterr().err
     assert not Path(out).exists()
 
 

@@ -86,7 +86,7 @@ def corrupted_features(dataset: Dataset, seed: int = 0, workers: int = 1, progre
     return rows
 
 
-def _matrix(rows: list[Scored]) -> tuple[np.ndarray, np.ndarray]:
+def feature_matrix(rows: list[Scored]) -> tuple[np.ndarray, np.ndarray]:
     usable = [(r.features, r.iou) for r in rows if r.features is not None]
     return np.stack([features for features, _ in usable]), np.array([value for _, value in usable])
 
@@ -105,7 +105,7 @@ def cross_validated(rows: list[Scored], folds: int = 5, extra: Sequence[Scored] 
         if not train:
             raise DatasetError(f"fold {fold} of {folds} has nothing to train on: "
                                f"{len({r.sample for r in rows})} objects with masks")
-        model = train_quality_model(*_matrix(train), seed=seed)
+        model = train_quality_model(*feature_matrix(train), seed=seed)
         for position, row in enumerate(rows):
             if row.group % folds == fold:
                 estimates[position] = model.predict(row.features)[0] if row.features is not None else 0.0

@@ -310,7 +310,7 @@ def run(dataset: Dataset, domains: Sequence[str], make_segmenter: Callable[[], S
                              "refits": results[domain]} for domain in domains}}
     others = [d for d in domains if d != "photo"]
     if others:
-        summary["goal"] = {d: goal(results.get("photo", []), results[d]) for d in others}
+        summary["goal"] = {d: goal(results.get("photo", []), results[d], max(points)) for d in others}
         if orders > 1:
             summary["over_orders"] = over_orders(streams, prior, orders, seed, points, window)
     return summary, streams

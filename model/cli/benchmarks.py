@@ -55,7 +55,7 @@ def _add_evaluate(commands: argparse._SubParsersAction, settings: Settings) -> N
     evaluate.add_argument("--images", help="image folder for a JSON dataset (default: beside the JSON)")
     evaluate.add_argument("--tool", choices=TOOL_NAMES, default=settings.tool)
     evaluate.add_argument("--max-clicks", type=int, default=20)
-    evaluate.add_argument("--limit", type=int, help="only the first N samples")
+    evaluate.add_argument("--limit", type=at_least(1), help="only the first N samples")
     evaluate.add_argument("--sam-checkpoint", default=settings.sam_checkpoint or None,
                           help="SAM checkpoint path or URL (for --tool sam)")
     evaluate.add_argument("--sam-sha256", default=settings.sam_sha256 or None,
@@ -98,7 +98,7 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--images", help="image folder for a JSON dataset")
     score.add_argument("--out", required=True)
     score.add_argument("--seed", type=int, default=0, help="seed of the corruption protocol")
-    score.add_argument("--limit", type=int)
+    score.add_argument("--limit", type=at_least(1), help="only the first N objects")
     score.add_argument("--workers", type=at_least(1), default=os.cpu_count() or 1,
                        help="processes (default: one per core)")
     score.add_argument("--candidates", action="store_true",
@@ -116,7 +116,8 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
 def _add_fit_scorer(commands: argparse._SubParsersAction) -> None:
     fit = commands.add_parser("fit-scorer", help="train the offline scorer's weights on corrupted masks")
     fit.add_argument("--dataset", action="append", required=True)
-    fit.add_argument("--out", default=str(Path(__file__).parent.parent / "quality" / "weights.json"))
+    fit.add_argument("--out", default=str(Path(__file__).parent.parent / "quality" / "weights.json"),
+                     help="where the weights go (default: the shipped weights, model/quality/weights.json)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--workers", type=at_least(1), default=os.cpu_count() or 1)
     fit.set_defaults(run=_fit_scorer)
@@ -246,7 +247,7 @@ def _fit_scorer(args: argparse.Namespace) -> int:
         except scoring.DatasetError as exc:
             raise SystemExit(f"error: {exc}") from exc
         rows += [r for r in found if r.features is not None]
-    features, ious = scoring._matrix(rows)
+    features, ious = scoring.feature_matrix(rows)
     model = train_quality_model(features, ious, seed=args.seed,
                                 trained_on={"datasets": [Path(d).name for d in args.dataset], "seed": args.seed,
                                             "masks": len(rows)})

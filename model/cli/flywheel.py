@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+from model.cli.benchmarks import at_least
 from model.core.datasets import open_dataset
 from model.settings import Settings
 from model.tools import TOOL_NAMES, make_segmenter, tool_options
@@ -34,7 +35,7 @@ def add_commands(commands: argparse._SubParsersAction, settings: Settings) -> No
     simulate.add_argument("--label", default="Object", help="the label (and the description when a sample has none)")
     simulate.add_argument("--tool", choices=TOOL_NAMES, default=settings.tool)
     simulate.add_argument("--sam-checkpoint", default=settings.sam_checkpoint or None)
-    simulate.add_argument("--limit", type=int)
+    simulate.add_argument("--limit", type=at_least(1), help="only the first N samples")
     simulate.set_defaults(run=_simulate)
 
     _add_train(commands, settings)
@@ -94,7 +95,7 @@ def _add_bench_flywheel(commands: argparse._SubParsersAction, settings: Settings
                                                        "objects: mIoU after the agent's steps, clicks to IoU 0.85/0.90")
     bench.add_argument("--dataset", required=True)
     bench.add_argument("--images", help="image folder for a JSON dataset")
-    bench.add_argument("--limit", type=int, help="only the first N samples")
+    bench.add_argument("--limit", type=at_least(1), help="only the first N samples")
     bench.add_argument("--held-out", type=float, default=0.5, help="fraction of the objects held out (by name)")
     bench.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split")
     bench.add_argument("--max-clicks", type=int, default=20, help="the annotator's clicks per object at most")
