@@ -118,6 +118,7 @@ def test_figures_and_decide():
     promoted, why = decide({"pearson": 0.7, "mae": 0.05}, active, held_out=39)
     assert not promoted and "Pearson 0.700 < 0.800 - 0.060" in why
     assert not decide({"pearson": 0.9, "mae": 0.11}, active, held_out=39)[0]  # MAE has no noise allowance
+    assert "MAE 0.1002 > 0.1000" in decide({"pearson": 0.9, "mae": 0.1002}, active, held_out=39)[1]  # not 0.100 > 0.100
     assert decide({"pearson": 0.9, "mae": 0.105}, active, held_out=39, tolerance=0.01)[0]
     assert decide({"pearson": 0.7, "mae": 0.1}, active, held_out=39, tolerance=0.05)[0]  # within 0.06 + 0.05
 

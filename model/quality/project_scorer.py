@@ -169,7 +169,7 @@ def decide(candidate: dict, active: dict, held_out: int, tolerance: float = 0.0)
     if candidate["pearson"] < active["pearson"] - allowance:
         worse.append(f"Pearson {candidate['pearson']:.3f} < {active['pearson']:.3f} - {allowance:.3f}")
     if candidate["mae"] > active["mae"] + tolerance:
-        worse.append(f"MAE {candidate['mae']:.3f} > {active['mae']:.3f}")
+        worse.append(f"MAE {candidate['mae']:.4f} > {active['mae']:.4f}")
     if worse:
         return False, "worse than the active scorer on held-out labels: " + "; ".join(worse)
     return True, (f"not worse than the active scorer on held-out labels (Pearson {candidate['pearson']:.3f} vs "
