@@ -20,6 +20,9 @@ from .labelstudio.config import Schema
 from .task_predictions import predict_task
 
 log = logging.getLogger("backend")
+# Label Studio makes the project webhook of a connected model with no headers: its events come without credentials
+WEBHOOK_HINT = (" (Label Studio's webhook sends no credentials unless told: add the header Authorization: Basic "
+                "<base64 of user:password> to the project's webhook, docs/deployment.md)")
 # the page loads nothing from anywhere (no script at all, inline styles and SVG), is never framed or cached
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
                 "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
@@ -67,7 +70,8 @@ def _guard_and_account(app: Flask, backend: Backend) -> None:
         if hmac.compare_digest(user, settings.basic_auth_user.encode()) & hmac.compare_digest(
                 password, settings.basic_auth_pass.encode()):
             return None
-        log.warning("%s %s: refused, bad or missing basic auth", request.method, request.path)
+        log.warning("%s %s: refused, bad or missing basic auth%s", request.method, request.path,
+                    WEBHOOK_HINT if request.path == "/webhook" and auth is None else "")
         response = jsonify(error="authentication required")
         response.status_code = 401
         response.headers["WWW-Authenticate"] = 'Basic realm="segagent"'

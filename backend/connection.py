@@ -106,7 +106,15 @@ class LabelStudio:
             return response.json() if response.content else {}
         except (requests.RequestException, ValueError) as exc:
             raise LabelStudioFailed(f"Label Studio at {self.url}: {method} {path.split('?')[0]} failed: "
-                                    f"{type(exc).__name__}: {redact(str(exc))[:200]}") from exc
+                                    f"{type(exc).__name__}: {redact(str(exc))[:200]}{self._hint(exc)}") from exc
+
+    def _hint(self, exc: Exception) -> str:
+        refused = isinstance(exc, requests.HTTPError) and exc.response is not None and exc.response.status_code == 401
+        if not refused or self.key.count(".") == 2:
+            return ""
+        return (" (a legacy token, such as the one Label Studio sends when a project connects, is refused by an "
+                "organisation with legacy tokens off, Label Studio 1.23's default: set LABEL_STUDIO_URL and "
+                "LABEL_STUDIO_API_KEY to a personal access token, or turn legacy tokens on in the organisation)")
 
     def task(self, task_id: int) -> dict:
         return self.call("GET", f"/api/tasks/{int(task_id)}")

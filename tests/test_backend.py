@@ -314,9 +314,11 @@ def test_training_without_policy_is_answered(client):
     assert training == {"on": False, "runner": "process", "reason": "no policy to fine-tune (no policy configured)"}
 
 
-def test_basic_auth_guards_everything_but_health(tmp_path):
+def test_basic_auth_guards_everything_but_health(tmp_path, caplog):
     client = make_client(tmp_path, basic_auth_user="ls", basic_auth_pass="s3cret")
     assert client.get("/health").status_code == 200
+    assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 401
+    assert "add the header Authorization: Basic" in caplog.text  # Label Studio's webhook comes without it
     assert client.get("/status").status_code == 401
     assert client.post("/predict", json={}).status_code == 401
     wrong = base64.b64encode(b"ls:nope").decode()

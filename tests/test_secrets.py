@@ -129,3 +129,14 @@ def test_an_address_whose_password_has_a_space_is_refused_not_shown(tmp_path, sp
     for name in ("LABEL_STUDIO_URL", "SEGAGENT_POLICY"):
         with pytest.raises(ValidationError, match="percent-encode"):
             Settings(data_dir=tmp_path, **{name: hostname})
+
+
+@pytest.mark.parametrize("token, hinted", [("0123abcd", True), ("head.body.signature", False)])
+def test_a_refused_legacy_token_says_what_to_do(tmp_path, token, hinted):
+    """Label Studio 1.23 organisations refuse legacy tokens by default, the kind its connection sends to /setup:
+    a 401 with one says so; a personal access token refused is not that case."""
+    with LabelStudioProject(3, {}, answer_every_call_with=401) as label_studio:
+        app = App(Settings(data_dir=tmp_path, label_studio_url=label_studio.url, label_studio_api_key=token))
+        answer = app.client.post("/preannotate", json={"project": 3})
+    assert answer.status_code == 502 and "401" in answer.json["error"]
+    assert ("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to a personal access token" in answer.json["error"]) is hinted
