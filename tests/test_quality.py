@@ -158,6 +158,7 @@ def test_score_command_cross_validates_on_corruptions(candidate_folder, tmp_path
     assert summary["n"] == 6 * len(KINDS)
     assert {"pearson", "spearman", "mae", "mse", "ece", "per_kind"} <= set(summary)
     assert "2-fold cross-validation by object" in summary["protocol"]
+    assert "each fold's scorer learns from about 3 " in result.stderr  # 6 objects: figures that say little
     assert summary["per_kind"]["untouched"]["true_iou"] == 1.0
 
 
