@@ -84,7 +84,7 @@ def render(figures: PageFigures) -> str:
     body = "".join(_project(p, figures) for p in figures.projects) or (
         '<p class="none">Nothing yet: the page fills once Label Studio sends annotations (its webhook), a project is '
         "pre-annotated or a policy version is trained.</p>")
-    training = "on" if figures.training is None else f"off ({figures.training})"
+    training = "on" if figures.training is None else f"off: {figures.training}"
     return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
             '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
             f"<title>SegAgent flywheel</title><style>{STYLE}</style></head><body>"
@@ -137,7 +137,8 @@ def _over_time(name: str, title: str, rows: list[dict], hint: str, noun: str) ->
 
 
 def _preannotation(progress: dict | None) -> str:
-    title, hint = "Pre-annotation", "Tasks queued for a prediction by /preannotate, and what became of them."
+    title, hint = ("Pre-annotation",
+                   "Tasks queued for a prediction (by /preannotate or on import), and what became of them.")
     if progress is None:
         return _card("preannotation", title, hint, '<p class="none">Not pre-annotated yet.</p>')
     total, done = progress["total"], progress["done"]

@@ -1,5 +1,5 @@
-"""Command line: python -m model evaluate | score | fit-scorer | quality-stream | export | simulate | train | versions |
-rollback | serve-policy | preannotate | observe | settings-doc"""
+"""Command line: python -m model evaluate | score | fit-scorer | quality-stream | export | simulate | train |
+bench-flywheel | versions | rollback | serve-policy | preannotate | observe | settings-doc"""
 from __future__ import annotations
 
 import argparse

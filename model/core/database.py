@@ -16,6 +16,7 @@ either dialect. A released revision is never edited: a change to a schema is a n
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import threading
@@ -37,6 +38,10 @@ ENVIRONMENT = Path(__file__).with_name("migrations")
 _ENGINES: dict[str, Engine] = {}
 _ENGINES_LOCK = threading.Lock()
 _READ_ONLY = "segagent_read"  # execution option: a read, which on SQLite begins no write transaction
+log = logging.getLogger(__name__)
+# Alembic logs two lines each time a store is opened ("Context impl ..."), drowning every command's output; the
+# upgrades themselves are logged below, once.
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 
 class SchemaTooNewError(RuntimeError):
@@ -142,6 +147,7 @@ class Database:
             if current == script.get_current_head():
                 return
             config.attributes.update(connection=tx.connection, version_table=self.version_table)
+            log.info("%s store: schema %s -> %s", self.store, current or "empty", script.get_current_head())
             command.upgrade(config, "head")
 
     def _stamped(self) -> str | None:
