@@ -45,7 +45,9 @@ def _preannotate(args: argparse.Namespace) -> int:
         started = time.monotonic()
         queued = _ask(session, "POST", backend, "/preannotate", json={"project": args.project, "tasks": args.tasks},
                       timeout=120)
-        print(f"{queued['queued']} tasks queued ({queued['asked']} asked for) with {queued['model_version']}")
+        again = queued["asked"] - queued["queued"]
+        print(f"{queued['queued']} tasks queued ({queued['asked']} asked for) with {queued['model_version']}"
+              + (f"; {again} were queued with it before (a task is predicted once per model version)" if again else ""))
         if args.no_wait:
             return 0
         after = _follow(session, backend, project)
