@@ -137,8 +137,9 @@ class Settings(BaseSettings):
     label_studio_api_key: str = Field("", alias="LABEL_STUDIO_API_KEY", repr=False,
                                       description=(
                                           "Label Studio's token, used with `LABEL_STUDIO_URL` only (empty: the "
-                                          "`access_token` Label Studio sends to `/setup`); legacy tokens and personal "
-                                          "access tokens both work"))
+                                          "`access_token` Label Studio sends to `/setup`, a legacy token, which "
+                                          "Label Studio 1.23 refuses unless the organisation turned legacy tokens "
+                                          "on); a personal access token (or a legacy one) works"))
     basic_auth_user: str = Field("", alias="BASIC_AUTH_USER", description=(
         "with `BASIC_AUTH_PASS`: the user every route but `/health` needs (set the same in Label Studio's model "
         "connection); set both or neither"))
