@@ -4,7 +4,6 @@ webhook is given the Authorization header, as docs/deployment.md tells a user to
 from __future__ import annotations
 
 import base64
-import time
 
 import pytest
 import requests
@@ -13,6 +12,7 @@ from label_studio_sdk import LabelStudio
 from tests.e2e.conftest import make_serve
 from tests.e2e.test_label_studio import CONFIG
 from tests.e2e.test_quality_labels import _brush
+from tests.test_backend import _wait_for
 
 pytestmark = pytest.mark.e2e
 AUTH = ("segagent", "s3cret-pass")
@@ -20,15 +20,6 @@ AUTH = ("segagent", "s3cret-pass")
 
 def _events(backend: dict) -> dict:
     return requests.get(f"{backend['url']}/status", auth=AUTH, timeout=10).json()["webhook_events"]
-
-
-def _until(condition, timeout: float = 60) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def test_label_studio_s_webhook_reaches_a_backend_behind_basic_auth_once_given_the_header(
@@ -46,10 +37,10 @@ def test_label_studio_s_webhook_reaches_a_backend_behind_basic_auth_once_given_t
         [task] = list(client.tasks.list(project=project.id))
 
         client.annotations.create(id=task.id, result=[_brush("first", image_server.mask)], was_cancelled=False)
-        assert _until(lambda: "add the header Authorization: Basic" in backend["log"].read_text())
+        assert _wait_for(lambda: "add the header Authorization: Basic" in backend["log"].read_text(), 60)
         assert "ANNOTATION_CREATED" not in _events(backend)
 
         token = base64.b64encode(":".join(AUTH).encode()).decode()
         client.webhooks.update(id=hook.id, headers={"Authorization": f"Basic {token}"})
         client.annotations.create(id=task.id, result=[_brush("second", image_server.mask)], was_cancelled=False)
-        assert _until(lambda: _events(backend).get("ANNOTATION_CREATED") == 1), _events(backend)
+        assert _wait_for(lambda: _events(backend).get("ANNOTATION_CREATED") == 1, 60), _events(backend)
