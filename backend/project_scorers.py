@@ -107,6 +107,8 @@ class ProjectScorers:
         try:
             with self.registry.lock(scope):
                 features, ious, tasks, through = self.labels.training_set(project)
+                if fitted := self._fitted_on(scope, len(ious), through, digest):
+                    return _skipped(scope, f"no new labels: the active {fitted} was fitted on these {len(ious)}")
                 active_name = self.registry.active(scope)
                 active = self.scorer_for(project)  # None when a broken version is active: the shipped one serves
                 try:
@@ -126,6 +128,18 @@ class ProjectScorers:
             return _skipped(scope, "a refit of the project's scorer is under way already")
         log.info("%s: scorer %s %s: %s", scope, name, meta["status"], meta["reason"])
         return {"version": name, "status": meta["status"], "labels": len(ious), "gate": gate}
+
+    def _fitted_on(self, scope: str, labels: int, through: int, digest: str) -> str | None:
+        """The active version when it is the newest, is served, and was fitted on these very labels with these
+        settings: a refit would register its twin (a rejected or rolled-back newest one is refitted: the gate
+        compares with another active scorer)."""
+        newest = (self.registry.versions(scope) or [{}])[-1]
+        fitted = (newest.get("labels"), newest.get("through"), newest.get("prior"), newest.get("features_version"),
+                  newest.get("strength"))
+        if (newest and newest["name"] == self.registry.active(scope) and self._served(scope, newest["name"])[1] is None
+                and fitted == (labels, through, digest, FEATURES_VERSION, self.settings.scorer_prior_strength)):
+            return str(newest["name"])
+        return None
 
     def rollback(self, project: str, version: str | None) -> dict:
         """Serve an earlier scorer of the project: `version` (v0: the shipped one), by default the active one's

@@ -195,6 +195,11 @@ def test_start_training_without_a_policy_refits_the_scorer(tmp_path):
     assert client.get("/status").json["quality"]["projects"]["3"]["active_scorer"] == "v1"
     nothing = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 4}})  # no labels
     assert nothing.status_code == 503 and "no scorer refit: " in nothing.json["error"]
+    same = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})  # no new label since
+    assert same.status_code == 503 and "no new labels: the active v1 was fitted on these 400" in same.json["error"]
+    assert [v["version"] for v in app.backend.scorers.scorer_versions("3")] == ["v0", "v1"]
+    _seed_labels(app.backend.quality_labels, "3", 20, seed=1)
+    assert client.post("/train", json={"project": 3}).json["scorer"]["version"] == "v2"
     with app.backend.scorers.registry.lock("project-3"):  # a refit under way (in this or another process)
         busy = client.post("/train", json={"project": 3})
     assert busy.status_code == 503 and "refit of the project's scorer is under way" in busy.json["error"]
@@ -236,6 +241,7 @@ def test_a_rollback_while_a_refit_runs_is_not_undone_by_it(tmp_path, monkeypatch
         return fitted
 
     monkeypatch.setattr(project_scorer, "refit", rolled_back_meanwhile)
+    _seed_labels(backend.quality_labels, "3", 20, seed=1)
     answer = client.post("/train", json={"project": 3}).json["scorer"]
     assert answer["version"] == "v2" and answer["status"] == "rejected"
     assert client.get("/status").json["quality"]["projects"]["3"]["active_scorer"] == "v0"
