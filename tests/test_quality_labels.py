@@ -195,7 +195,7 @@ def test_start_training_without_a_policy_refits_the_scorer(tmp_path):
     assert client.get("/status").json["quality"]["projects"]["3"]["active_scorer"] == "v1"
     nothing = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 4}})  # no labels
     assert nothing.status_code == 503 and "no scorer refit: " in nothing.json["error"]
-    same = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})  # no new label since
+    same = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})  # nothing new since v1
     assert same.status_code == 503 and "no new labels: the active v1 was fitted on these 400" in same.json["error"]
     assert [v["version"] for v in app.backend.scorers.scorer_versions("3")] == ["v0", "v1"]
     _seed_labels(app.backend.quality_labels, "3", 20, seed=1)
