@@ -16,6 +16,7 @@ from model.tools import TOOL_NAMES, make_segmenter
 
 FEW_OBJECTS = 50  # a fold's scorer learning from fewer is far below what the shipped one learned from
 
+
 def at_least(low: int):
     """An argparse type: an integer of at least `low`."""
     def parse(text: str) -> int:
@@ -227,10 +228,11 @@ def _score_corruptions(args: argparse.Namespace, name: str) -> tuple:
             extra += [r for r in scoring.corrupted_features(open_checked(folder), seed=args.seed,
                                                             workers=args.workers) if r.features is not None]
         objects = len({r.sample for r in rows})
-        if objects * (args.folds - 1) // args.folds < FEW_OBJECTS:
+        learned_from = objects * (args.folds - 1) // args.folds
+        if learned_from < FEW_OBJECTS:
             print(f"warning: {objects} objects in {args.folds} folds: each fold's scorer learns from about "
-                  f"{objects * (args.folds - 1) // args.folds} (the shipped one from 290), so these figures say "
-                  "little of the scorer; --no-cross-validate measures the shipped weights", file=sys.stderr)
+                  f"{learned_from} (the shipped one from 290), so these figures say little of the scorer; "
+                  "--no-cross-validate measures the shipped weights", file=sys.stderr)
         estimates = scoring.cross_validated(rows, args.folds, extra, seed=args.seed)
         protocol = f"corruptions, {args.folds}-fold cross-validation by object (an image's objects in one fold)" + (
             f", trained with {', '.join(args.train_extra)} too" if args.train_extra else "")
