@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -115,6 +116,19 @@ def test_processes_starting_together_migrate_once(tmp_path, database_url):
                                   text=True) for _ in range(3)]
     assert [p.communicate(timeout=120)[0].strip() for p in processes] == ["3", "3", "3"]
     assert Database(where, store="t", migrations=migrations).fetchone("SELECT COUNT(*) FROM items") == (2,)
+
+
+def test_a_file_whose_write_lock_is_held_is_opened_once_it_is_released(tmp_path):
+    # entering WAL mode upgrades a read to a write, which SQLite fails at once rather than wait: what a process
+    # opening a new file meets when another process is setting the file up
+    path = tmp_path / "db.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE unrelated (a)")
+    holder.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.5, holder.execute, ("COMMIT",)).start()
+    db = Database(path, store="t", migrations=revisions(tmp_path / "m", ITEMS), timeout=10)
+    assert db.revision == 1
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_a_legacy_file_newer_than_the_code_is_refused(tmp_path):

@@ -19,7 +19,9 @@ import functools
 import logging
 import os
 import re
+import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -237,7 +239,7 @@ def _sqlite_engine(url: str, timeout: float) -> Engine:
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # the driver begins nothing itself: the "begin" listener does
-        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        _enter_wal_mode(dbapi_connection, timeout)
         # with WAL, NORMAL may lose the last commits to a power cut, never consistency
         dbapi_connection.execute("PRAGMA synchronous=NORMAL")
         dbapi_connection.execute("PRAGMA foreign_keys=ON")
@@ -248,6 +250,20 @@ def _sqlite_engine(url: str, timeout: float) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _enter_wal_mode(dbapi_connection: sqlite3.Connection, timeout: float) -> None:
+    """Entering WAL mode reads the file, then takes its write lock; SQLite fails that upgrade at once instead of
+    waiting (waiting could deadlock), so processes opening a new file together retry it here, for `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _postgres_engine(url: str, timeout: float) -> Engine:
