@@ -21,7 +21,8 @@ from .task_predictions import predict_task
 
 log = logging.getLogger("backend")
 # Label Studio makes the project webhook of a connected model with no headers: its events come without credentials
-WEBHOOK_HINT = (" (Label Studio's webhook sends no credentials unless told: add the header Authorization: Basic "
+WEBHOOK_HINT = (" (Label Studio's webhook sends no credentials unless told: the backend gives it the header after "
+                "/setup where it can, see the log lines of webhook_auth; else add the header Authorization: Basic "
                 "<base64 of user:password> to the project's webhook, docs/deployment.md)")
 # the page loads nothing from anywhere (no script at all, inline styles and SVG), is never framed or cached
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -125,6 +126,7 @@ def _label_studio_protocol(app: Flask, backend: Backend) -> None:
         if setup.schema_:  # a config refused here (400) leaves the host and token unremembered too
             backend.configs.remember(setup.project, setup.schema_)
         backend.connection.remember_setup(setup.project, setup.hostname, setup.access_token)
+        backend.webhook_auth.after_setup(setup.project, request.url_root)  # the address Label Studio calls us at
         return jsonify(model_version=backend.server.serving(setup.project).version)
 
     @app.post("/validate")

@@ -151,6 +151,13 @@ class LabelStudio:
         data = self.call("GET", f"/api/tasks/{int(task_id)}?resolve_uri=false").get("data") or {}
         self.call("PATCH", f"/api/tasks/{int(task_id)}", json={"data": {**data, field: value}})
 
+    def webhooks(self, project: str) -> list:
+        body = self.call("GET", f"/api/webhooks/?project={int(project)}")
+        return body if isinstance(body, list) else body.get("results", [])
+
+    def set_webhook_headers(self, webhook_id: int, headers: dict) -> None:
+        self.call("PATCH", f"/api/webhooks/{int(webhook_id)}/", json={"headers": headers})
+
     def owns(self, url: str) -> bool:
         if not self.url:
             return False

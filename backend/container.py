@@ -29,6 +29,7 @@ from .sessions import Sessions
 from .store import AnnotationStore
 from .training import Training
 from .training_jobs import TrainingJobs
+from .webhook_auth import WebhookAuth
 from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Backend:
     handlers: dict[Kind, Handler]  # what each kind of background work runs, here or in a worker
     quality_labels: QualityLabels  # daily_counts(project): the scorer's labels by day and source
     scorers: ProjectScorers  # scorer_versions(project): each project's scorer versions and gate figures
+    webhook_auth: WebhookAuth  # gives Label Studio's webhook to this backend the basic auth header after /setup
     started: float = field(default_factory=time.time)
 
     @classmethod
@@ -105,11 +107,13 @@ class Backend:
                    registry=registry, server=server, predictor=predictor, ingest=ingest, training=training,
                    preannotator=preannotator, webhooks=Webhooks(settings, ingest, training, preannotator, configs,
                                                                 metrics),
-                   dispatcher=dispatcher, handlers=handlers, quality_labels=quality_labels, scorers=scorers)
+                   dispatcher=dispatcher, handlers=handlers, quality_labels=quality_labels, scorers=scorers,
+                   webhook_auth=WebhookAuth(settings, connection))
 
     def close(self) -> None:
         """Stop the periodic training thread, let the background work under way finish, close the stores."""
         self.training.close()
+        self.webhook_auth.close()
         self.dispatcher.close()
         self.preannotator.queue.close()
         self.predictor.close()

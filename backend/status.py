@@ -70,7 +70,8 @@ def status(backend: Backend, project: str) -> dict:
         "background_jobs": backend.dispatcher.status(),
         "derived_work": backend.ingest.work_status(),
         "preannotation": backend.preannotator.status(),
-        "label_studio": {"url": label_studio.url or None, "token": bool(label_studio.key)},
+        "label_studio": {"url": label_studio.url or None, "token": bool(label_studio.key),
+                         "webhook_auth": backend.webhook_auth.status(project)},
         "storage": storage(backend),
         "uptime_seconds": round(time.time() - backend.started, 1),
     })

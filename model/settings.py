@@ -145,6 +145,10 @@ class Settings(BaseSettings):
         "connection); set both or neither"))
     basic_auth_pass: str = Field("", alias="BASIC_AUTH_PASS", repr=False,
                                  description="with `BASIC_AUTH_USER`: the basic auth password")
+    webhook_auth: bool = Field(True, alias="SEGAGENT_WEBHOOK_AUTH", description=(
+        "with basic auth on: after each project's `/setup`, give Label Studio's webhook to this backend the "
+        "`Authorization` header through Label Studio's API (its token must be allowed to edit the project's "
+        "webhooks), since Label Studio makes it with none; off: set the header by hand"))
     redis_url: str = Field("", alias="REDIS_URL", repr=False,
                            description=(
                                "a Redis whose RQ queues run training jobs (`segagent-training`) and pre-annotation "

@@ -1,7 +1,8 @@
 """A stand-in for the part of Label Studio 1.23's API that pre-annotation uses, on 127.0.0.1: a project's task
-list, a task, its predictions, creating one, and the project's label config. `written` records the predictions
-the backend wrote, `authorizations` each request's Authorization header; `answer_every_call_with`, when set, is
-the HTTP status of every answer (an unauthorised or broken Label Studio)."""
+list, a task, its predictions, creating one, and the project's label config; and its webhooks, listed and their
+headers changed. `written` records the predictions the backend wrote, `webhook_edits` each webhook change,
+`authorizations` each request's Authorization header; `answer_every_call_with`, when set, is the HTTP status of
+every answer (an unauthorised or broken Label Studio)."""
 from __future__ import annotations
 
 import json
@@ -18,8 +19,11 @@ CONFIG = """
 
 
 class LabelStudioProject:
-    def __init__(self, project: int, tasks: dict[int, dict], answer_every_call_with: int | None = None):
+    def __init__(self, project: int, tasks: dict[int, dict], answer_every_call_with: int | None = None,
+                 webhooks: list[dict] | None = None):
         self.project, self.tasks = project, tasks
+        self.webhooks = webhooks or []  # each {"id", "url", "headers"}, all of this project
+        self.webhook_edits: list[tuple[int, dict]] = []
         self.predictions: dict[int, list[dict]] = {task_id: list(task.get("predictions", []))
                                                    for task_id, task in tasks.items()}
         self.written: list[dict] = []
@@ -52,7 +56,22 @@ class LabelStudioProject:
                     return self._send(200, stand_in.predictions.get(int(query["task"][0]), []))
                 if parts == ["api", "projects", str(stand_in.project)]:
                     return self._send(200, {"id": stand_in.project, "label_config": CONFIG})
+                if parts == ["api", "webhooks"]:
+                    mine = query.get("project") == [str(stand_in.project)]
+                    return self._send(200, [{**hook, "project": stand_in.project} for hook in stand_in.webhooks
+                                            if mine])
                 return self._send(404, {"detail": "not found"})
+
+            def do_PATCH(self):
+                stand_in.authorizations.append(self.headers.get("Authorization"))
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                parts = urlsplit(self.path).path.strip("/").split("/")
+                hooks = [hook for hook in stand_in.webhooks if parts == ["api", "webhooks", str(hook["id"])]]
+                if answer_every_call_with or not hooks or not self.path.endswith("/"):
+                    return self._send(answer_every_call_with or 404, {"detail": "refused"})
+                stand_in.webhook_edits.append((hooks[0]["id"], body))
+                hooks[0].update(body)
+                return self._send(200, hooks[0])
 
             def do_POST(self):
                 stand_in.authorizations.append(self.headers.get("Authorization"))

@@ -20,7 +20,7 @@ def test_a_refused_setup_remembers_neither_the_host_nor_the_token(tmp_path):
     assert refused.status_code == 400 and "error" in refused.json
     assert app.backend.connection.for_project("5").pair == ("", "")
     assert not app.backend.configs.known("5")
-    assert app.client.get("/status?project=5").json["label_studio"] == {"url": None, "token": False}
+    assert app.client.get("/status?project=5").json["label_studio"].items() >= {"url": None, "token": False}.items()
     accepted = app.client.post("/setup", json={**blank, "schema": CONFIG})
     assert accepted.status_code == 200
     assert app.backend.connection.for_project("5").pair == ("http://ls.example:8080", "tok")

@@ -144,7 +144,7 @@ def test_the_environments_label_studio_cannot_be_changed_by_setup(tmp_path, host
         assert app.backend.connection.for_project(project).pair == (label_studio.url, LEGACY_TOKEN)
     assert attacker.requests == []
     assert {auth for _, _, auth, _ in label_studio.requests} == {f"Token {LEGACY_TOKEN}"}
-    assert app.client.get("/status").json["label_studio"] == {"url": label_studio.url, "token": True}
+    assert app.client.get("/status").json["label_studio"].items() >= {"url": label_studio.url, "token": True}.items()
 
 
 def test_an_environment_key_without_its_url_is_never_sent(tmp_path, hosts, image_server, caplog):
