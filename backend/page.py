@@ -41,6 +41,7 @@ class ProjectFigures:
     qualities: list[float]  # each scored annotation's worst region
     unscored: int
     worst: list[dict] = field(default_factory=list)  # {annotation_id, task_id, quality, labels, link}
+    webhook_problem: str = ""  # why Label Studio's webhook could not be given the basic auth header; "" when fine
 
     @property
     def annotations(self) -> int:
@@ -74,6 +75,7 @@ def _projects(backend: Backend) -> set[str]:
     projects = set(backend.annotations.projects()) | set(backend.trajectories.projects())
     projects |= set(backend.preannotator.queue.projects())
     projects |= {scope.split("-", 1)[1] for scope in backend.registry.scopes() if scope.startswith("project-")}
+    projects |= set(backend.webhook_auth.projects_not_given())  # connected, but no event can come in yet
     return projects | set(backend.quality_labels.projects()) | set(backend.scorers.projects())
 
 
@@ -89,7 +91,8 @@ def _project(backend: Backend, project: str) -> ProjectFigures:
         labels=backend.quality_labels.daily_counts(project),
         preannotation=progress if progress["total"] else None, scope=scope, policy_versions=versions,
         scorer_versions=backend.scorers.scorer_versions(project) if is_project_id(project) else None,
-        qualities=scored, unscored=len(qualities) - len(scored), worst=worst)
+        qualities=scored, unscored=len(qualities) - len(scored), worst=worst,
+        webhook_problem=backend.webhook_auth.problem(project))
 
 
 def _policy_versions(backend: Backend, project: str) -> tuple[str | None, list[PolicyVersion]]:

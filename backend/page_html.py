@@ -33,6 +33,7 @@ section.project{margin-bottom:36px}
 section.project>h2{font-size:18px;margin:0 0 4px}
 .summary{color:var(--muted);margin:0 0 12px}
 .summary b{color:var(--ink)}
+.alert{background:#fdecea;border:1px solid #f3b8b2;border-radius:6px;padding:8px 12px;margin:0 0 12px}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:16px}
 .card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:14px 16px;min-width:0}
 .card.wide{grid-column:1/-1}
@@ -112,8 +113,16 @@ def _project(project: ProjectFigures, figures: PageFigures) -> str:
             f'<p class="summary"><b data-value="annotations">{project.annotations}</b> annotations · '
             f'<b data-value="trajectories">{trajectories}</b> trajectories · active policy '
             f'<b data-value="active-policy">{e(active)}</b>'
-            f"{' (scope ' + e(project.scope) + ')' if project.scope else ''}</p>"
+            f"{' (scope ' + e(project.scope) + ')' if project.scope else ''}</p>{_webhook_alert(project)}"
             f'<div class="grid">{"".join(cards)}</div></section>')
+
+
+def _webhook_alert(project: ProjectFigures) -> str:
+    if not project.webhook_problem:
+        return ""
+    return ('<p class="alert" data-alert="webhook-auth">Label Studio\'s webhook to this backend has no basic auth '
+            "header, so the backend refuses its events (annotations, Start training, new tasks): "
+            f"{e(project.webhook_problem)}. Give it the header by hand: docs/deployment.md.</p>")
 
 
 def _card(name: str, title: str, hint: str, content: str, wide: bool = False) -> str:

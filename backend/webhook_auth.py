@@ -30,6 +30,7 @@ class WebhookAuth:
         self._connection = connection
         self._given: set[tuple[str, str]] = set()  # (project, webhook URL) whose webhook has the header
         self._outcome: dict[str, str] = {}  # project -> what the last try did, for /status
+        self._problem: dict[str, str] = {}  # project -> why its webhook has not been given the header
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="webhook-auth")
 
@@ -76,7 +77,21 @@ class WebhookAuth:
     def _tried(self, project: str, outcome: str, given: bool = False) -> bool:
         with self._lock:
             self._outcome[project] = outcome
+            if given:
+                self._problem.pop(project, None)
+            else:
+                self._problem[project] = outcome.removeprefix("not given: ")
         return given
+
+    def problem(self, project: str) -> str:
+        """Why the project's webhook has not been given the header at the last try; "" when it has, or no try was
+        made."""
+        with self._lock:
+            return self._problem.get(project, "")
+
+    def projects_not_given(self) -> list[str]:
+        with self._lock:
+            return list(self._problem)
 
     def status(self, project: str) -> str:
         """What the last try for the project did, for /status."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 
 from model.settings import Settings
 from tests.apps import App
@@ -45,6 +46,8 @@ def test_setup_gives_the_webhook_to_this_backend_the_header_and_leaves_the_other
         _drain(app)
     assert app.client.get("/status?project=3", auth=AUTH).json["label_studio"]["webhook_auth"] == \
         f"given to the webhook to {OURS}"
+    assert 'data-alert="webhook-auth"' not in app.client.get("/", headers={"Accept": "text/html"},
+                                                             auth=AUTH).get_data(as_text=True)
     assert label_studio.webhook_edits == [(7, {"headers": {"X-Trace": "on", "Authorization": HEADER}})]
     assert hooks[1]["headers"] == {}
     assert set(label_studio.authorizations) == {"Token tok-123"}  # Label Studio's token, to Label Studio only
@@ -75,6 +78,10 @@ def test_a_refusing_label_studio_is_logged_setup_still_answers_and_the_next_setu
         _drain(app)
     assert len(label_studio.authorizations) == 2  # tried at each /setup, nothing written
     assert "403" in app.client.get("/status?project=3", auth=AUTH).json["label_studio"]["webhook_auth"]
+    page = app.client.get("/", headers={"Accept": "text/html"}, auth=AUTH).get_data(as_text=True)
+    alert = re.search(r'<section class="project" id="project-3".*?<p class="alert" data-alert="webhook-auth">(.*?)</p>',
+                      page, re.S)  # a project with no annotation yet is shown, with why none can come in
+    assert alert and "403" in alert.group(1) and "tok-123" not in page
     assert label_studio.webhook_edits == []
 
 
