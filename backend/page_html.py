@@ -120,9 +120,9 @@ def _project(project: ProjectFigures, figures: PageFigures) -> str:
 def _webhook_alert(project: ProjectFigures) -> str:
     if not project.webhook_problem:
         return ""
-    return ('<p class="alert" data-alert="webhook-auth">Label Studio\'s webhook to this backend has no basic auth '
-            "header, so the backend refuses its events (annotations, Start training, new tasks): "
-            f"{e(project.webhook_problem)}. Give it the header by hand: docs/deployment.md.</p>")
+    return ('<p class="alert" data-alert="webhook-auth">Label Studio\'s webhook to this backend could not be given '
+            "the basic auth header, without which the backend refuses its events (annotations, Start training, new "
+            f"tasks): {e(project.webhook_problem)}. Check it, or give it the header by hand: docs/deployment.md.</p>")
 
 
 def _card(name: str, title: str, hint: str, content: str, wide: bool = False) -> str:
