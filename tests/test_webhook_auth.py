@@ -109,3 +109,22 @@ def test_nothing_is_asked_when_turned_off_or_without_basic_auth(tmp_path):
         assert open_backend.client.get("/status?project=3").json["label_studio"]["webhook_auth"].startswith("off")
     assert label_studio.authorizations == [] and label_studio.webhooks[0]["headers"] == {}
 
+
+
+def test_an_unforeseen_failure_is_logged_and_shown_and_the_next_setup_tries_again(tmp_path, caplog, monkeypatch):
+    with LabelStudioProject(3, {}, webhooks=[{"id": 1, "url": OURS, "headers": {}}]) as label_studio:
+        app = _app(tmp_path, label_studio)
+        connection = app.backend.connection
+
+        def broken(project: str):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(connection, "for_project", broken)
+        _setup(app)
+        _drain(app)
+        assert "giving Label Studio's webhook the basic auth header failed" in caplog.text
+        monkeypatch.undo()  # /status asks the connection too
+        assert "RuntimeError" in app.client.get("/status?project=3", auth=AUTH).json["label_studio"]["webhook_auth"]
+        _setup(app)
+        _drain(app)
+    assert label_studio.webhooks[0]["headers"] == {"Authorization": HEADER}
