@@ -50,10 +50,8 @@ class WebhookAuth:
         except Exception as exc:  # a future would keep it unseen: say it, and let the next /setup try again
             log.exception("project %s: giving Label Studio's webhook the basic auth header failed", project)
             given, outcome = False, f"{type(exc).__name__} (see the backend's log)"
-        finally:
-            with self._lock:
-                self._pending.discard(project)
         with self._lock:
+            self._pending.discard(project)
             self._outcome[project] = (given, outcome)
 
     def give(self, project: str, webhook_url: str) -> tuple[bool, str]:
