@@ -1,7 +1,8 @@
 """With basic auth on, /setup has the backend give Label Studio's webhook to it the Authorization header (Label Studio
 makes it with none): only that webhook, only through the project's own Label Studio, looked at each /setup and
-written only where it lacks the header, a failure logged and shown, never when turned off. Against a stand-in of Label Studio's webhook API on loopback; tests/e2e/
-test_basic_auth_webhook.py does the same against Label Studio 1.23.2."""
+written only where it lacks the header, a failure logged and shown, never when turned off. Against a stand-in of
+Label Studio's webhook API on loopback; tests/e2e/test_basic_auth_webhook.py does the same against Label Studio
+1.23.2."""
 from __future__ import annotations
 
 import base64
