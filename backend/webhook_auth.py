@@ -46,7 +46,7 @@ class WebhookAuth:
 
     def _try(self, project: str, webhook_url: str) -> None:
         try:
-            given, outcome = self.give(project, webhook_url)
+            given, outcome = self._give(project, webhook_url)
         except Exception as exc:  # a future would keep it unseen: say it, and let the next /setup try again
             log.exception("project %s: giving Label Studio's webhook the basic auth header failed", project)
             given, outcome = False, f"{type(exc).__name__} (see the backend's log)"
@@ -54,7 +54,7 @@ class WebhookAuth:
             self._pending.discard(project)
             self._outcome[project] = (given, outcome)
 
-    def give(self, project: str, webhook_url: str) -> tuple[bool, str]:
+    def _give(self, project: str, webhook_url: str) -> tuple[bool, str]:
         """Whether the project's webhook to `webhook_url` has the header now, and what was done; a failure is logged,
         and the next /setup tries again."""
         label_studio = self._connection.for_project(project)
